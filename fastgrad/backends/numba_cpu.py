@@ -1,0 +1,221 @@
+"""The `numba` backend: @njit kernels built from the scalar formulas in scalar_math.
+
+Each elementwise activation gets its loops from one factory (serial, and parallel with
+prange above PARALLEL_THRESHOLD elements); softmax and log_softmax have row kernels; the
+dense layer calls BLAS through np.dot and fuses bias + activation (forward) and the
+activation's backward + the bias reduction into single passes around the matmuls.
+Kernels compile lazily, once per dtype, and are cached on disk (cache=True).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..activations import ACTIVATIONS, ActivationSpec
+from ..scalar_math import compile_scalar
+
+NAME = "numba"
+
+PARALLEL_THRESHOLD = 1 << 16
+"""Elementwise kernels use threads at and above this many elements (DESIGN.md §6: a prange
+region costs ~1.5 µs; memory-bound loops pay above 2^14-2^16 elements)."""
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+def _make_elementwise(spec: ActivationSpec):
+    """Serial and parallel forward/backward loops over flat arrays, plus the fused
+    dense-layer passes, all from the spec's scalar formulas."""
+    jit = njit(inline="always", **_JIT)
+    fwd = compile_scalar(spec.scalar_forward, jit)
+    bwd = compile_scalar(spec.scalar_backward, jit)
+
+    @njit(**_JIT)
+    def forward_serial(x, out, a, b):
+        for i in range(x.size):
+            out[i] = fwd(x[i], a, b)
+
+    @njit(parallel=True, **_JIT)
+    def forward_parallel(x, out, a, b):
+        for i in prange(x.size):
+            out[i] = fwd(x[i], a, b)
+
+    @njit(**_JIT)
+    def backward_serial(s, g, out, a, b):
+        for i in range(g.size):
+            out[i] = bwd(s[i], g[i], a, b)
+
+    @njit(parallel=True, **_JIT)
+    def backward_parallel(s, g, out, a, b):
+        for i in prange(g.size):
+            out[i] = bwd(s[i], g[i], a, b)
+
+    @njit(**_JIT)
+    def linear_forward(x, W, bias, has_bias, pre, out, a, b):
+        # pre may alias out: each element is read once before it is written.
+        np.dot(x, W, pre)
+        n, m = pre.shape
+        for i in range(n):
+            for j in range(m):
+                z = pre[i, j] + bias[j] if has_bias else pre[i, j]
+                pre[i, j] = z
+                out[i, j] = fwd(z, a, b)
+
+    @njit(**_JIT)
+    def linear_backward(grad_y, x, W, saved, g, grad_x, grad_W, grad_b, need_grad_x, a, b):
+        n, m = grad_y.shape
+        grad_b[:] = 0
+        for i in range(n):
+            for j in range(m):
+                v = bwd(saved[i, j], grad_y[i, j], a, b)
+                g[i, j] = v
+                grad_b[j] += v
+        np.dot(x.T, g, grad_W)
+        if need_grad_x:
+            np.dot(g, W.T, grad_x)
+
+    return {
+        "forward": (forward_serial, forward_parallel),
+        "backward": (backward_serial, backward_parallel),
+        "linear_forward": linear_forward,
+        "linear_backward": linear_backward,
+    }
+
+
+@njit(**_JIT)
+def _row_max(x, i):
+    m = -np.inf
+    for j in range(x.shape[1]):
+        v = x[i, j]
+        if v > m or v != v:  # NaN wins, so a NaN row gives NaN
+            m = v
+    return m
+
+
+@njit(parallel=True, **_JIT)
+def softmax_forward_rows(x, out):
+    for i in prange(x.shape[0]):
+        m = _row_max(x, i)
+        total = 0.0
+        for j in range(x.shape[1]):
+            e = math.exp(x[i, j] - m)
+            out[i, j] = e
+            total += e
+        inv = 1.0 / total
+        for j in range(x.shape[1]):
+            out[i, j] *= inv
+
+
+@njit(parallel=True, **_JIT)
+def log_softmax_forward_rows(x, out):
+    for i in prange(x.shape[0]):
+        m = _row_max(x, i)
+        total = 0.0
+        for j in range(x.shape[1]):
+            total += math.exp(x[i, j] - m)
+        shift = m + math.log(total)
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] - shift
+
+
+@njit(parallel=True, **_JIT)
+def softmax_backward_rows(y, g, out):
+    # grad_x = y * (g - sum(g * y)), the Jacobian diag(y) - y y^T applied to g.
+    for i in prange(y.shape[0]):
+        dot = 0.0
+        for j in range(y.shape[1]):
+            dot += g[i, j] * y[i, j]
+        for j in range(y.shape[1]):
+            out[i, j] = y[i, j] * (g[i, j] - dot)
+
+
+@njit(parallel=True, **_JIT)
+def log_softmax_backward_rows(y, g, out):
+    # grad_x = g - exp(y) * sum(g)
+    for i in prange(y.shape[0]):
+        total = 0.0
+        for j in range(y.shape[1]):
+            total += g[i, j]
+        for j in range(y.shape[1]):
+            out[i, j] = g[i, j] - math.exp(y[i, j]) * total
+
+
+_ROWS = {
+    "softmax": (softmax_forward_rows, softmax_backward_rows),
+    "log_softmax": (log_softmax_forward_rows, log_softmax_backward_rows),
+}
+
+_KERNELS: dict[str, dict] = {}
+
+
+def _kernels(spec: ActivationSpec) -> dict:
+    k = _KERNELS.get(spec.name)
+    if k is None:
+        k = _KERNELS[spec.name] = _make_elementwise(ACTIVATIONS[spec.name])
+    return k
+
+
+def _scalars(dtype, a: float, b: float):
+    """Parameters in the array's dtype, so float32 kernels are typed float32."""
+    t = dtype.type
+    return t(a), t(b)
+
+
+def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None:
+    if spec.rowwise:
+        _ROWS[spec.name][0](x, out)
+        return
+    serial, parallel = _kernels(spec)["forward"]
+    kernel = parallel if x.size >= PARALLEL_THRESHOLD else serial
+    kernel(x, out, *_scalars(x.dtype, a, b))
+
+
+def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: float) -> None:
+    if spec.rowwise:
+        _ROWS[spec.name][1](saved, grad, out)
+        return
+    if saved is None:  # identity / binary_step: the formula ignores it
+        saved = grad
+    serial, parallel = _kernels(spec)["backward"]
+    kernel = parallel if grad.size >= PARALLEL_THRESHOLD else serial
+    kernel(saved, grad, out, *_scalars(grad.dtype, a, b))
+
+
+def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: float) -> None:
+    if spec.rowwise:
+        identity = _kernels(ACTIVATIONS["identity"])["linear_forward"]
+        z = out if pre is None else pre
+        identity(x, W, *_bias_args(bias, out), z, z, *_scalars(x.dtype, a, b))
+        _ROWS[spec.name][0](z, out)
+        return
+    kernel = _kernels(spec)["linear_forward"]
+    kernel(x, W, *_bias_args(bias, out), out if pre is None else pre, out,
+           *_scalars(x.dtype, a, b))
+
+
+def _bias_args(bias, out):
+    if bias is None:
+        return np.zeros(out.shape[1], out.dtype), False
+    return bias, True
+
+
+def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: float,
+                    need_grad_x: bool):
+    dtype = grad_y.dtype
+    n, m = grad_y.shape
+    grad_W = np.empty(W.shape, dtype)
+    grad_b = np.empty(m, dtype)
+    grad_x = np.empty(x.shape, dtype) if need_grad_x else np.empty((0, 0), dtype)
+    if spec.rowwise:
+        g = np.empty_like(grad_y)
+        _ROWS[spec.name][1](saved, grad_y, g)
+        spec, saved = ACTIVATIONS["identity"], g
+        grad_y = g
+    kernel = _kernels(spec)["linear_backward"]
+    g = np.empty_like(grad_y)
+    kernel(grad_y, x, W, grad_y if saved is None else saved, g, grad_x, grad_W, grad_b,
+           need_grad_x, *_scalars(dtype, a, b))
+    return (grad_x if need_grad_x else None), grad_W, grad_b

@@ -1,0 +1,147 @@
+"""The `numpy` backend: the reference every other backend is tested against.
+
+Written for clarity and float64 faithfulness rather than speed: inputs are promoted to
+float64, the formula is applied with NumPy, and the result is rounded once into `out`.
+Overflow and invalid-value warnings from intermediate values are silenced where the
+formula handles them (the stable forms from DESIGN.md section 4).
+
+The backend interface (same names in every backend module) is documented in
+`fastgrad.backends`; arrays arrive validated, C-contiguous and of one float dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from ..activations import ActivationSpec
+from ..scalar_math import GELU_TANH_C, SELU_ALPHA, SELU_SCALE, SQRT_2_OVER_PI
+
+NAME = "numpy"
+
+
+def _sigmoid(x):
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+
+
+def _softmax_rows(x):
+    m = np.max(x, axis=-1, keepdims=True) if x.shape[-1] else x[..., :0]
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _log_softmax_rows(x):
+    m = np.max(x, axis=-1, keepdims=True) if x.shape[-1] else x[..., :0]
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def _gelu_phi(x, approximate):
+    if approximate == 0.0:
+        return 0.5 * special.erfc(-x / np.sqrt(2.0))
+    return _sigmoid(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3))
+
+
+def _where_nan(x, values):
+    """`values`, with NaN where x is NaN (NaN in gives NaN out)."""
+    return np.where(np.isnan(x), np.nan, values)
+
+
+def _swish_forward(x, beta, _):
+    s = _sigmoid(beta * x)
+    return np.where(s == 0.0, 0.0, x * s)
+
+
+def _swish_backward(x, g, beta, _):
+    s = _sigmoid(beta * x)
+    inner = np.where(s == 1.0, 1.0, s + beta * x * s * (1.0 - s))
+    return np.where(s == 0.0, 0.0 * g, g * inner)
+
+
+def _gelu_forward(x, approximate, _):
+    phi = _gelu_phi(x, approximate)
+    return np.where(phi == 0.0, 0.0, x * phi)
+
+
+def _gelu_backward(x, g, approximate, _):
+    phi = _gelu_phi(x, approximate)
+    if approximate == 0.0:
+        pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+        d = phi + np.where(pdf == 0.0, 0.0, x * pdf)
+    else:
+        du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
+        d = np.where(phi == 1.0, 1.0, phi + 2.0 * x * phi * (1.0 - phi) * du)
+    return np.where(phi == 0.0, 0.0 * g, g * d)
+
+
+_FORWARD = {
+    "identity": lambda x, a, b: x,
+    "binary_step": lambda x, t, _: _where_nan(x, (x >= t).astype(np.float64)),
+    "sigmoid": lambda x, a, b: _sigmoid(x),
+    "tanh": lambda x, a, b: np.tanh(x),
+    "relu": lambda x, a, b: np.where(x < 0, 0.0, x),
+    "leaky_relu": lambda x, alpha, _: np.where(x < 0, alpha * x, x),
+    "elu": lambda x, alpha, _: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0))),
+    "swish": _swish_forward,
+    "gelu": _gelu_forward,
+    "softplus": lambda x, a, b: np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0),
+    "selu": lambda x, a, b: SELU_SCALE
+    * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+    "softmax": lambda x, a, b: _softmax_rows(x),
+    "log_softmax": lambda x, a, b: _log_softmax_rows(x),
+}
+
+# Backward: (saved, g, a, b) -> grad_x, saved being x or y as the table says.
+_BACKWARD = {
+    "identity": lambda s, g, a, b: g,
+    "binary_step": lambda s, g, a, straight: g if straight else np.zeros_like(g),
+    "sigmoid": lambda y, g, a, b: g * y * (1.0 - y),
+    "tanh": lambda y, g, a, b: g * (1.0 - y * y),
+    "relu": lambda x, g, a, b: _where_nan(x, np.where(x > 0, g, 0.0)),
+    "leaky_relu": lambda x, g, alpha, _: _where_nan(x, np.where(x >= 0, g, alpha * g)),
+    "elu": lambda x, g, alpha, _: np.where(x >= 0, g, g * alpha * np.exp(np.minimum(x, 0.0))),
+    "swish": _swish_backward,
+    "gelu": _gelu_backward,
+    "softplus": lambda x, g, a, b: g * _sigmoid(x),
+    "selu": lambda x, g, a, b: np.where(
+        x >= 0, SELU_SCALE * g, g * SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(x, 0.0))
+    ),
+    "softmax": lambda y, g, a, b: y * (g - np.sum(g * y, axis=-1, keepdims=True)),
+    "log_softmax": lambda y, g, a, b: g - np.exp(y) * np.sum(g, axis=-1, keepdims=True),
+}
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None:
+    with np.errstate(all="ignore"):
+        out[...] = _FORWARD[spec.name](_f64(x), a, b)
+
+
+def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: float) -> None:
+    with np.errstate(all="ignore"):
+        out[...] = _BACKWARD[spec.name](_f64(saved), _f64(grad), a, b)
+
+
+def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: float) -> None:
+    z = _f64(x) @ _f64(W)
+    if bias is not None:
+        z += _f64(bias)
+    if pre is not None:
+        pre[...] = z
+    with np.errstate(all="ignore"):
+        out[...] = _FORWARD[spec.name](z, a, b)
+
+
+def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: float,
+                    need_grad_x: bool):
+    with np.errstate(all="ignore"):
+        g = _BACKWARD[spec.name](_f64(saved), _f64(grad_y), a, b)
+    dtype = grad_y.dtype
+    grad_W = (_f64(x).T @ g).astype(dtype)
+    grad_b = g.sum(axis=0).astype(dtype)
+    grad_x = (g @ _f64(W).T).astype(dtype) if need_grad_x else None
+    return grad_x, grad_W, grad_b

@@ -1,0 +1,235 @@
+"""The public kernel API: validate once, then dispatch to a backend.
+
+Every function here checks its arguments (dtype, shape, `out=`), brings arrays to the
+C-contiguous layout the backends assume, picks the backend (`backend=`, the one set by
+`set_backend`/`use_backend`, else the fastest available) and calls its kernel. Backends
+never validate again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array, check_out, check_shape, contiguous
+from .activations import ACTIVATIONS, ActivationSpec, get_activation
+from .backends import get_backend
+
+ArrayLike = Any
+
+
+def _result_buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype):
+    """(buffer the kernel writes, array to return): `out` itself when it is C-contiguous,
+    else a fresh buffer copied into `out` afterwards."""
+    if out is None:
+        buf = np.empty(shape, dtype)
+        return buf, buf
+    check_out(out, shape, dtype)
+    if out.flags.c_contiguous:
+        return out, out
+    return np.empty(shape, dtype), out
+
+
+def _finish(buf: np.ndarray, result: np.ndarray) -> np.ndarray:
+    if buf is not result:
+        result[...] = buf
+    return result
+
+
+def _kernel_view(arr: np.ndarray, spec: ActivationSpec) -> np.ndarray:
+    """Flat for elementwise kernels; (rows, last axis) for row-wise ones (0-d: one row)."""
+    if spec.rowwise:
+        n = arr.shape[-1] if arr.ndim else 1
+        return arr.reshape(_rows(arr.shape[:-1]), n)
+    return arr.reshape(-1)
+
+
+def forward(name: str, x: ArrayLike, *, out: np.ndarray | None = None,
+            backend: str | None = None, **params: Any) -> np.ndarray:
+    """y = f(x) for the activation `name` (any name or alias in fastgrad.ACTIVATIONS).
+
+    x: any shape, float32 or float64 (integers become float64); y has x's shape and dtype.
+    Row-wise activations (softmax, log_softmax) act along the last axis.
+    """
+    spec = get_activation(name)
+    a, b = spec.encoded(params, func=f"{spec.name}_forward")
+    x = as_float_array(x, "x")
+    buf, result = _result_buffer(out, x.shape, x.dtype)
+    xc = contiguous(x)
+    get_backend(backend).activation_forward(spec, _kernel_view(xc, spec),
+                                            _kernel_view(buf, spec), a, b)
+    return _finish(buf, result)
+
+
+def backward(name: str, grad_out: ArrayLike, *, x: ArrayLike | None = None,
+             y: ArrayLike | None = None, out: np.ndarray | None = None,
+             backend: str | None = None, **params: Any) -> np.ndarray:
+    """grad_x = grad_out * f'(x) (row-wise: the Jacobian-vector product along the last axis).
+
+    Pass x (the forward input) or y (the forward output) as the table's `needs` says;
+    an activation that needs y also accepts x (y is then recomputed). grad_out, x and y
+    share one shape and dtype; the result has it too.
+    """
+    spec = get_activation(name)
+    func = f"{spec.name}_backward"
+    a, b = spec.encoded(params, func=func)
+    g = as_float_array(grad_out, "grad_out")
+    saved = None
+    if spec.needs == "x":
+        if x is None:
+            raise ValueError(f"{func} needs x (the forward input); got "
+                             f"{'only y' if y is not None else 'neither x nor y'}")
+        saved = as_float_array(x, "x", g.dtype)
+        check_shape(saved, "x", g.shape, "the shape of grad_out")
+    elif spec.needs == "y":
+        if y is not None:
+            saved = as_float_array(y, "y", g.dtype)
+            check_shape(saved, "y", g.shape, "the shape of grad_out")
+        elif x is not None:
+            xs = as_float_array(x, "x", g.dtype)
+            check_shape(xs, "x", g.shape, "the shape of grad_out")
+            saved = forward(spec, xs, backend=backend, **params)
+        else:
+            raise ValueError(f"{func} needs y (the forward output) or x; got neither")
+    buf, result = _result_buffer(out, g.shape, g.dtype)
+    view = _kernel_view
+    saved_view = None if saved is None else view(contiguous(saved), spec)
+    get_backend(backend).activation_backward(spec, view(contiguous(g), spec), saved_view,
+                                             view(buf, spec), a, b)
+    return _finish(buf, result)
+
+
+def _check_linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None):
+    x = as_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension (..., D_in), got a 0-d array")
+    W = as_float_array(W, "W", x.dtype)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (D_in, D_out), got shape {W.shape}")
+    if x.shape[-1] != W.shape[0]:
+        raise ValueError(f"x has shape {x.shape} and W has shape {W.shape}: x's last axis "
+                         f"({x.shape[-1]}) must equal W's first (D_in = {W.shape[0]})")
+    if b is not None:
+        b = as_float_array(b, "b", x.dtype)
+        check_shape(b, "b", (W.shape[1],), "(D_out,)")
+    return x, W, b
+
+
+def _rows(lead: tuple[int, ...]) -> int:
+    """Rows of the 2-D view of an array with leading dimensions `lead` (reshape(-1, 0)
+    cannot infer them)."""
+    return int(np.prod(lead, dtype=np.int64))
+
+
+def _backend_for(shape: tuple[int, ...], backend: str | None):
+    # Zero-size dense layers (an empty batch, D_in or D_out of 0) are answered by the
+    # reference: BLAS and the compiled loops gain nothing there.
+    return get_backend("numpy") if 0 in shape else get_backend(backend)
+
+
+def linear_forward(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None, *,
+                   activation: str | None = None, out: np.ndarray | None = None,
+                   backend: str | None = None, return_pre: bool = False,
+                   **params: Any):
+    """Dense layer y = act(x @ W + b), the bias and activation fused into one pass over y.
+
+    x: (..., D_in); W: (D_in, D_out); b: (D_out,) or None; y: (..., D_out), x's dtype.
+    With return_pre=True returns (y, pre), pre = x @ W + b (what x-needing activations'
+    backward takes).
+    """
+    spec = get_activation(activation)
+    a, p2 = spec.encoded(params, func="linear_forward")
+    x, W, b = _check_linear(x, W, b)
+    d_in, d_out = W.shape
+    lead = x.shape[:-1]
+    buf, result = _result_buffer(out, (*lead, d_out), x.dtype)
+    x2 = contiguous(x).reshape(_rows(lead), d_in)
+    pre = np.empty((x2.shape[0], d_out), x.dtype) if return_pre else None
+    kernel = _backend_for((x2.shape[0], d_in, d_out), backend).linear_forward
+    kernel(x2, contiguous(W), None if b is None else contiguous(b),
+           buf.reshape(x2.shape[0], d_out), pre, spec, a, p2)
+    result = _finish(buf, result)
+    return (result, pre.reshape(*lead, d_out)) if return_pre else result
+
+
+def linear_backward(grad_y: ArrayLike, x: ArrayLike, W: ArrayLike, *,
+                    activation: str | None = None, y: ArrayLike | None = None,
+                    pre: ArrayLike | None = None, need_grad_x: bool = True,
+                    backend: str | None = None, **params: Any):
+    """Backprop through y = act(x @ W + b): returns (grad_x, grad_W, grad_b).
+
+    g = grad_y passed back through the activation (from pre = x @ W + b or from y, as the
+    table says), then grad_x = g @ W^T (..., D_in) [None if need_grad_x is False],
+    grad_W = x^T g (D_in, D_out) and grad_b = column sums of g (D_out,), the leading batch
+    dimensions of x flattened.
+    """
+    spec = get_activation(activation)
+    a, p2 = spec.encoded(params, func="linear_backward")
+    x, W, _ = _check_linear(x, W, None)
+    d_in, d_out = W.shape
+    g = as_float_array(grad_y, "grad_y", x.dtype)
+    check_shape(g, "grad_y", (*x.shape[:-1], d_out), "x's leading dimensions + (D_out,)")
+    saved = None
+    if spec.needs == "x":
+        if pre is None:
+            raise ValueError(f"linear_backward with activation {spec.name!r} needs pre "
+                             "(x @ W + b, from linear_forward(..., return_pre=True))")
+        saved = as_float_array(pre, "pre", x.dtype)
+        check_shape(saved, "pre", g.shape, "the shape of grad_y")
+    elif spec.needs == "y":
+        if y is not None:
+            saved = as_float_array(y, "y", x.dtype)
+            check_shape(saved, "y", g.shape, "the shape of grad_y")
+        elif pre is not None:
+            p = as_float_array(pre, "pre", x.dtype)
+            check_shape(p, "pre", g.shape, "the shape of grad_y")
+            saved = forward(spec, p, backend=backend, **params)
+        else:
+            raise ValueError(f"linear_backward with activation {spec.name!r} needs y "
+                             "(the layer's output) or pre")
+    n = _rows(x.shape[:-1])
+    g2 = contiguous(g).reshape(n, d_out)
+    x2 = contiguous(x).reshape(n, d_in)
+    saved2 = None if saved is None else contiguous(saved).reshape(n, d_out)
+    kernel = _backend_for((x2.shape[0], d_in, d_out), backend).linear_backward
+    grad_x, grad_W, grad_b = kernel(g2, x2, contiguous(W), saved2, spec, a, p2,
+                                    bool(need_grad_x))
+    if grad_x is not None:
+        grad_x = grad_x.reshape(x.shape)
+    return grad_x, grad_W, grad_b
+
+
+def _make_pair(spec: ActivationSpec, public: str):
+    params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items()) or "none"
+    saved = {"x": "x (the input)", "y": "y (the output; x also accepted)", None: "nothing"}
+
+    def fwd(x: ArrayLike, *, out: np.ndarray | None = None, backend: str | None = None,
+            **params: Any) -> np.ndarray:
+        return forward(spec, x, out=out, backend=backend, **params)
+
+    def bwd(grad_out: ArrayLike, *, x: ArrayLike | None = None, y: ArrayLike | None = None,
+            out: np.ndarray | None = None, backend: str | None = None,
+            **params: Any) -> np.ndarray:
+        return backward(spec, grad_out, x=x, y=y, out=out, backend=backend, **params)
+
+    axis = " along the last axis" if spec.rowwise else " elementwise"
+    fwd.__doc__ = (f"{spec.name} forward{axis}: {spec.formula}.\n\n"
+                   f"Parameters: {params}. Output: x's shape and dtype.")
+    bwd.__doc__ = (f"{spec.name} backward{axis}: grad_x = grad_out * f'(x), {spec.derivative}."
+                   f"\n\nNeeds {saved[spec.needs]}. Parameters: {params}.")
+    for func, suffix in ((fwd, "forward"), (bwd, "backward")):
+        func.__name__ = func.__qualname__ = f"{public}_{suffix}"
+        func.__module__ = "fastgrad"
+    return fwd, bwd
+
+
+def activation_functions() -> dict[str, Any]:
+    """`<name>_forward` / `<name>_backward` for every activation in the table (and `silu`)."""
+    funcs = {}
+    names = [(s, s.name) for s in ACTIVATIONS.values()] + [(ACTIVATIONS["swish"], "silu")]
+    for spec, public in names:
+        fwd, bwd = _make_pair(spec, public)
+        funcs[fwd.__name__] = fwd
+        funcs[bwd.__name__] = bwd
+    return funcs

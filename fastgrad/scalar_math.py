@@ -1,0 +1,199 @@
+"""Scalar formulas of every elementwise activation: the one source of math for the
+compiled Python backends.
+
+Each function works on one number and is plain Python that Numba compiles for the CPU
+(`numba_cpu`) and, as a device function, for the GPU (`cuda`). Every forward has the
+signature ``f(x, a, b)`` and every backward ``f(s, g, a, b)``, where ``s`` is the saved
+value the table names (the input x or the output y), ``g`` the incoming gradient and
+``a``, ``b`` the activation's encoded parameters (see `activations.py`).
+
+Comparisons are ordered so that NaN propagates: ``0 if x < 0 else x`` keeps NaN, where
+``x if x > 0 else 0`` would map it to 0.
+"""
+
+import math
+import types
+from collections.abc import Callable
+
+NAN = math.nan
+INV_SQRT2 = 0.7071067811865476  # 1/sqrt(2)
+INV_SQRT2PI = 0.3989422804014327  # 1/sqrt(2*pi)
+SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
+GELU_TANH_C = 0.044715
+SELU_ALPHA = 1.6732632423543772
+SELU_SCALE = 1.0507009873554805
+
+
+# Functions here that other formulas call: compiled alongside them by `compile_scalar`.
+HELPERS = ("sigmoid_value",)
+
+
+def compile_scalar(fn: Callable, jit: Callable) -> Callable:
+    """`fn` compiled by `jit` (numba.njit(...) or numba.cuda.jit(device=True)), with its
+    calls to HELPERS bound to helpers compiled by the same `jit`.
+
+    Numba resolves global names when it compiles, so each target needs a copy of the
+    formulas whose globals point at that target's compiled helpers.
+    """
+    namespace = dict(fn.__globals__)
+    for name in HELPERS:
+        helper = globals()[name]
+        namespace[name] = jit(types.FunctionType(helper.__code__, namespace, name))
+    return jit(types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__))
+
+
+def sigmoid_value(x):
+    """1 / (1 + exp(-x)) through exp(-|x|): exp never overflows."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def identity_forward(x, a, b):
+    return x
+
+
+def identity_backward(s, g, a, b):
+    return g
+
+
+def binary_step_forward(x, a, b):
+    # a = threshold; NaN stays NaN.
+    if x >= a:
+        return 1.0
+    if x < a:
+        return 0.0
+    return x
+
+
+def binary_step_backward(s, g, a, b):
+    # b = 1 for the straight-through estimator, else the true derivative 0.
+    if b != 0.0:
+        return g
+    return 0.0
+
+
+def sigmoid_forward(x, a, b):
+    return sigmoid_value(x)
+
+
+def sigmoid_backward(y, g, a, b):
+    return g * y * (1.0 - y)
+
+
+def tanh_forward(x, a, b):
+    return math.tanh(x)
+
+
+def tanh_backward(y, g, a, b):
+    return g * (1.0 - y * y)
+
+
+def relu_forward(x, a, b):
+    return 0.0 if x < 0 else x
+
+
+def relu_backward(x, g, a, b):
+    # relu'(0) = 0; a NaN input gives a NaN gradient.
+    if x > 0:
+        return g
+    if x <= 0:
+        return 0.0
+    return x
+
+
+def leaky_relu_forward(x, a, b):
+    return a * x if x < 0 else x
+
+
+def leaky_relu_backward(x, g, a, b):
+    if x >= 0:
+        return g
+    if x < 0:
+        return a * g
+    return x
+
+
+def elu_forward(x, a, b):
+    # expm1 of min(x, 0): no overflow for large positive x.
+    if x > 0:
+        return x
+    return a * math.expm1(x)
+
+
+def elu_backward(x, g, a, b):
+    if x >= 0:
+        return g
+    return g * a * math.exp(x)
+
+
+def swish_forward(x, a, b):
+    # a = beta. x * sigmoid(beta x); the limit 0 at x = -inf rather than -inf * 0.
+    s = sigmoid_value(a * x)
+    if s == 0.0:
+        return 0.0
+    return x * s
+
+
+def swish_backward(x, g, a, b):
+    s = sigmoid_value(a * x)
+    # In both saturated tails the product term is (+-inf or huge) * 0: its limit is 0.
+    if s == 0.0:
+        return 0.0 * g
+    if s == 1.0:
+        return g
+    return g * (s + a * x * s * (1.0 - s))
+
+
+def gelu_forward(x, a, b):
+    # a = 0: exact x * Phi(x), Phi through erfc (accurate in the left tail);
+    # a = 1: tanh approximation, x * sigmoid(2u) == 0.5 x (1 + tanh(u)) without cancellation.
+    if a == 0.0:
+        phi = 0.5 * math.erfc(-x * INV_SQRT2)
+    else:
+        phi = sigmoid_value(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
+    if phi == 0.0:
+        return 0.0
+    return x * phi
+
+
+def gelu_backward(x, g, a, b):
+    if a == 0.0:
+        phi = 0.5 * math.erfc(-x * INV_SQRT2)
+        if phi == 0.0:
+            return 0.0 * g
+        pdf = INV_SQRT2PI * math.exp(-0.5 * x * x)
+        if pdf == 0.0:  # |x| so large that x * pdf is 0 in the limit (inf * 0 otherwise)
+            return g * phi
+        return g * (phi + x * pdf)
+    u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
+    s = sigmoid_value(2.0 * u)
+    if s == 0.0:
+        return 0.0 * g
+    if s == 1.0:
+        return g
+    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    # d/dx [x s(2u)] = s + x * 2 s (1 - s) du
+    return g * (s + 2.0 * x * s * (1.0 - s) * du)
+
+
+def softplus_forward(x, a, b):
+    # log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0)
+    return math.log1p(math.exp(-abs(x))) + (0.0 if x < 0 else x)
+
+
+def softplus_backward(x, g, a, b):
+    return g * sigmoid_value(x)
+
+
+def selu_forward(x, a, b):
+    if x > 0:
+        return SELU_SCALE * x
+    return SELU_SCALE * SELU_ALPHA * math.expm1(x)
+
+
+def selu_backward(x, g, a, b):
+    if x >= 0:
+        return SELU_SCALE * g
+    return g * SELU_SCALE * SELU_ALPHA * math.exp(x)

@@ -1,0 +1,60 @@
+"""Build fastgrad's compiled extension, fastgrad._kernels, from fastgrad/_kernels.pyx.
+
+OpenMP is used where the compiler supports it; a compiler without it still builds a
+serial extension. No -march flag and no -ffast-math: the shipped build must run on any
+x86-64 and keep IEEE NaN/inf behaviour (see ../shared/DESIGN.md section 6).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def compiler_supports_openmp() -> bool:
+    """Compile and link a tiny OpenMP program; True when that works."""
+    if os.environ.get("FASTGRAD_NO_OPENMP"):
+        return False
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+        result = subprocess.run(
+            [cc, "-fopenmp", src, "-o", os.path.join(tmp, "t")], capture_output=True
+        )
+        return result.returncode == 0
+
+
+openmp = compiler_supports_openmp() and sys.platform != "win32"
+compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+link_args = []
+if openmp:
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
+
+extensions = [
+    Extension(
+        "fastgrad._kernels",
+        ["fastgrad/_kernels.pyx"],
+        include_dirs=[numpy.get_include(), "fastgrad"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        libraries=["m"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": "3", "embedsignature": True},
+    )
+)

@@ -1,0 +1,75 @@
+"""Shared test harness: the backends under test, dtype tolerances and input makers.
+
+Tests are written once over the activation table and this backend list: an activation
+added to fastgrad.ACTIVATIONS, or a backend added to the registry, is tested everywhere
+without a new test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+from fastgrad.activations import ACTIVATIONS
+
+# The compiled CPU backends must never be skipped: their absence fails test_backends.
+REQUIRED_BACKENDS = ("numba",)
+# cuda runs under the simulator in its own pytest invocation (FASTGRAD_TEST_CUDA=1).
+BACKENDS = [b for b in fg.available_backends() if b != "cuda" or os.environ.get(
+    "FASTGRAD_TEST_CUDA")]
+DTYPES = (np.float32, np.float64)
+SPECS = list(ACTIVATIONS.values())
+SPEC_IDS = [s.name for s in SPECS]
+
+# |got - want| <= atol + rtol |want|, want = float64 reference rounded to the dtype.
+ELEMENTWISE_TOL = {np.float32: (1e-5, 1e-6), np.float64: (1e-12, 1e-14)}
+REDUCTION_TOL = {np.float32: (1e-4, 1e-5), np.float64: (1e-11, 1e-12)}
+
+# Where the derivative jumps: finite differences must stay clear of these points.
+KINKS = {"relu": 0.0, "leaky_relu": 0.0, "elu": 0.0, "selu": 0.0, "binary_step": 0.0}
+
+
+def tol(dtype, reduction: bool = False) -> dict[str, float]:
+    rtol, atol = (REDUCTION_TOL if reduction else ELEMENTWISE_TOL)[np.dtype(dtype).type]
+    return {"rtol": rtol, "atol": atol}
+
+
+def assert_close(got, want, dtype, reduction: bool = False, what: str = ""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                               equal_nan=True, err_msg=what, **tol(dtype, reduction))
+
+
+def random_input(rng: np.random.Generator, shape, dtype, spec=None, scale: float = 3.0):
+    """Normal(0, scale) values; kept 0.05 away from the spec's kink when it has one."""
+    x = rng.standard_normal(shape) * scale
+    if spec is not None and spec.name in KINKS:
+        k = KINKS[spec.name]
+        x = np.where(np.abs(x - k) < 0.05, k + np.copysign(0.05, x - k) + (x - k), x)
+    return x.astype(dtype)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """Fresh random inputs on every run, the seed printed on failure for reproduction."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed: {seed}")
+    return np.random.default_rng(seed)
+
+
+def reference_forward(spec, x, **params):
+    return fg.forward(spec, x, backend="numpy", **params)
+
+
+def saved_for(spec, x, dtype):
+    """The (x=, y=) keyword the spec's backward takes, computed by the reference."""
+    if spec.needs == "x":
+        return {"x": x}
+    if spec.needs == "y":
+        return {"y": reference_forward(spec, x).astype(dtype)}
+    return {}
