@@ -15,7 +15,6 @@ import math
 import types
 from collections.abc import Callable
 
-NAN = math.nan
 INV_SQRT2 = 0.7071067811865476  # 1/sqrt(2)
 INV_SQRT2PI = 0.3989422804014327  # 1/sqrt(2*pi)
 SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
@@ -24,18 +23,31 @@ SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
 
 
+# The transcendentals the formulas call, by bare name so that a target can bind faster
+# implementations (compile_scalar's `math_functions`): the numba CPU backend binds
+# vectorizable ones, CUDA keeps the device's own.
+exp = math.exp
+expm1 = math.expm1
+log1p = math.log1p
+tanh = math.tanh
+erfc = math.erfc
+MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc")
+
 # Functions here that other formulas call: compiled alongside them by `compile_scalar`.
 HELPERS = ("sigmoid_value",)
 
 
-def compile_scalar(fn: Callable, jit: Callable) -> Callable:
+def compile_scalar(fn: Callable, jit: Callable,
+                   math_functions: dict[str, Callable] | None = None) -> Callable:
     """`fn` compiled by `jit` (numba.njit(...) or numba.cuda.jit(device=True)), with its
-    calls to HELPERS bound to helpers compiled by the same `jit`.
+    calls to HELPERS bound to helpers compiled by the same `jit`, and the names in
+    MATH_FUNCTIONS bound to `math_functions` where it gives them (else to `math`'s).
 
     Numba resolves global names when it compiles, so each target needs a copy of the
     formulas whose globals point at that target's compiled helpers.
     """
     namespace = dict(fn.__globals__)
+    namespace.update(math_functions or {})
     for name in HELPERS:
         helper = globals()[name]
         namespace[name] = jit(types.FunctionType(helper.__code__, namespace, name))
@@ -45,8 +57,8 @@ def compile_scalar(fn: Callable, jit: Callable) -> Callable:
 def sigmoid_value(x):
     """1 / (1 + exp(-x)) through exp(-|x|): exp never overflows."""
     if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
+        return 1.0 / (1.0 + exp(-x))
+    z = exp(x)
     return z / (1.0 + z)
 
 
@@ -83,7 +95,7 @@ def sigmoid_backward(y, g, a, b):
 
 
 def tanh_forward(x, a, b):
-    return math.tanh(x)
+    return tanh(x)
 
 
 def tanh_backward(y, g, a, b):
@@ -119,13 +131,13 @@ def elu_forward(x, a, b):
     # expm1 of min(x, 0): no overflow for large positive x.
     if x > 0:
         return x
-    return a * math.expm1(x)
+    return a * expm1(x)
 
 
 def elu_backward(x, g, a, b):
     if x >= 0:
         return g
-    return g * a * math.exp(x)
+    return g * a * exp(x)
 
 
 def swish_forward(x, a, b):
@@ -150,7 +162,7 @@ def gelu_forward(x, a, b):
     # a = 0: exact x * Phi(x), Phi through erfc (accurate in the left tail);
     # a = 1: tanh approximation, x * sigmoid(2u) == 0.5 x (1 + tanh(u)) without cancellation.
     if a == 0.0:
-        phi = 0.5 * math.erfc(-x * INV_SQRT2)
+        phi = 0.5 * erfc(-x * INV_SQRT2)
     else:
         phi = sigmoid_value(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
     if phi == 0.0:
@@ -160,10 +172,10 @@ def gelu_forward(x, a, b):
 
 def gelu_backward(x, g, a, b):
     if a == 0.0:
-        phi = 0.5 * math.erfc(-x * INV_SQRT2)
+        phi = 0.5 * erfc(-x * INV_SQRT2)
         if phi == 0.0:
             return 0.0 * g
-        pdf = INV_SQRT2PI * math.exp(-0.5 * x * x)
+        pdf = INV_SQRT2PI * exp(-0.5 * x * x)
         if pdf == 0.0:  # |x| so large that x * pdf is 0 in the limit (inf * 0 otherwise)
             return g * phi
         return g * (phi + x * pdf)
@@ -180,7 +192,7 @@ def gelu_backward(x, g, a, b):
 
 def softplus_forward(x, a, b):
     # log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0)
-    return math.log1p(math.exp(-abs(x))) + (0.0 if x < 0 else x)
+    return log1p(exp(-abs(x))) + (0.0 if x < 0 else x)
 
 
 def softplus_backward(x, g, a, b):
@@ -190,10 +202,10 @@ def softplus_backward(x, g, a, b):
 def selu_forward(x, a, b):
     if x > 0:
         return SELU_SCALE * x
-    return SELU_SCALE * SELU_ALPHA * math.expm1(x)
+    return SELU_SCALE * SELU_ALPHA * expm1(x)
 
 
 def selu_backward(x, g, a, b):
     if x >= 0:
         return SELU_SCALE * g
-    return g * SELU_SCALE * SELU_ALPHA * math.exp(x)
+    return g * SELU_SCALE * SELU_ALPHA * exp(x)
