@@ -113,7 +113,9 @@ class EpochPlan:
     when clip_value / clip_norm are set. It fills batch_loss[i] (the batch's mean loss)
     and grad_sq[i, k] (layer k's squared gradient norm, before clipping), and returns the
     number of batches completed: fewer than n_batches when batch i = the return value had
-    a non-finite loss or gradient, in which case that batch made no update.
+    a non-finite loss or gradient, in which case that batch made no update. A runner may
+    set last_good to the parameters before its last update (fit restores them, else the
+    epoch's starting parameters, when the current ones are not finite).
     """
 
     layers: list[tuple]
@@ -131,6 +133,7 @@ class EpochPlan:
     backend: str | None
     batch_loss: np.ndarray = field(default=None)
     grad_sq: np.ndarray = field(default=None)
+    last_good: np.ndarray | None = None
 
     @property
     def n_batches(self) -> int:
@@ -178,17 +181,17 @@ def train_epoch_layers(plan: EpochPlan) -> int:
     X, T, B = plan.X, plan.T, plan.batch_size
     params, grads, opt = plan.params, plan.grads, plan.optimizer
     views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
-    prev = np.empty_like(params)  # weights before the last update, the fallback if it broke
+    prev = params.copy()  # weights before the last update: the fallback if it broke them
+    plan.last_good = prev
     for i in range(plan.n_batches):
         rows = slice(i * B, (i + 1) * B)
         plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
                                               grad_W, grad_b, plan.backend)
-        for k, view in enumerate(views):
-            plan.grad_sq[i, k] = np.dot(view, view)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
+            for k, view in enumerate(views):
+                plan.grad_sq[i, k] = np.dot(view, view)
         if not (math.isfinite(plan.batch_loss[i]) and np.isfinite(plan.grad_sq[i]).all()
                 and np.isfinite(grads).all()):
-            if not np.isfinite(params).all():
-                params[...] = prev
             return i
         clip_gradients(grads, plan.clip_value, plan.clip_norm)
         np.copyto(prev, params)
@@ -607,8 +610,11 @@ def _raise_nonfinite(model: Sequential, plan: EpochPlan, epoch: int, batch: int,
     else:
         layer = _first_nonfinite_layer(model, xb)
         what, detail = "loss", f"a non-finite loss ({loss_value})"
-    if not np.isfinite(model.params).all():
-        model.params[...] = snapshot  # the runner could not keep finite weights
+    if not np.isfinite(model.params).all():  # the last update broke them: roll it back
+        for fallback in (plan.last_good, snapshot):
+            if fallback is not None and np.isfinite(fallback).all():
+                model.params[...] = fallback
+                break
     where = "" if layer is None else f", layer {layer} ({model.layers[layer]!r})"
     raise NonFiniteError(
         f"training stopped at epoch {epoch}, batch {batch} (counted from 0){where}: "
