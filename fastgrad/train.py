@@ -189,9 +189,13 @@ def train_epoch_layers(plan: EpochPlan) -> int:
                                               grad_W, grad_b, plan.backend)
         with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
             for k, view in enumerate(views):
-                plan.grad_sq[i, k] = np.dot(view, view)
-        if not (math.isfinite(plan.batch_loss[i]) and np.isfinite(plan.grad_sq[i]).all()
-                and np.isfinite(grads).all()):
+                sq = np.dot(view, view)
+                if not math.isfinite(sq):  # float32 squares overflow first: redo in float64
+                    v64 = view.astype(np.float64)
+                    sq = np.dot(v64, v64)
+                plan.grad_sq[i, k] = sq
+        if not (math.isfinite(plan.batch_loss[i]) and (np.isfinite(plan.grad_sq[i]).all()
+                                                       or np.isfinite(grads).all())):
             return i
         clip_gradients(grads, plan.clip_value, plan.clip_norm)
         np.copyto(prev, params)
