@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -348,3 +349,33 @@ def test_fit_takes_a_backends_fused_epoch_when_it_supports_the_plan(rng, monkeyp
     monkeypatch.setattr(backend, "supports_train_epoch", lambda plan: False)
     fg.MLP([4, 3], backend="numba", seed=0).fit(X, y, epochs=2, verbose=0)
     assert calls == [4, 4]
+
+
+def test_pickle_keeps_layers_as_views_of_the_flat_buffer(rng):
+    X, y = blobs(rng)
+    m = fg.MLP([4, 8, 3], seed=0)
+    m.fit(X, y, epochs=2, verbose=0)
+    clone = pickle.loads(pickle.dumps(m))
+    np.testing.assert_array_equal(clone.predict(X), m.predict(X))
+    assert all(np.shares_memory(W, clone.params) for W in clone.weights)
+    clone.fit(X, y, epochs=1, verbose=0)  # training moves the layers' weights
+    assert not np.array_equal(clone.layers[0].W, m.layers[0].W)
+    assert np.array_equal(clone.params, np.concatenate(
+        [np.concatenate([L.W.ravel(), L.b]) for L in clone.layers]))
+
+
+def test_tqdm_progress_bar(rng, capsys):
+    pytest.importorskip("tqdm", reason="tqdm is optional (the train extra)")
+    X, y = blobs(rng)
+    fg.MLP([4, 3], seed=0).fit(X, y, epochs=3, verbose=1)
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err and captured.out == ""
+
+
+def test_get_kernel_falls_back_for_backends_without_trainer_kernels(monkeypatch):
+    backend = fg.get_backend("numba")
+    monkeypatch.delattr(backend, "loss_forward")
+    kernel = fg.backends.get_kernel("loss_forward", "numba")
+    assert kernel is fg.get_backend("numpy").loss_forward
+    with pytest.raises(AttributeError, match="provides the kernel 'no_such_kernel'"):
+        fg.backends.get_kernel("no_such_kernel")
