@@ -48,8 +48,9 @@ class GradientHealthWarning(RuntimeWarning):
 class GradientHealth:
     """Gradient-health settings for `fit(..., health=...)`.
 
-    vanish / explode: per-layer gradient-norm thresholds (the epoch's mean over batches of
-    ||dL/d(W, b)||); patience: epochs in a row below `vanish` before warning.
+    vanish / explode: per-layer gradient-norm thresholds (on the epoch's root-mean-square
+    over batches of ||dL/d(W, b)||, what history["grad_norm"] records); patience: epochs
+    in a row below `vanish` before warning.
     sample_rows: training rows the end-of-epoch diagnostic pass (dead ReLU units,
     saturated sigmoid/tanh units, the training metric) runs on.
     """
@@ -142,9 +143,14 @@ class EpochPlan:
 
 def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: LossSpec,
                      grad_W: list[np.ndarray], grad_b: list[np.ndarray],
-                     backend: str | None = None) -> float:
+                     backend: str | None = None,
+                     loss_kernels: tuple[Callable, Callable] | None = None) -> float:
     """One batch through the network and back: returns the batch's mean loss and writes
-    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan."""
+    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan; loss_kernels, the
+    backend's (loss_forward, loss_backward), looked up when not given."""
+    if loss_kernels is None:
+        loss_kernels = (get_kernel("loss_forward", backend),
+                        get_kernel("loss_backward", backend))
     inputs, saved = [xb], []
     a = xb
     for W, b, spec, p in layers:
@@ -156,9 +162,9 @@ def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: 
             a = F.linear_forward(a, W, b, activation=spec, backend=backend, **p)
             saved.append({"y": a})
         inputs.append(a)
-    value = get_kernel("loss_forward", backend)(loss, a, tb)
+    value = loss_kernels[0](loss, a, tb)
     g = np.empty_like(a)
-    get_kernel("loss_backward", backend)(loss, a, tb, g)
+    loss_kernels[1](loss, a, tb, g)
     for k in range(len(layers) - 1, -1, -1):
         W, b, spec, p = layers[k]
         g, gW, gb = F.linear_backward(g, inputs[k], W, activation=spec, backend=backend,
@@ -181,12 +187,14 @@ def train_epoch_layers(plan: EpochPlan) -> int:
     X, T, B = plan.X, plan.T, plan.batch_size
     params, grads, opt = plan.params, plan.grads, plan.optimizer
     views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
+    kernels = (get_kernel("loss_forward", plan.backend),
+               get_kernel("loss_backward", plan.backend))
     prev = params.copy()  # weights before the last update: the fallback if it broke them
     plan.last_good = prev
     for i in range(plan.n_batches):
         rows = slice(i * B, (i + 1) * B)
         plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
-                                              grad_W, grad_b, plan.backend)
+                                              grad_W, grad_b, plan.backend, kernels)
         with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
             for k, view in enumerate(views):
                 sq = np.dot(view, view)
