@@ -103,8 +103,9 @@ class History:
 class EpochPlan:
     """Everything one epoch needs; the contract between `fit` and an epoch runner.
 
-    layers: per layer (W, b, activation spec, activation params), W and b views into
-    `params`; the last layer has the identity activation (the loss takes logits).
+    layers: per layer (W, b, activation spec, a, b), W and b views into `params`, (a, b)
+    the activation's encoded parameters as the backend kernels take them; the last layer
+    has the identity activation (the loss takes logits).
     grads: the flat gradient buffer, layer k's slice `layer_slices[k]` (its W then b).
     X, T: this epoch's (shuffled) inputs (N, D) and targets (N, K), C-contiguous, the
     model's dtype; batches are consecutive rows, the last one possibly shorter.
@@ -141,34 +142,45 @@ class EpochPlan:
         return -(-len(self.X) // self.batch_size)
 
 
+def dense_forward(backend, a: np.ndarray, W: np.ndarray, b: np.ndarray, spec, act_a: float,
+                  act_b: float, want_pre: bool = False):
+    """(y, pre) of one dense layer through the backend's kernel; pre is None unless
+    want_pre. Arrays must already be what the kernel expects (C-contiguous, one dtype):
+    the trainer validates its data once per fit instead of once per call."""
+    out = np.empty((a.shape[0], W.shape[1]), a.dtype)
+    pre = np.empty_like(out) if want_pre else None
+    backend.linear_forward(a, W, b, out, pre, spec, act_a, act_b)
+    return out, pre
+
+
 def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: LossSpec,
                      grad_W: list[np.ndarray], grad_b: list[np.ndarray],
                      backend: str | None = None,
                      loss_kernels: tuple[Callable, Callable] | None = None) -> float:
     """One batch through the network and back: returns the batch's mean loss and writes
     dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan; loss_kernels, the
-    backend's (loss_forward, loss_backward), looked up when not given."""
+    backend's (loss_forward, loss_backward), looked up when not given.
+
+    Calls the backend object's dense-layer kernels directly (the interface in
+    fastgrad.backends): every array here is C-contiguous in the model's dtype by
+    construction, so the functional layer's per-call checks would only add overhead.
+    """
+    be = get_backend(backend)
     if loss_kernels is None:
         loss_kernels = (get_kernel("loss_forward", backend),
                         get_kernel("loss_backward", backend))
     inputs, saved = [xb], []
     a = xb
-    for W, b, spec, p in layers:
-        if spec.needs == "x":
-            a, pre = F.linear_forward(a, W, b, activation=spec, backend=backend,
-                                      return_pre=True, **p)
-            saved.append({"pre": pre})
-        else:
-            a = F.linear_forward(a, W, b, activation=spec, backend=backend, **p)
-            saved.append({"y": a})
+    for W, b, spec, pa, pb in layers:
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=spec.needs == "x")
+        saved.append(pre if spec.needs == "x" else a if spec.needs == "y" else None)
         inputs.append(a)
     value = loss_kernels[0](loss, a, tb)
     g = np.empty_like(a)
     loss_kernels[1](loss, a, tb, g)
     for k in range(len(layers) - 1, -1, -1):
-        W, b, spec, p = layers[k]
-        g, gW, gb = F.linear_backward(g, inputs[k], W, activation=spec, backend=backend,
-                                      need_grad_x=k > 0, **saved[k], **p)
+        W, b, spec, pa, pb = layers[k]
+        g, gW, gb = be.linear_backward(g, inputs[k], W, saved[k], spec, pa, pb, k > 0)
         grad_W[k][...] = gW
         grad_b[k][...] = gb
     return value
@@ -348,9 +360,9 @@ def _diagnose(model: Sequential, X: np.ndarray):
     sigmoid outside [0.01, 0.99], |tanh| > 0.99); None where not applicable."""
     dead, saturated = [], []
     a = X
-    for k, (W, b, spec, p) in enumerate(_plan_layers(model)):
-        a, pre = F.linear_forward(a, W, b, activation=spec, backend=model.backend,
-                                  return_pre=True, **p)
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=True)
         last = k == len(model.layers) - 1
         dead.append(float(np.mean(np.all(pre <= 0, axis=0)))
                     if spec.name == "relu" and not last else None)
@@ -365,8 +377,9 @@ def _diagnose(model: Sequential, X: np.ndarray):
 
 def _first_nonfinite_layer(model: Sequential, X: np.ndarray) -> int | None:
     a = X
-    for k, (W, b, spec, p) in enumerate(_plan_layers(model)):
-        a = F.linear_forward(a, W, b, activation=spec, backend=model.backend, **p)
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, _ = dense_forward(be, a, W, b, spec, pa, pb)
         if not np.isfinite(a).all():
             return k
     return None
@@ -376,7 +389,7 @@ def _plan_layers(model: Sequential) -> list[tuple]:
     out = []
     for k, layer in enumerate(model.layers):
         spec, params = model.hidden_activation(k)
-        out.append((layer.W, layer.b, spec, params))
+        out.append((layer.W, layer.b, spec, *spec.encoded(params)))
     return out
 
 
