@@ -203,23 +203,23 @@ def train_epoch_layers(plan: EpochPlan) -> int:
                get_kernel("loss_backward", plan.backend))
     prev = params.copy()  # weights before the last update: the fallback if it broke them
     plan.last_good = prev
-    for i in range(plan.n_batches):
-        rows = slice(i * B, (i + 1) * B)
-        plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
-                                              grad_W, grad_b, plan.backend, kernels)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite value is reported
+        for i in range(plan.n_batches):
+            rows = slice(i * B, (i + 1) * B)
+            plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
+                                                  grad_W, grad_b, plan.backend, kernels)
             for k, view in enumerate(views):
                 sq = np.dot(view, view)
                 if not math.isfinite(sq):  # float32 squares overflow first: redo in float64
                     v64 = view.astype(np.float64)
                     sq = np.dot(v64, v64)
                 plan.grad_sq[i, k] = sq
-        if not (math.isfinite(plan.batch_loss[i]) and (np.isfinite(plan.grad_sq[i]).all()
-                                                       or np.isfinite(grads).all())):
-            return i
-        clip_gradients(grads, plan.clip_value, plan.clip_norm)
-        np.copyto(prev, params)
-        opt.step(params, grads, plan.lr)
+            if not (math.isfinite(plan.batch_loss[i])
+                    and (np.isfinite(plan.grad_sq[i]).all() or np.isfinite(grads).all())):
+                return i
+            clip_gradients(grads, plan.clip_value, plan.clip_norm)
+            np.copyto(prev, params)
+            opt.step(params, grads, plan.lr)
     return plan.n_batches
 
 
