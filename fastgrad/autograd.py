@@ -479,11 +479,11 @@ def _matmul_grads(g: np.ndarray, x: np.ndarray, y: np.ndarray, need_x: bool, nee
     """Gradients of x @ y (np.matmul rules: 1-D operands promoted, batch broadcast)."""
     x2 = x[None, :] if x.ndim == 1 else x
     y2 = y[:, None] if y.ndim == 1 else y
-    g2 = g
-    if x.ndim == 1:
-        g2 = np.expand_dims(g2, -2)
+    g2 = g  # restore the dimensions matmul dropped: y's column first, then x's row
     if y.ndim == 1:
         g2 = np.expand_dims(g2, -1)
+    if x.ndim == 1:
+        g2 = np.expand_dims(g2, -2)
     gx = gy = None
     if need_x:
         gx = _unbroadcast(np.matmul(g2, np.swapaxes(y2, -1, -2)), x2.shape).reshape(x.shape)
