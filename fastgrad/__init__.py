@@ -13,9 +13,9 @@ from .activations import ACTIVATIONS, ActivationSpec, get_activation
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backends import available_backends, backend_info, get_backend, set_backend, use_backend
 from .chain import ChainPlan, chain_order, chain_vjp, multi_dot
+from .derivatives import grad, jacobian, jvp, vjp
 from .functional import activation_functions, backward, forward, linear_backward, linear_forward
 from .gradcheck import GradcheckError, gradcheck, numerical_vjp
-from .jacobian import grad, jacobian, jvp, vjp
 
 __version__ = "0.1.0"
 

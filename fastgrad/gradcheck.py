@@ -44,7 +44,7 @@ def numerical_vjp(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray],
 def _tensor_function(f: Callable) -> tuple[Callable, Callable]:
     """For f on Tensors: (f on arrays, without recording a graph; its vjp by autograd)."""
     from .autograd import Tensor, no_grad
-    from .jacobian import vjp_multi
+    from .derivatives import vjp_multi
 
     def f_arrays(*xs: np.ndarray) -> np.ndarray:
         with no_grad():

@@ -17,7 +17,7 @@ import fastgrad as fg
 from fastgrad import autograd as ag
 from fastgrad import functional
 from fastgrad import tensor_losses as losses
-from fastgrad.jacobian import jvp_multi
+from fastgrad.derivatives import jvp_multi
 from fastgrad.tensor_losses import softmax_cross_entropy
 
 Tensor = fg.Tensor
