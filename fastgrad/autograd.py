@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import numbers
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -113,6 +112,9 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """The data (shared, not copied)."""
         return self.data
+
+    def __float__(self) -> float:
+        return float(self.data)
 
     def item(self) -> float:
         """The value of a one-element tensor as a Python float."""
@@ -346,7 +348,8 @@ def _operand(value: Any) -> Tensor | float:
     arrays become constant tensors."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, numbers.Real) and not isinstance(value, np.generic):
+    # Plain types, not numbers.Real: an ABC check costs tens of microseconds per op.
+    if isinstance(value, (int, float)) and not isinstance(value, np.generic):
         return float(value)
     return Tensor(value)
 
@@ -361,59 +364,44 @@ def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
 
 
-def _binary(a: Any, b: Any, op: str, forward: Callable, vjp_a: Callable, vjp_b: Callable,
-            jvp: Callable) -> Tensor:
-    """Elementwise binary op with broadcasting. vjp_a(g, x, y, out) etc. give the
+class _Rule(NamedTuple):
+    """An elementwise binary op: forward(x, y); vjp_a(g, x, y, out) and vjp_b(...) the
     unreduced gradients; jvp(ta, tb, x, y, out) the output tangent."""
+
+    op: str
+    forward: Callable
+    vjp_a: Callable
+    vjp_b: Callable
+    jvp: Callable
+
+
+def _binary(a: Any, b: Any, rule: _Rule) -> Tensor:
+    """Elementwise binary op with broadcasting; gradients summed back to each shape."""
     a, b = _operand(a), _operand(b)
     x = a.data if isinstance(a, Tensor) else a
     y = b.data if isinstance(b, Tensor) else b
-    out = forward(x, y)
+    out = rule.forward(x, y)
     parents = tuple(t for t in (a, b) if isinstance(t, Tensor))
 
     def vjp(g):
         grads = []
-        for t, rule in ((a, vjp_a), (b, vjp_b)):
+        for t, grad_of in ((a, rule.vjp_a), (b, rule.vjp_b)):
             if isinstance(t, Tensor):
-                grads.append(_unbroadcast(rule(g, x, y, out), t.shape)
+                grads.append(_unbroadcast(grad_of(g, x, y, out), t.shape)
                              if t.requires_grad else None)
         return grads
 
-    def jvp_(ts):
+    def jvp(ts):
         it = iter(ts)
         ta = next(it) if isinstance(a, Tensor) else 0.0
         tb = next(it) if isinstance(b, Tensor) else 0.0
-        return np.broadcast_to(jvp(ta, tb, x, y, out), np.shape(out))
+        return np.broadcast_to(rule.jvp(ta, tb, x, y, out), np.shape(out))
 
-    return _node(out, parents, vjp, jvp_, op)
+    return _node(out, parents, vjp, jvp, rule.op)
 
 
 # -- arithmetic ----------------------------------------------------------------------
-
-def add(a: Any, b: Any) -> Tensor:
-    """a + b (broadcasting). Gradient: g to both, unchanged (summed to each shape)."""
-    return _binary(a, b, "add", np.add, lambda g, x, y, o: g, lambda g, x, y, o: g,
-                   lambda ta, tb, x, y, o: ta + tb)
-
-
-def sub(a: Any, b: Any) -> Tensor:
-    """a - b. Gradient: g to a, -g to b."""
-    return _binary(a, b, "sub", np.subtract, lambda g, x, y, o: g, lambda g, x, y, o: -g,
-                   lambda ta, tb, x, y, o: ta - tb)
-
-
-def mul(a: Any, b: Any) -> Tensor:
-    """a * b. Gradient: the inputs swap: g * b to a, g * a to b."""
-    return _binary(a, b, "mul", np.multiply, lambda g, x, y, o: g * y,
-                   lambda g, x, y, o: g * x, lambda ta, tb, x, y, o: ta * y + x * tb)
-
-
-def div(a: Any, b: Any) -> Tensor:
-    """a / b. Gradient: g / b to a, -g a / b^2 = -g out / b to b."""
-    return _binary(a, b, "div", np.true_divide, lambda g, x, y, o: g / y,
-                   lambda g, x, y, o: -g * o / y,
-                   lambda ta, tb, x, y, o: (ta - o * tb) / y)
-
+# Each rule is built once at import, not per call: fewer objects per node, less GC work.
 
 def _log_base(x: Any) -> Any:
     # d(x^y)/dy = x^y log x; where x^y is 0 (x = 0, y > 0) the product is 0, not NaN.
@@ -421,36 +409,65 @@ def _log_base(x: Any) -> Any:
         return np.log(x)
 
 
+def _pow_jvp(ta, tb, x, y, o):
+    # ta or tb is the float 0.0 for a constant side: skip that term entirely.
+    t = ta * y * np.power(x, y - 1.0) if np.any(ta) else 0.0
+    if np.any(tb):
+        t = t + np.where(o == 0, 0.0, tb * o * _log_base(x))
+    return t
+
+
+_ADD = _Rule("add", np.add, lambda g, x, y, o: g, lambda g, x, y, o: g,
+             lambda ta, tb, x, y, o: ta + tb)
+_SUB = _Rule("sub", np.subtract, lambda g, x, y, o: g, lambda g, x, y, o: -g,
+             lambda ta, tb, x, y, o: ta - tb)
+_MUL = _Rule("mul", np.multiply, lambda g, x, y, o: g * y, lambda g, x, y, o: g * x,
+             lambda ta, tb, x, y, o: ta * y + x * tb)
+_DIV = _Rule("div", np.true_divide, lambda g, x, y, o: g / y, lambda g, x, y, o: -g * o / y,
+             lambda ta, tb, x, y, o: (ta - o * tb) / y)
+_POW = _Rule("pow", np.power, lambda g, x, y, o: g * y * np.power(x, y - 1.0),
+             lambda g, x, y, o: np.where(o == 0, 0.0, g * o * _log_base(x)), _pow_jvp)
+_MAXIMUM = _Rule("maximum", np.maximum, lambda g, x, y, o: g * (x >= y),
+                 lambda g, x, y, o: g * (x < y),
+                 lambda ta, tb, x, y, o: np.where(x >= y, ta, tb))
+_MINIMUM = _Rule("minimum", np.minimum, lambda g, x, y, o: g * (x <= y),
+                 lambda g, x, y, o: g * (x > y),
+                 lambda ta, tb, x, y, o: np.where(x <= y, ta, tb))
+
+
+def add(a: Any, b: Any) -> Tensor:
+    """a + b (broadcasting). Gradient: g to both, unchanged (summed to each shape)."""
+    return _binary(a, b, _ADD)
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """a - b. Gradient: g to a, -g to b."""
+    return _binary(a, b, _SUB)
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """a * b. Gradient: the inputs swap: g * b to a, g * a to b."""
+    return _binary(a, b, _MUL)
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """a / b. Gradient: g / b to a, -g a / b^2 = -g out / b to b."""
+    return _binary(a, b, _DIV)
+
+
 def power(a: Any, b: Any) -> Tensor:
     """a ** b. Gradient: g b a^(b-1) to a; g a^b log(a) to b (a > 0; 0 where a^b = 0)."""
-    def da(g, x, y, o):
-        return g * y * np.power(x, y - 1.0)
-
-    def db(g, x, y, o):
-        return np.where(o == 0, 0.0, g * o * _log_base(x))
-
-    def jvp(ta, tb, x, y, o):
-        # ta and tb may be the float 0.0 for a constant side: skip that term entirely.
-        t = ta * y * np.power(x, y - 1.0) if np.any(ta) else 0.0
-        if np.any(tb):
-            t = t + np.where(o == 0, 0.0, tb * o * _log_base(x))
-        return t
-
-    return _binary(a, b, "pow", np.power, da, db, jvp)
+    return _binary(a, b, _POW)
 
 
 def maximum(a: Any, b: Any) -> Tensor:
     """Elementwise max; the gradient goes to the larger input (to a on ties)."""
-    return _binary(a, b, "maximum", np.maximum, lambda g, x, y, o: g * (x >= y),
-                   lambda g, x, y, o: g * (x < y),
-                   lambda ta, tb, x, y, o: np.where(x >= y, ta, tb))
+    return _binary(a, b, _MAXIMUM)
 
 
 def minimum(a: Any, b: Any) -> Tensor:
     """Elementwise min; the gradient goes to the smaller input (to a on ties)."""
-    return _binary(a, b, "minimum", np.minimum, lambda g, x, y, o: g * (x <= y),
-                   lambda g, x, y, o: g * (x > y),
-                   lambda ta, tb, x, y, o: np.where(x <= y, ta, tb))
+    return _binary(a, b, _MINIMUM)
 
 
 def neg(a: Any) -> Tensor:
@@ -469,8 +486,8 @@ def exp(a: Any) -> Tensor:
 def log(a: Any) -> Tensor:
     """Natural log. Gradient: g / a."""
     a = as_tensor(a)
-    return _node(np.log(a.data), (a,), lambda g: (g / a.data,), lambda ts: ts[0] / a.data,
-                 "log")
+    x = a.data  # saved at forward time, like every op's inputs
+    return _node(np.log(x), (a,), lambda g: (g / x,), lambda ts: ts[0] / x, "log")
 
 
 # -- matrix products -----------------------------------------------------------------
@@ -522,17 +539,18 @@ def linear(x: Any, W: Any, b: Any = None, *, activation: str | None = None,
     x, W = as_tensor(x), as_tensor(W)
     parents = (x, W) if b is None else (x, W, as_tensor(b))
     bias = None if b is None else parents[2].data
-    y, pre = functional.linear_forward(x.data, W.data, bias, activation=spec,
-                                       return_pre=True, **params)
+    xd, Wd = x.data, W.data
+    y, pre = functional.linear_forward(xd, Wd, bias, activation=spec, return_pre=True,
+                                       **params)
 
     def vjp(g):
-        gx, gW, gb = functional.linear_backward(g, x.data, W.data, activation=spec, y=y,
+        gx, gW, gb = functional.linear_backward(g, xd, Wd, activation=spec, y=y,
                                                 pre=pre, need_grad_x=x.requires_grad,
                                                 **params)
         return (gx, gW) if b is None else (gx, gW, gb)
 
     def jvp(ts):
-        t_pre = np.matmul(ts[0], W.data) + np.matmul(x.data, ts[1])
+        t_pre = np.matmul(ts[0], Wd) + np.matmul(xd, ts[1])
         if b is not None:
             t_pre = t_pre + ts[2]
         return _activation_jvp(spec, t_pre, pre, y, params)
@@ -545,7 +563,7 @@ def linear(x: Any, W: Any, b: Any = None, *, activation: str | None = None,
 def _axes(axis: int | tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     return tuple(int(ax) % ndim if ndim else int(ax) for ax in axes)
 
 
@@ -593,7 +611,7 @@ def _extremum(a: Any, axis: int | None, keepdims: bool, pick: Callable, op: str)
             return np.reshape(ts[0][idx], out.shape)
 
         return _node(out, (a,), vjp, jvp, op)
-    if not isinstance(axis, numbers.Integral):
+    if not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int or None, got {axis!r}")
     ax = int(axis) % max(a.ndim, 1)
     where = np.expand_dims(pick(a.data, axis=ax), ax)  # first extremal element per slice
@@ -718,12 +736,13 @@ def activation(name: str | ActivationSpec, x: Any, **params: Any) -> Tensor:
     spec = get_activation(name)
     spec.encoded(params, func=spec.name)  # reject bad parameters before recording
     x = as_tensor(x)
-    y = functional.forward(spec, x.data, **params)
+    xd = x.data
+    y = functional.forward(spec, xd, **params)
 
     def vjp(g):
-        return (functional.backward(spec, g, **_saved(spec, x.data, y), **params),)
+        return (functional.backward(spec, g, **_saved(spec, xd, y), **params),)
 
-    return _node(y, (x,), vjp, lambda ts: _activation_jvp(spec, ts[0], x.data, y, params),
+    return _node(y, (x,), vjp, lambda ts: _activation_jvp(spec, ts[0], xd, y, params),
                  spec.name)
 
 
