@@ -17,7 +17,7 @@ import fastgrad as fg
 from fastgrad import autograd as ag
 from fastgrad import functional
 from fastgrad import tensor_losses as losses
-from fastgrad.derivatives import jvp_multi
+from fastgrad.derivatives import jvp_multi, vjp_multi
 from fastgrad.losses import LOSSES
 
 Tensor = fg.Tensor
@@ -428,6 +428,20 @@ def test_forward_mode_against_central_differences(op, rng):
     eps = 1e-6
     want = (at(eps) - at(-eps)) / (2 * eps)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+def test_float32_gradients_match_float64(op, rng):
+    """The same graph in float32 (the kernels' float32 paths): float32 gradients, close
+    to the float64 ones."""
+    xs = op.make(rng)
+    g = rng.standard_normal(np.shape(op.f(*(Tensor(x) for x in xs)).data))
+    want = vjp_multi(op.f, xs, g)
+    got = vjp_multi(op.f, [x.astype(np.float32) for x in xs], g.astype(np.float32))
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == np.float32, f"input {k}"
+        scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale, err_msg=f"input {k}")
 
 
 def test_gradcheck_catches_a_wrong_gradient():
