@@ -203,6 +203,23 @@ class Tensor:
     def __getitem__(self, index: Any) -> Tensor:
         return getitem(self, index)
 
+    def __abs__(self) -> Tensor:
+        return absolute(self)
+
+    # Comparisons give plain boolean arrays (no gradient), e.g. for masks: t[t > 0].
+    # __eq__ stays identity: the engine keys dictionaries by tensor.
+    def __lt__(self, other: Any) -> np.ndarray:
+        return self.data < _raw(other)
+
+    def __le__(self, other: Any) -> np.ndarray:
+        return self.data <= _raw(other)
+
+    def __gt__(self, other: Any) -> np.ndarray:
+        return self.data > _raw(other)
+
+    def __ge__(self, other: Any) -> np.ndarray:
+        return self.data >= _raw(other)
+
     # -- methods ---------------------------------------------------------------------
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         return tensor_sum(self, axis, keepdims)
@@ -354,6 +371,10 @@ def _operand(value: Any) -> Tensor | float:
     return Tensor(value)
 
 
+def _raw(value: Any) -> Any:
+    return value.data if isinstance(value, Tensor) else value
+
+
 def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum g over the dimensions broadcasting added or stretched, back to `shape`."""
     if g.shape == shape:
@@ -474,6 +495,13 @@ def neg(a: Any) -> Tensor:
     """-a."""
     a = as_tensor(a)
     return _node(-a.data, (a,), lambda g: (-g,), lambda ts: -ts[0], "neg")
+
+
+def absolute(a: Any) -> Tensor:
+    """|a|. Gradient: g sign(a), 0 at a = 0."""
+    a = as_tensor(a)
+    sign = np.sign(a.data)
+    return _node(np.abs(a.data), (a,), lambda g: (g * sign,), lambda ts: ts[0] * sign, "abs")
 
 
 def exp(a: Any) -> Tensor:

@@ -213,6 +213,14 @@ def test_ndarray_on_the_left_defers_to_tensor(rng):
     np.testing.assert_array_equal(x.grad, c)
 
 
+def test_comparisons_give_masks_and_abs_has_zero_slope_at_zero():
+    x = Tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    np.testing.assert_array_equal(x > 0, [False, False, True])
+    np.testing.assert_array_equal(x <= Tensor([0.0, 0.0, 0.0]), [True, True, False])
+    abs(x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [-1.0, 0.0, 1.0])
+
+
 def test_indexing_accumulates_repeated_indices():
     x = Tensor(np.arange(4.0), requires_grad=True)
     x[np.array([0, 0, 3, 0])].sum().backward()
@@ -341,6 +349,7 @@ OPS = [
     Op("mean_all", lambda a: a.mean(), _n((2, 3))),
     Op("mean_axis", lambda a: a.mean(axis=-1, keepdims=True), _n((2, 3))),
     Op("exp", lambda a: a.exp(), _n((3,))),
+    Op("abs", lambda a: abs(a), lambda r: [_apart(r, np.zeros(5))]),
     Op("log", lambda a: a.log(), lambda r: [_pos(r, (3,))]),
     Op("maximum", lambda a, b: ag.maximum(a, b),
        lambda r: (lambda x: [x, _apart(r, x)])(r.standard_normal((2, 3)))),
@@ -357,7 +366,7 @@ OPS = [
     Op("T", lambda a, b: a.T * b, _n((2, 3), (3, 2))),
     Op("slice", lambda a: a[1:, ::2], _n((3, 4))),
     Op("fancy_repeat", lambda a: a[[0, 0, 2]], _n((3, 2))),
-    Op("mask", lambda a: a[a.data > 0], _n((6,))),
+    Op("mask", lambda a: a[a > 0], _n((6,))),
     Op("mixed_index", lambda a: a[np.array([1, 0, 1]), 1:], _n((2, 3))),
     Op("concatenate", lambda a, b: ag.concatenate([a, b, a], axis=1), _n((2, 3), (2, 1))),
     Op("stack", lambda a, b: ag.stack([a, b], axis=-1), _n((2, 3), (2, 3))),
