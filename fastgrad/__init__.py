@@ -4,12 +4,18 @@ Kernels: ``<activation>_forward`` / ``<activation>_backward`` for every activati
 ``ACTIVATIONS``, ``forward`` / ``backward`` by name, ``linear_forward`` /
 ``linear_backward`` for the dense layer; ``loss`` / ``loss_grad`` over ``LOSSES``.
 Trainer: ``MLP``, ``Sequential`` of ``Dense``, optimizers (``SGD``, ``Adam``, ``AdamW``,
-``RMSprop``) and schedules, ``load``. Backends: ``available_backends()``,
+``RMSprop``) and schedules, ``load``. Autograd: ``Tensor`` (reverse mode over those
+kernels; ops and losses in ``fastgrad.autograd`` / ``fastgrad.tensor_losses``), ``no_grad``,
+``grad``, ``vjp``, ``jvp``, ``jacobian``; matrix chains: ``multi_dot``, ``chain_order``,
+``chain_vjp``. Backends: ``available_backends()``,
 ``backend_info()``, ``set_backend()``, ``use_backend()``, or ``backend=`` on any call.
 """
 
 from .activations import ACTIVATIONS, ActivationSpec, get_activation
+from .autograd import Tensor, is_grad_enabled, no_grad
 from .backends import available_backends, backend_info, get_backend, set_backend, use_backend
+from .chain import ChainPlan, chain_order, chain_vjp, multi_dot
+from .derivatives import grad, jacobian, jvp, vjp
 from .functional import (
     activation_functions,
     backward,
@@ -46,5 +52,8 @@ __all__ = [
     "GradientHealth", "GradientHealthWarning", "History", "LossSpec", "ModelFileError",
     "NonFiniteError", "Optimizer", "RMSprop", "Sequential", "StepLR", "WarmupLR", "get_loss",
     "load", "loss", "loss_grad", "one_hot",
+    # autograd and matrix chains
+    "ChainPlan", "Tensor", "chain_order", "chain_vjp", "grad", "is_grad_enabled", "jacobian",
+    "jvp", "multi_dot", "no_grad", "vjp",
     *activation_functions(),
 ]

@@ -41,18 +41,39 @@ def numerical_vjp(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray],
     return grads
 
 
+def _tensor_function(f: Callable) -> tuple[Callable, Callable]:
+    """For f on Tensors: (f on arrays, without recording a graph; its vjp by autograd)."""
+    from .autograd import Tensor, no_grad
+    from .derivatives import vjp_multi
+
+    def f_arrays(*xs: np.ndarray) -> np.ndarray:
+        with no_grad():
+            y = f(*(Tensor(x) for x in xs))
+        return y.data if isinstance(y, Tensor) else np.asarray(y)
+
+    def vjp(grad_out: np.ndarray, *xs: np.ndarray) -> list[np.ndarray]:
+        return vjp_multi(f, list(xs), grad_out)
+
+    return f_arrays, vjp
+
+
 def gradcheck(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray],
-              vjp: Callable[..., Sequence[np.ndarray]], *, grad_out: np.ndarray | None = None,
+              vjp: Callable[..., Sequence[np.ndarray]] | None = None, *,
+              grad_out: np.ndarray | None = None,
               eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7,
               seed: int | None = 0) -> bool:
     """Check `vjp` (the analytic backward) against central differences of `f`.
 
     f(*inputs) -> y; vjp(grad_out, *inputs) -> one gradient per input (None for inputs
-    without one). grad_out defaults to a random array of y's shape. Passes when
-    |analytic - numeric| <= atol + rtol |numeric| everywhere; otherwise raises
-    GradcheckError naming the input, the worst element and both values. Returns True.
+    without one). Without `vjp`, f must take and return fastgrad Tensors and the analytic
+    gradients come from autograd (reverse mode through every recorded operation).
+    grad_out defaults to a random array of y's shape. Passes when
+    |analytic - numeric| <= atol + rtol |numeric| everywhere; otherwise raises GradcheckError
+    naming the input, the worst element and both values. Returns True.
     Use float64 inputs away from kinks (relu at 0): differences straddling a kink disagree.
     """
+    if vjp is None:
+        f, vjp = _tensor_function(f)
     xs = [np.asarray(x, dtype=np.float64) for x in inputs]
     y = np.asarray(f(*xs))
     if grad_out is None:
