@@ -386,3 +386,36 @@ def test_fused_supports():
     assert not numba_cpu.fused_supports("relu", "mse", "rmsprop", np.float32)
     assert not numba_cpu.fused_supports("relu", "mse", "sgd", np.float16)
     assert not numba_cpu.fused_supports("nope", "mse", "sgd", np.float32)
+
+
+# --------------------------------------------------------------------------- disk cache
+
+_CACHE_PROBE = """
+import numpy as np
+from fastgrad.backends import numba_train as nt
+rng = np.random.default_rng(0)
+X = rng.standard_normal((6, 3)); Y = rng.standard_normal((6, 2))
+Ws = [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))]
+bs = [np.zeros(4), np.zeros(2)]
+cfg = nt.FusedConfig(loss="mse", batch_size=4, activation="leaky_relu")
+nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg)
+stats = nt._epoch_kernel(cfg.spec).stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_compiled_epoch_loads_from_the_disk_cache_in_a_new_process():
+    # A closure over compiled functions would miss the cache in every new process (its
+    # cells pickle differently each time) and recompile for seconds: guard against it.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE], cwd=root, env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    hits, misses = (int(v) for v in runs[1])  # the first run may compile; the second loads
+    assert (hits, misses) == (1, 0), runs
