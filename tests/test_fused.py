@@ -236,6 +236,19 @@ def test_deeper_and_shallower_nets(rng):
         check_against_oracle(rng, cfg, np.float64, sizes=sizes, epochs=2)
 
 
+ELEMENTWISE = [s.name for s in fg.ACTIVATIONS.values() if not s.rowwise]
+
+
+@pytest.mark.slow  # one compile per activation on a cold cache
+@pytest.mark.parametrize("act", ELEMENTWISE)
+def test_every_elementwise_activation(rng, act):
+    # Table-driven: an activation added to fastgrad.ACTIVATIONS is trained here too.
+    params = {"gelu": {"approximate": "tanh"}}.get(act, {})
+    cfg = FusedConfig(loss="cross_entropy", batch_size=4, activation=act,
+                      activation_params=params, optimizer="sgd", momentum=0.9, lr=0.05)
+    check_against_oracle(rng, cfg, np.float64, epochs=2)
+
+
 def test_saturation_counts_for_sigmoid(rng):
     cfg = FusedConfig(loss="mse", batch_size=5, activation="sigmoid", lr=0.1)
     X, Y, Ws, bs = make_problem(rng, (5, 6, 2), 17, "mse", np.float64)
