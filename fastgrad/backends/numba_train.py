@@ -305,7 +305,7 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         g=np.zeros(total, dtype), offsets=offsets,
         dW=tuple(np.zeros((sizes[i], sizes[i + 1]), dtype) for i in range(L)),
         db=tuple(np.zeros(sizes[i + 1], dtype) for i in range(L)),
-        hp=np.zeros(len(_HP), dtype), ip=np.zeros(6, np.int64),
+        hp=np.zeros(len(_HP), dtype), ip=np.zeros(5, np.int64),
         loss_acc=np.zeros(1, np.float64), grad_sq=np.zeros(L, np.float64),
         batch_sq=np.zeros(L, np.float64),
         active=np.zeros(n_hidden_units, np.int32),
@@ -522,6 +522,10 @@ def _t_hidden_backward(g, z, h, db, a, b):
 def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf, hbuf,
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
           result):
+    # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
+    # use_order; hp: _HP in the arrays' dtype. Outputs: loss_acc (summed loss), grad_sq
+    # (summed per layer), active/saturated (counts), result: batches and samples applied,
+    # bad batch, bad layer. batch_sq is scratch.
     n, d0 = X.shape
     L = len(Ws)
     B = ip[0]
@@ -780,7 +784,7 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                 config.weight_decay, config.clip_norm, config.clip_value, a, b)
     ws.ip[:] = (config.batch_size, LOSSES.index(config.loss),
                 OPTIMIZERS.index(config.optimizer), int(config.nesterov),
-                int(order is not None), 0)
+                int(order is not None))
     kernel = _epoch_kernel(config.spec)
     kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
            state.step, ws.xb, ws.z, ws.h, ws.g, ws.offsets, ws.dW, ws.db, ws.hp, ws.ip,
