@@ -17,6 +17,16 @@ from numba import njit, prange
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES
 from ..scalar_math import compile_scalar
+from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this backend)
+    EpochStats,
+    FusedConfig,
+    OptimizerState,
+    Workspace,
+    fused_supports,
+    make_state,
+    make_workspace,
+    train_epoch,
+)
 
 NAME = "numba"
 
