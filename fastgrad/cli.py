@@ -1,36 +1,507 @@
-"""The `fastgrad` command line."""
+"""The `fastgrad` command line (also `python -m fastgrad`).
+
+    fastgrad train [--data digits|iris|wine|breast_cancer|diabetes|FILE.csv|FILE.npz] ...
+    fastgrad evaluate MODEL.npz [--data ...]
+    fastgrad predict MODEL.npz DATA.csv [--out predictions.csv]
+    fastgrad info
+    fastgrad activations [--plot act.png]
+
+Errors in what the user gave (files, columns, names, data) print one line on stderr and
+exit with status 1; set FASTGRAD_DEBUG=1 to see the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
+from . import model_file
+from .datasets import (
+    BUNDLED,
+    TASKS,
+    DataError,
+    Standardizer,
+    check_task,
+    detect_task,
+    load_data,
+    load_features,
+    train_test_split,
+)
+from .plots import MissingExtra
 
-def _demo(args: argparse.Namespace) -> int:
+OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
+DTYPES = ("float32", "float64")
+TEST_SIZE = 0.2
+
+
+class CLIError(Exception):
+    """A problem with the command's arguments or inputs: printed as one line, exit 1."""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got "
+                                             f"{text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _hidden(text: str) -> list[int]:
+    """'128,64' -> [128, 64]; '' or 'none' -> [] (no hidden layer)."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes layer sizes like 128,64; got "
+                                         f"{text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be > 0, got {text!r}")
+    return sizes
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--val-split must be a number, got {text!r}") \
+            from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"--val-split must be in [0, 1), got {text}")
+    return value
+
+
+def _check_choice(value: str, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise CLIError(f"unknown {what} {value!r}; known: {', '.join(allowed)}")
+    return value
+
+
+def _check_activation(name: str) -> str:
+    from .activations import get_activation
+
+    try:
+        return get_activation(name).name
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _check_backend(name: str | None) -> str | None:
+    """None or 'auto' means the fastest available; an unknown or unavailable backend is a
+    CLIError naming the reason."""
+    if name in (None, "auto"):
+        return None
+    from .backends import _MODULES, get_backend
+
+    if name not in _MODULES:
+        raise CLIError(f"unknown backend {name!r}; known: auto, {', '.join(_MODULES)}")
+    try:
+        get_backend(name)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+    return name
+
+
+def _needs_matplotlib() -> None:
+    """Fail before training, not after, when --plot cannot be honoured."""
+    from .plots import _pyplot
+
+    _pyplot()
+
+
+def _labels(y: np.ndarray, task: str) -> np.ndarray:
+    """Class labels read as floats (1.0, 2.0) become integers so predictions print as 1, 2."""
+    if task != "regression" and y.dtype.kind == "f":
+        return y.astype(np.int64)
+    return y
+
+
+def _describe(data, task: str) -> str:
+    n, d = data.X.shape
+    extra = ""
+    if task != "regression":
+        extra = f", {len(np.unique(data.y))} classes"
+    return f"{data.source}: {n} samples, {d} features, target {data.target_name!r} ({task}{extra})"
+
+
+# --------------------------------------------------------------------------- train
+
+
+class _EpochTable:
+    """Prints one row per epoch (loss, metric, validation, time) above a tqdm bar over the
+    epochs when tqdm is installed and stderr is a terminal."""
+
+    def __init__(self, epochs: int, metric: str, quiet: bool):
+        self.metric, self.quiet = metric, quiet
+        self.columns: list[str] | None = None
+        self.t_last = time.perf_counter()
+        self.bar = None
+        if not quiet:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=epochs, unit="epoch", leave=False, disable=None,
+                                file=sys.stderr)
+
+    def _write(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+    def row(self, epoch: int, history: dict) -> None:
+        now = time.perf_counter()
+        seconds, self.t_last = now - self.t_last, now
+        if self.columns is None:
+            keys = ["loss", self.metric, "val_loss", f"val_{self.metric}"]
+            self.columns = [k for k in keys if history.get(k)]
+            self._write("epoch " + "".join(f"{k:>14}" for k in self.columns) + f"{'time':>9}")
+        cells = "".join(f"{history[k][epoch]:>14.4f}" if epoch < len(history[k])
+                        else f"{'':>14}" for k in self.columns)
+        self._write(f"{epoch + 1:>5} {cells}{seconds:>8.2f}s")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{history['loss'][epoch]:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _metric_name(task: str) -> str:
+    return "r2" if task == "regression" else "accuracy"
+
+
+def _metric_label(task: str) -> str:
+    return "R^2" if task == "regression" else "accuracy"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Load, split 80/20 (seeded; stratified for classes), standardize on the training rows,
+    fit an MLP, print a row per epoch and the test score; optionally save and plot."""
     import fastgrad as fg
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(1 << 20).astype(np.float32)
-    print(f"fastgrad {fg.__version__}; backends (fastest first): {fg.available_backends()}")
-    for backend in fg.available_backends():
-        fg.sigmoid_forward(x[:8], backend=backend)  # compile / warm up
-        t = time.perf_counter()
-        fg.sigmoid_forward(x, backend=backend)
-        ms = (time.perf_counter() - t) * 1e3
-        print(f"  sigmoid_forward on 2^20 float32 with {backend:>6}: {ms:7.2f} ms")
+    activation = _check_activation(args.activation)
+    backend = _check_backend(args.backend)
+    _check_choice(args.optimizer, OPTIMIZERS, "optimizer")
+    _check_choice(args.dtype, DTYPES, "dtype")
+    if args.plot:
+        _needs_matplotlib()
+    data = load_data(args.data, args.target)
+    task = detect_task(data.y) if args.task == "auto" else args.task
+    check_task(task, data.y)
+    y = _labels(data.y, task)
+    X_train, X_test, y_train, y_test = train_test_split(
+        data.X, y, TEST_SIZE, seed=args.seed, stratify=task != "regression")
+    scaler = Standardizer.fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+
+    n_out = 1 if task in ("regression", "binary") else len(np.unique(y))
+    sizes = [data.X.shape[1], *args.hidden, n_out]
+    model = fg.MLP(sizes, activation=activation, dtype=args.dtype, backend=backend,
+                   seed=args.seed)
+    backend_name = backend or fg.available_backends()[0]
+    n_val = int(round(args.val_split * len(y_train)))
+    if not args.quiet:
+        print(_describe(data, task))
+        print(f"model: MLP {'-'.join(map(str, sizes))}, {activation}, {args.optimizer} "
+              f"lr={args.lr:g}, batch {args.batch_size}, {args.dtype}, backend "
+              f"{backend_name}")
+        print(f"split: {len(y_train)} train ({n_val} of them for validation), "
+              f"{len(y_test)} test (seed {args.seed}); features standardized on train")
+    metric = _metric_name(task)
+    table = _EpochTable(args.epochs, metric, args.quiet)
+    t0 = time.perf_counter()
+    try:
+        history = _fit(model, X_train, y_train, args, table)
+    finally:
+        table.close()
+    seconds = time.perf_counter() - t0
+    score = float(model.score(X_test, y_test))
+    epochs_run = len(history["loss"])
+    print(f"test {_metric_label(task)}: {score:.4f} on {len(y_test)} samples "
+          f"({epochs_run} epochs in {seconds:.2f} s)")
+    if args.save:
+        path = model_file.save(model, args.save, model_file.Preprocessing(
+            feature_names=data.feature_names, target_name=data.target_name,
+            mean=scaler.mean, scale=scaler.scale, source=data.source, seed=args.seed,
+            test_size=TEST_SIZE, task=task))
+        print(f"saved the model to {path}")
+    if args.plot:
+        from .plots import plot_history
+
+        title = f"{data.source}: MLP {'-'.join(map(str, sizes))} ({activation}, " \
+                f"{args.optimizer}); test {_metric_label(task)} {score:.3f}"
+        plot_history(history, args.plot, title=title)
+        print(f"wrote the training curves to {args.plot}")
     return 0
 
 
+def _fit(model, X, y, args: argparse.Namespace, table: _EpochTable) -> dict:
+    """model.fit with the command's options; the table prints a row after each epoch."""
+
+    def on_epoch_end(epoch, logs=None, history=None):
+        table.row(epoch, _history_dict(history if history is not None else model))
+
+    fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
+                      optimizer=args.optimizer, lr=args.lr, shuffle=True, verbose=0,
+                      validation_split=args.val_split or 0.0)
+    if args.early_stopping:
+        fit_kwargs["early_stopping"] = args.early_stopping
+    result = model.fit(X, y, callbacks=[on_epoch_end], **fit_kwargs)
+    return _history_dict(result)
+
+
+def _history_dict(obj) -> dict:
+    """The per-epoch lists of a History (or of the model's last fit)."""
+    h = getattr(obj, "history", obj)
+    if not isinstance(h, dict):
+        h = getattr(h, "history", {})
+    return h
+
+
+# --------------------------------------------------------------------------- evaluate, predict
+
+
+def _features_for(model, prep: model_file.Preprocessing | None, X: np.ndarray,
+                  path: str) -> np.ndarray:
+    n_in = model_file.n_features(model)
+    if X.shape[1] != n_in:
+        names = f" ({', '.join(prep.feature_names)})" if prep and prep.feature_names else ""
+        raise CLIError(f"{path} has {X.shape[1]} feature columns; the model takes "
+                       f"{n_in}{names}")
+    return prep.transform(X) if prep is not None else X
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a saved model: on the held-out test rows when --data is the data it was trained
+    on (the same seeded split), else on every row of --data."""
+    model, prep = model_file.load(args.model)
+    source = args.data or (prep.source if prep else None)
+    if source is None:
+        raise CLIError(f"{args.model} does not record its training data; pass --data")
+    target = args.target if args.target is not None else (
+        prep.target_name if prep and not prep.source_is_bundled and source == prep.source
+        else None)
+    data = load_data(source, target)
+    task = prep.task if prep else model_file.task(model)
+    y = _labels(data.y, task)
+    X = _features_for(model, prep, data.X, source)
+    split = args.split
+    if split == "auto":
+        split = "test" if prep is not None and source == prep.source else "all"
+    if split == "test":
+        if prep is None:
+            raise CLIError(f"{args.model} does not record its split; use --split all")
+        _, X, _, y = train_test_split(X, y, prep.test_size, seed=prep.seed,
+                                      stratify=task != "regression")
+    score = float(model.score(X, y))
+    which = "held-out test rows" if split == "test" else "rows"
+    print(f"{args.model} on {source}: {_metric_label(task)} {score:.4f} over {len(y)} "
+          f"{which}")
+    if task == "regression":
+        pred = np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
+        err = pred - np.asarray(y, dtype=np.float64)
+        print(f"RMSE {np.sqrt(np.mean(err ** 2)):.4f}, MAE {np.mean(np.abs(err)):.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predictions for each row of a CSV (or .npz X), one per line, with a header; with
+    --proba also each class's probability. To --out FILE or stdout."""
+    model, prep = model_file.load(args.model)
+    X = load_features(args.data, prep.feature_names if prep else None)
+    Xs = _features_for(model, prep, X, args.data)
+    pred = np.asarray(model.predict(Xs)).reshape(-1)
+    header = ["prediction"]
+    columns = [pred]
+    if args.proba:
+        task = prep.task if prep else model_file.task(model)
+        if task == "regression":
+            raise CLIError("--proba applies to classifiers; this model does regression")
+        proba = np.asarray(model.predict_proba(Xs))
+        header += [f"p_{c}" for c in model.classes_]
+        columns += list(proba.T)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for row in zip(*columns):
+            writer.writerow([_cell(v) for v in row])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"wrote {len(pred)} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Version, backends (available or why not), Numba threads and threading layer, BLAS,
+    the compiled module, GPU."""
+    from . import sysinfo
+
+    for label, value in sysinfo.report():
+        print(f"{label + ':':<22}{value}")
+    return 0
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    """List the activation table; with --plot draw each f and f' on [-5, 5]."""
+    from .activations import ACTIVATIONS
+
+    backend = _check_backend(args.backend)
+    if args.plot:
+        from .plots import plot_activations
+
+        _needs_matplotlib()
+        plot_activations(args.plot, backend=backend)
+        print(f"wrote {len(ACTIVATIONS)} activations and their derivatives to {args.plot}")
+        return 0
+    width = max(map(len, ACTIVATIONS)) + 2
+    for spec in ACTIVATIONS.values():
+        aliases = f"  (also {', '.join(spec.aliases)})" if spec.aliases else ""
+        params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
+        print(f"{spec.name:<{width}}{spec.formula}{aliases}")
+        print(f"{'':<{width}}{spec.derivative}; backward needs "
+              f"{spec.needs or 'nothing'}{'; params: ' + params if params else ''}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser, main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the `fastgrad` command and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="fastgrad", description="fastgrad: train, evaluate and inspect MLPs built on "
+        "fastgrad's compiled kernels.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an MLP (default: digits) and report the test "
+                       "score", description=cmd_train.__doc__)
+    p.add_argument("--data", default="digits", metavar="NAME|FILE",
+                   help=f"a bundled dataset ({', '.join(BUNDLED)}) or a .csv/.npz file "
+                   "(default: digits)")
+    p.add_argument("--target", metavar="COLUMN", help="the target column of a CSV (name or "
+                   "0-based index; default the last) or array of an NPZ (default y)")
+    p.add_argument("--task", default="auto", choices=("auto", *TASKS),
+                   help="default: guessed from the target")
+    p.add_argument("--hidden", type=_hidden, default=[128, 64], metavar="SIZES",
+                   help="hidden layer sizes, comma-separated (default 128,64)")
+    p.add_argument("--activation", default="relu", help="hidden activation (default relu; "
+                   "see `fastgrad activations`)")
+    p.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} "
+                   "(default adam)")
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=1e-3,
+                   help="learning rate (default 0.001)")
+    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=20,
+                   help="default 20")
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
+                   help="default 64")
+    p.add_argument("--backend", default="auto", help="auto (fastest available), cython, "
+                   "numba, cuda or numpy")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and "
+                   "the shuffling (default 0)")
+    p.add_argument("--val-split", type=_fraction, default=0.1, metavar="FRACTION",
+                   help="share of the training rows held for validation (default 0.1; 0: "
+                   "none)")
+    p.add_argument("--early-stopping", type=_positive(int, "--early-stopping"),
+                   metavar="PATIENCE", help="stop after this many epochs without a better "
+                   "validation loss")
+    p.add_argument("--save", metavar="MODEL.npz", help="save the trained model (with its "
+                   "preprocessing) to this file")
+    p.add_argument("--plot", metavar="CURVES.png", help="write the loss, metric and "
+                   "per-layer gradient norm curves to this PNG (needs matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the test score")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a saved model on data",
+                       description=cmd_evaluate.__doc__)
+    p.add_argument("model", metavar="MODEL.npz")
+    p.add_argument("--data", metavar="NAME|FILE", help="default: the data it was trained on")
+    p.add_argument("--target", metavar="COLUMN")
+    p.add_argument("--split", choices=("auto", "test", "all"), default="auto",
+                   help="test: the held-out rows of the training split; all: every row "
+                   "(default: test for the training data, else all)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict each row of a CSV with a saved model",
+                       description=cmd_predict.__doc__)
+    p.add_argument("model", metavar="MODEL.npz")
+    p.add_argument("data", metavar="DATA.csv", help="feature columns (a target column the "
+                   "model was trained with is ignored), or an .npz with X")
+    p.add_argument("--out", metavar="FILE.csv", help="default: standard output")
+    p.add_argument("--proba", action="store_true", help="add each class's probability")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="version, backends, threads, BLAS, compiled module, GPU",
+                       description=cmd_info.__doc__)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("activations", help="list the activations; --plot draws them",
+                       description=cmd_activations.__doc__)
+    p.add_argument("--plot", metavar="ACT.png", help="write f and f' of each activation on "
+                   "[-5, 5] to this PNG (needs matplotlib)")
+    p.add_argument("--backend", default="auto", help="the kernels' backend (default auto)")
+    p.set_defaults(func=cmd_activations)
+    return parser
+
+
+_USER_ERRORS = (CLIError, DataError, MissingExtra, model_file.ModelFileError, OSError,
+                ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastgrad", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the kernels once on each backend").set_defaults(
-        func=_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Run the command; user errors print one line on stderr and return 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _USER_ERRORS as exc:
+        if os.environ.get("FASTGRAD_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            message = f"{exc.filename}: {exc.strerror}"
+        print(f"fastgrad {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastgrad {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
