@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +37,6 @@ from .datasets import (
 )
 from .plots import MissingExtra
 
-OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
 DTYPES = ("float32", "float64")
 TEST_SIZE = 0.2
 
@@ -123,9 +124,15 @@ def _needs_matplotlib() -> None:
     _pyplot()
 
 
+OUTPUT_FOR_TASK = {"regression": "identity", "binary": "sigmoid", "multiclass": "softmax"}
+
+
 def _labels(y: np.ndarray, task: str) -> np.ndarray:
-    """Class labels read as floats (1.0, 2.0) become integers so predictions print as 1, 2."""
-    if task != "regression" and y.dtype.kind == "f":
+    """Regression targets as float64; class labels read as floats (1.0, 2.0) as integers,
+    so that predictions print as 1, 2."""
+    if task == "regression":
+        return y.astype(np.float64)
+    if y.dtype.kind == "f" and np.all(y == np.round(y)):
         return y.astype(np.int64)
     return y
 
@@ -167,18 +174,18 @@ class _EpochTable:
         else:
             print(line, flush=True)
 
-    def row(self, epoch: int, history: dict) -> None:
+    def row(self, epoch: int, logs: dict) -> None:
+        """The fit callback: one row from this epoch's logs."""
         now = time.perf_counter()
         seconds, self.t_last = now - self.t_last, now
         if self.columns is None:
             keys = ["loss", self.metric, "val_loss", f"val_{self.metric}"]
-            self.columns = [k for k in keys if history.get(k)]
+            self.columns = [k for k in keys if k in logs]
             self._write("epoch " + "".join(f"{k:>14}" for k in self.columns) + f"{'time':>9}")
-        cells = "".join(f"{history[k][epoch]:>14.4f}" if epoch < len(history[k])
-                        else f"{'':>14}" for k in self.columns)
+        cells = "".join(f"{logs[k]:>14.4f}" for k in self.columns)
         self._write(f"{epoch + 1:>5} {cells}{seconds:>8.2f}s")
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{history['loss'][epoch]:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
@@ -198,10 +205,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Load, split 80/20 (seeded; stratified for classes), standardize on the training rows,
     fit an MLP, print a row per epoch and the test score; optionally save and plot."""
     import fastgrad as fg
+    from fastgrad.optim import make_optimizer
 
     activation = _check_activation(args.activation)
     backend = _check_backend(args.backend)
-    _check_choice(args.optimizer, OPTIMIZERS, "optimizer")
+    optimizer = make_optimizer(args.optimizer, args.lr)  # unknown names fail here, first
     _check_choice(args.dtype, DTYPES, "dtype")
     if args.plot:
         _needs_matplotlib()
@@ -212,18 +220,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     X_train, X_test, y_train, y_test = train_test_split(
         data.X, y, TEST_SIZE, seed=args.seed, stratify=task != "regression")
     scaler = Standardizer.fit(X_train)
-    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
 
     n_out = 1 if task in ("regression", "binary") else len(np.unique(y))
     sizes = [data.X.shape[1], *args.hidden, n_out]
-    model = fg.MLP(sizes, activation=activation, dtype=args.dtype, backend=backend,
-                   seed=args.seed)
+    model = fg.MLP(sizes, activation=activation, output=OUTPUT_FOR_TASK[task],
+                   dtype=args.dtype, backend=backend, seed=args.seed)
     backend_name = backend or fg.available_backends()[0]
-    n_val = int(round(args.val_split * len(y_train)))
+    n_val = math.ceil(args.val_split * len(y_train))  # as fit holds them out
     if not args.quiet:
         print(_describe(data, task))
         print(f"model: MLP {'-'.join(map(str, sizes))}, {activation}, {args.optimizer} "
-              f"lr={args.lr:g}, batch {args.batch_size}, {args.dtype}, backend "
+              f"lr={optimizer.lr:g}, batch {args.batch_size}, {args.dtype}, backend "
               f"{backend_name}")
         print(f"split: {len(y_train)} train ({n_val} of them for validation), "
               f"{len(y_test)} test (seed {args.seed}); features standardized on train")
@@ -231,19 +238,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     table = _EpochTable(args.epochs, metric, args.quiet)
     t0 = time.perf_counter()
     try:
-        history = _fit(model, X_train, y_train, args, table)
+        history = _fit(model, scaler.transform(X_train), y_train, optimizer, args, table)
     finally:
         table.close()
     seconds = time.perf_counter() - t0
+    # From here on the model takes raw features: what is scored is what is saved.
+    model_file.fold_standardization(model, scaler.mean, scaler.scale)
     score = float(model.score(X_test, y_test))
     epochs_run = len(history["loss"])
     print(f"test {_metric_label(task)}: {score:.4f} on {len(y_test)} samples "
           f"({epochs_run} epochs in {seconds:.2f} s)")
     if args.save:
-        path = model_file.save(model, args.save, model_file.Preprocessing(
+        path = model_file.save(model, args.save, model_file.TrainingRecord(
             feature_names=data.feature_names, target_name=data.target_name,
-            mean=scaler.mean, scale=scaler.scale, source=data.source, seed=args.seed,
-            test_size=TEST_SIZE, task=task))
+            source=data.source, seed=args.seed, test_size=TEST_SIZE, task=task))
         print(f"saved the model to {path}")
     if args.plot:
         from .plots import plot_history
@@ -255,63 +263,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(model, X, y, args: argparse.Namespace, table: _EpochTable) -> dict:
+def _fit(model, X, y, optimizer, args: argparse.Namespace, table: _EpochTable) -> dict:
     """model.fit with the command's options; the table prints a row after each epoch."""
-
-    def on_epoch_end(epoch, logs=None, history=None):
-        table.row(epoch, _history_dict(history if history is not None else model))
-
-    fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
-                      optimizer=args.optimizer, lr=args.lr, shuffle=True, verbose=0,
-                      validation_split=args.val_split or 0.0)
-    if args.early_stopping:
-        fit_kwargs["early_stopping"] = args.early_stopping
-    result = model.fit(X, y, callbacks=[on_epoch_end], **fit_kwargs)
-    return _history_dict(result)
-
-
-def _history_dict(obj) -> dict:
-    """The per-epoch lists of a History (or of the model's last fit)."""
-    h = getattr(obj, "history", obj)
-    if not isinstance(h, dict):
-        h = getattr(h, "history", {})
-    return h
+    history = model.fit(
+        X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
+        validation_split=args.val_split or None, shuffle=True,
+        early_stopping=args.early_stopping, callbacks=[table.row], verbose=0)
+    return history.history
 
 
 # --------------------------------------------------------------------------- evaluate, predict
 
 
-def _features_for(model, prep: model_file.Preprocessing | None, X: np.ndarray,
-                  path: str) -> np.ndarray:
-    n_in = model_file.n_features(model)
+def _check_features(model, record: model_file.TrainingRecord | None, X: np.ndarray,
+                    path: str) -> np.ndarray:
+    n_in = model.n_features_in_
     if X.shape[1] != n_in:
-        names = f" ({', '.join(prep.feature_names)})" if prep and prep.feature_names else ""
+        names = f" ({', '.join(record.feature_names)})" if record else ""
         raise CLIError(f"{path} has {X.shape[1]} feature columns; the model takes "
                        f"{n_in}{names}")
-    return prep.transform(X) if prep is not None else X
+    return X
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a saved model: on the held-out test rows when --data is the data it was trained
     on (the same seeded split), else on every row of --data."""
-    model, prep = model_file.load(args.model)
-    source = args.data or (prep.source if prep else None)
+    model, record = model_file.load(args.model)
+    source = args.data or (record.source if record else None)
     if source is None:
         raise CLIError(f"{args.model} does not record its training data; pass --data")
-    target = args.target if args.target is not None else (
-        prep.target_name if prep and not prep.source_is_bundled and source == prep.source
-        else None)
+    target = args.target
+    if target is None and record is not None and not record.source_is_bundled:
+        target = record.target_name  # the column the model learned, in this file too
     data = load_data(source, target)
-    task = prep.task if prep else model_file.task(model)
+    task = record.task if record else model.task
     y = _labels(data.y, task)
-    X = _features_for(model, prep, data.X, source)
+    X = data.X
+    if record is not None and set(record.feature_names) <= set(data.feature_names):
+        # the model's columns by name, whatever their order in this file
+        X = X[:, [data.feature_names.index(n) for n in record.feature_names]]
+    X = _check_features(model, record, X, source)
     split = args.split
     if split == "auto":
-        split = "test" if prep is not None and source == prep.source else "all"
+        split = "test" if record is not None and source == record.source else "all"
     if split == "test":
-        if prep is None:
+        if record is None:
             raise CLIError(f"{args.model} does not record its split; use --split all")
-        _, X, _, y = train_test_split(X, y, prep.test_size, seed=prep.seed,
+        _, X, _, y = train_test_split(X, y, record.test_size, seed=record.seed,
                                       stratify=task != "regression")
     score = float(model.score(X, y))
     which = "held-out test rows" if split == "test" else "rows"
@@ -327,14 +325,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predictions for each row of a CSV (or .npz X), one per line, with a header; with
     --proba also each class's probability. To --out FILE or stdout."""
-    model, prep = model_file.load(args.model)
-    X = load_features(args.data, prep.feature_names if prep else None)
-    Xs = _features_for(model, prep, X, args.data)
+    model, record = model_file.load(args.model)
+    X = load_features(args.data, record.feature_names if record else None)
+    Xs = _check_features(model, record, X, args.data)
     pred = np.asarray(model.predict(Xs)).reshape(-1)
     header = ["prediction"]
     columns = [pred]
     if args.proba:
-        task = prep.task if prep else model_file.task(model)
+        task = record.task if record else model.task
         if task == "regression":
             raise CLIError("--proba applies to classifiers; this model does regression")
         proba = np.asarray(model.predict_proba(Xs))
@@ -424,10 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden layer sizes, comma-separated (default 128,64)")
     p.add_argument("--activation", default="relu", help="hidden activation (default relu; "
                    "see `fastgrad activations`)")
-    p.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} "
-                   "(default adam)")
-    p.add_argument("--lr", type=_positive(float, "--lr"), default=1e-3,
-                   help="learning rate (default 0.001)")
+    p.add_argument("--optimizer", default="adam", help="adam (default), sgd, adamw or "
+                   "rmsprop")
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=None,
+                   help="learning rate (default: the optimizer's, 0.001 for adam)")
     p.add_argument("--epochs", type=_positive(int, "--epochs"), default=20,
                    help="default 20")
     p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
@@ -444,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="PATIENCE", help="stop after this many epochs without a better "
                    "validation loss")
     p.add_argument("--save", metavar="MODEL.npz", help="save the trained model (with its "
-                   "preprocessing) to this file")
+                   "recordrocessing) to this file")
     p.add_argument("--plot", metavar="CURVES.png", help="write the loss, metric and "
                    "per-layer gradient norm curves to this PNG (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the test score")
@@ -482,15 +480,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# FloatingPointError: fastgrad.NonFiniteError, a loss or gradient that became NaN/inf
 _USER_ERRORS = (CLIError, DataError, MissingExtra, model_file.ModelFileError, OSError,
-                ValueError)
+                ValueError, FloatingPointError)
+
+
+def _one_line_warnings(command: str):
+    """warnings.showwarning that prints `fastgrad <command>: warning: ...` on one line
+    (gradient health warnings during training read as advice, not as a code location)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"fastgrad {command}: warning: {text}", file=sys.stderr)
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; user errors print one line on stderr and return 1."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command)
+            return args.func(args)
     except _USER_ERRORS as exc:
         if os.environ.get("FASTGRAD_DEBUG"):
             raise

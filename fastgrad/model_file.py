@@ -1,39 +1,41 @@
-"""A trained model and the preprocessing the command line applied, in one .npz file.
+"""A model trained by the command line, in one file that ``fastgrad.load`` reads.
 
-The model part is whatever ``model.save`` writes (``fastgrad.load`` reads it back). The
-command line standardizes the features and knows the column names and the training split;
-`save` adds those as extra arrays named ``cli.*`` to the same archive, so that
-``fastgrad predict model.npz new.csv`` applies the same transformation to new rows and
-``fastgrad evaluate model.npz`` finds the held-out rows again. A model saved from Python
-(no ``cli.*`` arrays) loads with ``Preprocessing`` None and takes features as they are.
+The command standardizes the features before training. `fold_standardization` moves that
+transformation into the first layer (W' = W / s, b' = b - (m / s) W, exact in float64),
+so the saved model takes the raw features: ``fastgrad.load("model.npz").predict(X)``
+works from Python on the same columns, with nothing to remember.
+
+What the model file does not know, the command adds as a small JSON record ``cli.json``
+in the same archive: the feature column names (so `predict` picks the columns by name,
+and ignores a target column), the target's name, the data source and the seeded split
+(so `evaluate` finds the held-out rows again). A model saved from Python has no record;
+the commands then take the columns as they come.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
-import zipfile
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .datasets import BUNDLED, Standardizer
+from .datasets import BUNDLED
 
-PREFIX = "cli."
+RECORD = "cli.json"
 
 
 class ModelFileError(ValueError):
-    """The file is missing, unreadable, or not a model saved by fastgrad."""
+    """The model file is missing, unreadable, or not a model saved by fastgrad."""
 
 
 @dataclass
-class Preprocessing:
-    """What the command line did to the data before the model saw it."""
+class TrainingRecord:
+    """Where the model's data came from and how it was split."""
 
     feature_names: list[str]
     target_name: str
-    mean: np.ndarray
-    scale: np.ndarray
     source: str
     seed: int
     test_size: float
@@ -43,54 +45,47 @@ class Preprocessing:
     def source_is_bundled(self) -> bool:
         return self.source in BUNDLED
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """(X - mean) / scale, X of shape (n, len(mean)): the training rows' statistics."""
-        return Standardizer(self.mean, self.scale).transform(X)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "feature_names": np.array(self.feature_names, dtype=str),
-            "target_name": np.array(self.target_name, dtype=str),
-            "mean": np.asarray(self.mean, np.float64),
-            "scale": np.asarray(self.scale, np.float64),
-            # a relative path is kept as given: evaluate from the same directory finds it
-            "source": np.array(self.source, dtype=str),
-            "seed": np.array(self.seed, dtype=np.int64),
-            "test_size": np.array(self.test_size, dtype=np.float64),
-            "task": np.array(self.task, dtype=str),
-        }
-
-    @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> Preprocessing:
-        return cls(feature_names=[str(s) for s in a["feature_names"]],
-                   target_name=str(a["target_name"]), mean=a["mean"], scale=a["scale"],
-                   source=str(a["source"]), seed=int(a["seed"]),
-                   test_size=float(a["test_size"]), task=str(a["task"]))
+def fold_standardization(model, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Make the model take raw x where it was trained on (x - mean) / scale: the first
+    layer's W (d_in, d_out) becomes W / scale[:, None] and b becomes b - (mean / scale) W.
+    Computed in float64, stored in the model's dtype."""
+    W, b = model.layers[0].W, model.layers[0].b
+    W64 = W.astype(np.float64) / np.asarray(scale, np.float64)[:, None]
+    b64 = b.astype(np.float64) - (np.asarray(mean, np.float64) / scale) @ W.astype(np.float64)
+    W[...] = W64
+    b[...] = b64
 
 
-def _resolved(path: str) -> str:
-    # np.savez appends .npz to a name without it
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        return path + ".npz"
-    return path
+def save(model, path: str, record: TrainingRecord) -> str:
+    """model.save(path) with the record added to the archive. Returns path."""
+    from . import io as model_io
 
-
-def save(model, path: str, prep: Preprocessing) -> str:
-    """model.save(path), then the preprocessing arrays appended to the archive. Returns the
-    path written (with .npz appended when numpy added it)."""
     model.save(path)
-    path = _resolved(path)
-    with zipfile.ZipFile(path, "a") as z:
-        for name, arr in prep.arrays().items():
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            z.writestr(f"{PREFIX}{name}.npy", buf.getvalue())
+    # The model file carries a checksum over all its arrays, so the record is added by
+    # rewriting the archive with the checksum recomputed the way fastgrad.io does.
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    checksum_key = model_io._CHECKSUM
+    arrays.pop(checksum_key)
+    arrays[RECORD] = np.frombuffer(json.dumps(asdict(record)).encode(), np.uint8).copy()
+    arrays[checksum_key] = model_io._digest(arrays)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastgrad-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 
 def load(path: str):
-    """(model, Preprocessing or None) from a file written by `save` or ``model.save``;
-    ModelFileError when the file is missing, unreadable or not fastgrad's."""
+    """(model, TrainingRecord or None); ModelFileError when the file is missing,
+    unreadable or not fastgrad's."""
     import fastgrad as fg
 
     if not os.path.exists(path):
@@ -99,27 +94,20 @@ def load(path: str):
         raise ModelFileError(f"cannot read {path}: it is a directory")
     try:
         model = fg.load(path)
+    except fg.ModelFileError as exc:
+        raise ModelFileError(_plain(str(exc), path)) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        # the trainer's load names what is wrong (not an archive, missing arrays, ...)
-        raise ModelFileError(f"{path} is not a fastgrad model file: {exc}") from None
-    prep = None
+    with np.load(path, allow_pickle=False) as z:
+        raw = z[RECORD] if RECORD in z.files else None
+    if raw is None:
+        return model, None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = [k for k in z.files if k.startswith(PREFIX)]
-            if names:
-                prep = Preprocessing.from_arrays({k[len(PREFIX):]: z[k] for k in names})
-    except (KeyError, ValueError) as exc:
-        raise ModelFileError(f"{path}: damaged preprocessing record ({exc})") from None
-    return model, prep
+        return model, TrainingRecord(**json.loads(raw.tobytes().decode()))
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: unreadable {RECORD} record ({exc})") from None
 
 
-def n_features(model) -> int:
-    """How many input features the model takes."""
-    return int(model.layer_sizes[0])
-
-
-def task(model) -> str:
-    """"regression", "binary" or "multiclass"."""
-    return str(model.task)
+def _plain(message: str, path: str) -> str:
+    # fastgrad.io quotes the path (repr); the command line names files bare
+    return message.replace(repr(path), path)
