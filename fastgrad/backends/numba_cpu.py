@@ -219,3 +219,143 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
     kernel(grad_y, x, W, grad_y if saved is None else saved, g, grad_x, grad_W, grad_b,
            need_grad_x, *_scalars(dtype, a, b))
     return (grad_x if need_grad_x else None), grad_W, grad_b
+
+
+# --- losses: pred and target (N, K); math in float64 whatever the arrays' dtype --------
+
+def _make_elementwise_loss(spec):
+    jit = njit(inline="always", **_JIT)
+    value = compile_scalar(spec.scalar_value, jit)
+    grad = compile_scalar(spec.scalar_grad, jit)
+
+    @njit(**_JIT)
+    def forward(p, t):
+        total = 0.0
+        for i in range(p.shape[0]):
+            for j in range(p.shape[1]):
+                total += value(np.float64(p[i, j]), np.float64(t[i, j]))
+        return total / (p.shape[0] * p.shape[1])
+
+    @njit(**_JIT)
+    def backward(p, t, out, scale):
+        for i in range(p.shape[0]):
+            for j in range(p.shape[1]):
+                out[i, j] = grad(np.float64(p[i, j]), np.float64(t[i, j])) * scale
+
+    return forward, backward
+
+
+@njit(**_JIT)
+def _row_logsumexp(z, i):
+    """(row max, log sum exp(z - max)) of row i."""
+    m = -np.inf
+    for j in range(z.shape[1]):
+        v = np.float64(z[i, j])
+        if v > m or v != v:
+            m = v
+    total = 0.0
+    for j in range(z.shape[1]):
+        total += math.exp(z[i, j] - m)
+    return m, total
+
+
+@njit(**_JIT)
+def cross_entropy_forward(z, t):
+    total = 0.0
+    for i in range(z.shape[0]):
+        m, s = _row_logsumexp(z, i)
+        lse = m + math.log(s)
+        for j in range(z.shape[1]):
+            if t[i, j] != 0:  # classes without target weight never meet lse - z = inf
+                total += t[i, j] * (lse - z[i, j])
+    return total / z.shape[0]
+
+
+@njit(**_JIT)
+def cross_entropy_backward(z, t, out, scale):
+    for i in range(z.shape[0]):
+        m, s = _row_logsumexp(z, i)
+        inv = 1.0 / s
+        for j in range(z.shape[1]):
+            out[i, j] = (math.exp(z[i, j] - m) * inv - t[i, j]) * scale
+
+
+_LOSS_KERNELS: dict[str, tuple] = {"cross_entropy": (cross_entropy_forward,
+                                                     cross_entropy_backward)}
+
+
+def _loss_kernels(spec):
+    k = _LOSS_KERNELS.get(spec.name)
+    if k is None:
+        k = _LOSS_KERNELS[spec.name] = _make_elementwise_loss(spec)
+    return k
+
+
+def loss_forward(spec, pred, target) -> float:
+    return float(_loss_kernels(spec)[0](pred, target))
+
+
+def loss_backward(spec, pred, target, out) -> None:
+    count = pred.shape[0] if spec.rowwise else pred.size
+    _loss_kernels(spec)[1](pred, target, out, 1.0 / count)
+
+
+# --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
+
+@njit(**_JIT)
+def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
+    for i in range(p.size):
+        gi = g[i] + wd * np.float64(p[i])
+        if momentum != 0.0:
+            v = momentum * vel[i] + gi
+            vel[i] = v
+            gi = gi + momentum * v if nesterov else v
+        p[i] = p[i] - lr * gi
+
+
+@njit(**_JIT)
+def _adam_kernel(p, g, m, v, lr, beta1, beta2, eps, wd, decoupled, bc1, bc2):
+    shrink = 1.0 - lr * wd
+    for i in range(p.size):
+        pi = np.float64(p[i])
+        gi = np.float64(g[i])
+        if decoupled:
+            pi = pi * shrink
+        else:
+            gi = gi + wd * pi
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+
+
+@njit(**_JIT)
+def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
+    for i in range(p.size):
+        gi = g[i] + wd * np.float64(p[i])
+        s = alpha * sq[i] + (1.0 - alpha) * gi * gi
+        sq[i] = s
+        step = gi / (math.sqrt(s) + eps)
+        if momentum != 0.0:
+            step = momentum * buf[i] + step
+            buf[i] = step
+        p[i] = p[i] - lr * step
+
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
+    _sgd_kernel(param, grad, velocity, float(lr), float(momentum), float(weight_decay),
+                bool(nesterov))
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step) -> None:
+    _adam_kernel(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
+                 float(weight_decay), bool(decoupled), 1.0 - beta1**step,
+                 1.0 - beta2**step)
+
+
+def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
+                   momentum) -> None:
+    _rmsprop_kernel(param, grad, square_avg, momentum_buf, float(lr), float(alpha),
+                    float(eps), float(weight_decay), float(momentum))
