@@ -258,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         title = f"{data.source}: MLP {'-'.join(map(str, sizes))} ({activation}, " \
                 f"{args.optimizer}); test {_metric_label(task)} {score:.3f}"
-        plot_history(history, args.plot, title=title)
+        plot_history(history, args.plot, title=title, layer_sizes=sizes)
         print(f"wrote the training curves to {args.plot}")
     return 0
 
@@ -326,7 +326,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Predictions for each row of a CSV (or .npz X), one per line, with a header; with
     --proba also each class's probability. To --out FILE or stdout."""
     model, record = model_file.load(args.model)
-    X = load_features(args.data, record.feature_names if record else None)
+    X = load_features(args.data, record.feature_names if record else None,
+                      model.n_features_in_)
     Xs = _check_features(model, record, X, args.data)
     pred = np.asarray(model.predict(Xs)).reshape(-1)
     header = ["prediction"]

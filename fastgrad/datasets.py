@@ -209,9 +209,11 @@ def _check_finite(a: np.ndarray, path: str, name: str) -> None:
                         f"first at index {tuple(int(i) for i in where)}; drop or impute them")
 
 
-def load_features(path: str, feature_names: list[str] | None = None) -> np.ndarray:
+def load_features(path: str, feature_names: list[str] | None = None,
+                  n_features: int | None = None) -> np.ndarray:
     """Features to predict on: a CSV (with the model's feature columns selected by name
-    when the header has them all, any target column ignored) or an .npz with ``X``."""
+    when the header has them all, any target column ignored; else every column, which must
+    number `n_features`) or an .npz with ``X``."""
     if not os.path.exists(path):
         raise DataError(f"no such file: {path}")
     if path.lower().endswith(".npz"):
@@ -236,6 +238,10 @@ def load_features(path: str, feature_names: list[str] | None = None) -> np.ndarr
     if feature_names and all(n in header for n in feature_names):
         wanted = [header.index(n) for n in feature_names]
     else:
+        if n_features is not None and len(header) != n_features:
+            names = f" ({', '.join(feature_names)})" if feature_names else ""
+            raise DataError(f"{path} has {len(header)} columns; the model takes "
+                            f"{n_features} features{names}")
         wanted = list(range(len(header)))
     return np.column_stack([_to_float(columns[i], lines, path, header[i]) for i in wanted])
 

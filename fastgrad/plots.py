@@ -47,10 +47,12 @@ def grad_norms(history: Mapping[str, Sequence]) -> np.ndarray | None:
     return np.column_stack([np.asarray(history[k], dtype=float) for k in keys])
 
 
-def plot_history(history: Mapping[str, Sequence], path: str, *, title: str = "") -> str:
+def plot_history(history: Mapping[str, Sequence], path: str, *, title: str = "",
+                 layer_sizes: Sequence[int] | None = None) -> str:
     """Write a PNG with three panels over the epochs: the loss (train and validation), the
     metric (accuracy or R², train and validation) and each layer's gradient norm on a log
-    scale, where vanishing or exploding gradients show at a glance. Returns `path`."""
+    scale, where vanishing or exploding gradients show at a glance. layer_sizes (the
+    model's widths) labels each layer with its shape. Returns `path`."""
     plt = _pyplot()
     metric = next((m for m in METRIC_LABELS if history.get(m) or history.get(f"val_{m}")),
                   None)
@@ -63,10 +65,12 @@ def plot_history(history: Mapping[str, Sequence], path: str, *, title: str = "")
             epochs = np.arange(1, len(norms) + 1)
             for layer in range(norms.shape[1]):
                 ax.plot(epochs, norms[:, layer], marker="." if len(epochs) < 30 else None,
-                        label=f"layer {layer + 1}")
+                        label=f"layer {layer + 1}" + (
+                            f" ({layer_sizes[layer]}→{layer_sizes[layer + 1]})"
+                            if layer_sizes and len(layer_sizes) > norms.shape[1] else ""))
             ax.set_yscale("log")
             ax.set_title("gradient norm per layer")
-            ax.set_ylabel("‖∂loss/∂W‖ (log scale)")
+            ax.set_ylabel("gradient norm (log scale)")
         else:
             for key, label, style in ((panel, "train", "-"), (f"val_{panel}", "validation",
                                                               "--")):
