@@ -85,8 +85,10 @@ def plot_history(history: Mapping[str, Sequence], path: str, *, title: str = "",
         ax.set_xlabel("epoch")
         ax.grid(True, which="both", alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+        if panel == "grad":  # one entry per layer: beside the panel, off the curves
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
