@@ -69,8 +69,7 @@ def write_csv(path: pathlib.Path, header: list[str], rows) -> pathlib.Path:
     return path
 
 
-@pytest.fixture
-def blobs_csv(tmp_path) -> pathlib.Path:
+def _write_blobs(path: pathlib.Path) -> pathlib.Path:
     """Three well separated classes with string labels, 2 features."""
     rng = np.random.default_rng(0)
     centers = {"red": (-4.0, 0.0), "green": (4.0, 0.0), "blue": (0.0, 5.0)}
@@ -79,7 +78,18 @@ def blobs_csv(tmp_path) -> pathlib.Path:
         for _ in range(60):
             rows.append([f"{cx + rng.normal():.4f}", f"{cy + rng.normal():.4f}", label])
     rows = [rows[i] for i in rng.permutation(len(rows))]
-    return write_csv(tmp_path / "blobs.csv", ["x1", "x2", "color"], rows)
+    return write_csv(path, ["x1", "x2", "color"], rows)
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """(directory, blobs.csv, stdout of `fastgrad train ... --save model.npz`): one
+    trained model shared by the tests that use it."""
+    tmp = tmp_path_factory.mktemp("blobs")
+    data = _write_blobs(tmp / "blobs.csv")
+    train = fastgrad("train", "--data", data.name, "--save", "model.npz", "--epochs", "30",
+                     "--hidden", "8", "--lr", "0.01", "--seed", "3", cwd=tmp)
+    return tmp, data, train.stdout
 
 
 # --------------------------------------------------------------------------- train
@@ -102,6 +112,7 @@ def test_train_on_each_bundled_dataset(name, metric, tmp_path):
         assert score <= 1.0
 
 
+@pytest.mark.slow
 def test_train_without_arguments_learns_digits(tmp_path):
     pytest.importorskip("sklearn")
     proc = fastgrad("train", cwd=tmp_path)
@@ -111,12 +122,10 @@ def test_train_without_arguments_learns_digits(tmp_path):
     assert metric == "accuracy" and score >= 0.9, proc.stdout
 
 
-def test_save_predict_evaluate_round_trip(blobs_csv, tmp_path):
-    train = fastgrad("train", "--data", blobs_csv.name, "--save", "model.npz",
-                     "--epochs", "30", "--hidden", "8", "--lr", "0.01", "--seed", "3",
-                     cwd=tmp_path)
-    assert "multiclass" in train.stdout
-    _, test_accuracy = score_line(train.stdout)
+def test_save_predict_evaluate_round_trip(blobs):
+    tmp_path, blobs_csv, train_stdout = blobs
+    assert "multiclass" in train_stdout
+    _, test_accuracy = score_line(train_stdout)
     assert (tmp_path / "model.npz").exists()
 
     fastgrad("predict", "model.npz", blobs_csv.name, "--out", "pred.csv", "--proba",
@@ -138,7 +147,7 @@ def test_save_predict_evaluate_round_trip(blobs_csv, tmp_path):
 
     # evaluate finds the same held-out rows as train and reports the same score
     evaluation = fastgrad("evaluate", "model.npz", cwd=tmp_path).stdout
-    assert f"accuracy {test_accuracy:.4f}" in evaluation, (train.stdout, evaluation)
+    assert f"accuracy {test_accuracy:.4f}" in evaluation, (train_stdout, evaluation)
     every_row = fastgrad("evaluate", "model.npz", "--split", "all", cwd=tmp_path).stdout
     assert f"over {len(truth)} rows" in every_row
 
@@ -219,6 +228,7 @@ def bad_files(tmp_path) -> pathlib.Path:
     (tmp_path / "adir.csv").mkdir()
     np.savez(tmp_path / "foreign.npz", weights=np.ones(3))
     (tmp_path / "notzip.npz").write_text("this is not an archive")
+    np.savez(tmp_path / "nan.npz", X=np.array([[1.0, 2.0], [np.nan, 4.0]]), y=np.ones(2))
     return tmp_path
 
 
@@ -229,6 +239,7 @@ def bad_files(tmp_path) -> pathlib.Path:
     (["train", "--data", "short_row.csv"], ["short_row.csv line 3", "expected 3 fields"]),
     (["train", "--data", "text.csv"], ["text.csv line 3", "'b'", "'four' is not a number"]),
     (["train", "--data", "nan.csv"], ["nan.csv line 3", "'b'", "NaN"]),
+    (["train", "--data", "nan.npz"], ["nan.npz: X has 1 NaN", "index (1, 0)"]),
     (["train", "--data", "ok.csv", "--target", "price"], ["unknown column 'price'",
                                                           "a, b, y"]),
     (["train", "--activation", "relux"], ["unknown activation 'relux'"]),
@@ -246,9 +257,47 @@ def test_errors_are_one_line(args, fragments, bad_files):
     assert line.startswith(f"fastgrad {args[0]}: error: ")
 
 
-def test_predict_with_wrong_columns(blobs_csv, tmp_path):
-    fastgrad("train", "--data", blobs_csv.name, "--save", "m.npz", "--epochs", "1",
-             "--hidden", "4", cwd=tmp_path)
+def test_predict_with_wrong_columns(blobs):
+    tmp_path = blobs[0]
     write_csv(tmp_path / "three.csv", ["p", "q", "r"], [[1, 2, 3]])
-    proc = fastgrad("predict", "m.npz", "three.csv", cwd=tmp_path, check=False)
+    proc = fastgrad("predict", "model.npz", "three.csv", cwd=tmp_path, check=False)
     assert_one_line_error(proc, "three.csv has 3 columns", "takes 2 features (x1, x2)")
+
+
+def test_saved_model_takes_raw_features_from_python(blobs):
+    """The standardization is folded into the first layer: fastgrad.load(...).predict on
+    the raw columns gives what `fastgrad predict` gives."""
+    import fastgrad as fg
+
+    tmp_path, blobs_csv, _ = blobs
+    model = fg.load(tmp_path / "model.npz")
+    with open(blobs_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    X = np.array([[float(r["x1"]), float(r["x2"])] for r in rows])
+    stdout = fastgrad("predict", "model.npz", blobs_csv.name, cwd=tmp_path).stdout
+    assert list(model.predict(X)) == stdout.splitlines()[1:]
+
+
+@pytest.mark.parametrize("blocked, args", [
+    ("matplotlib", ["activations", "--plot", "a.png"]),
+    ("matplotlib", ["train", "--data", "iris", "--plot", "c.png"]),
+    ("sklearn", ["train", "--data", "iris"]),
+])
+def test_missing_extra_is_named(blocked, args, tmp_path):
+    """Without matplotlib or scikit-learn the error names the extra that installs it (and
+    --plot fails before any training)."""
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from fastgrad.cli import main\n"
+            f"sys.exit(main({args!r}))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "pip install 'fastgrad[train]'")
+    assert "epoch" not in proc.stdout
+
+
+def test_console_script_is_the_same_main():
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fastgrad"] == "fastgrad.cli:main"
+    assert "from .cli import main" in (ROOT / "fastgrad" / "__main__.py").read_text()
