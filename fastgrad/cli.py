@@ -265,10 +265,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _fit(model, X, y, optimizer, args: argparse.Namespace, table: _EpochTable) -> dict:
     """model.fit with the command's options; the table prints a row after each epoch."""
-    history = model.fit(
-        X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
-        validation_split=args.val_split or None, shuffle=True,
-        early_stopping=args.early_stopping, callbacks=[table.row], verbose=0)
+    # A diverging run ends in fit's NonFiniteError, which names the epoch and batch; numpy's
+    # overflow warnings on the way there would only repeat it less clearly.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        history = model.fit(
+            X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
+            validation_split=args.val_split or None, shuffle=True,
+            early_stopping=args.early_stopping, callbacks=[table.row], verbose=0)
     return history.history
 
 
