@@ -103,10 +103,11 @@ def save(model: Sequential, path: str | os.PathLike) -> None:
 
 def _read(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path!r} is not a fastgrad model file (a bare .npy "
-                                     "array, not an npz archive)")
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{path!r} is not a fastgrad model file (a bare .npy "
+                                 "array, not an npz archive)")
+        with npz:
             return {name: npz[name] for name in npz.files}
     except ModelFileError:
         raise

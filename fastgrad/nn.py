@@ -63,6 +63,12 @@ class Dense:
     def spec(self):
         return get_activation(self.activation)
 
+    def __getstate__(self) -> dict:
+        # W, b and their gradients are views into the model's flat buffers: the model
+        # re-creates them after unpickling (a pickled view would become a detached copy).
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("W", "b", "grad_W", "grad_b")}
+
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.params.items())
         return f"Dense({self.d_in}, {self.d_out}, activation={self.activation!r}{extra})"
@@ -110,6 +116,17 @@ class Sequential:
         self.reset_parameters()
 
     # --- parameters ------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["grads"], state["layer_slices"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        params = state.pop("params")
+        self.__dict__.update(state)
+        self._allocate()  # fresh flat buffers with every layer's W and b as views again
+        self.params[...] = params
+
     def _allocate(self) -> None:
         sizes = [layer.d_in * layer.d_out + layer.d_out for layer in self.layers]
         self.params = np.zeros(sum(sizes), self.dtype)

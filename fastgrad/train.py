@@ -113,7 +113,9 @@ class EpochPlan:
     when clip_value / clip_norm are set. It fills batch_loss[i] (the batch's mean loss)
     and grad_sq[i, k] (layer k's squared gradient norm, before clipping), and returns the
     number of batches completed: fewer than n_batches when batch i = the return value had
-    a non-finite loss or gradient, in which case that batch made no update.
+    a non-finite loss or gradient, in which case that batch made no update. A runner may
+    set last_good to the parameters before its last update (fit restores them, else the
+    epoch's starting parameters, when the current ones are not finite).
     """
 
     layers: list[tuple]
@@ -131,61 +133,90 @@ class EpochPlan:
     backend: str | None
     batch_loss: np.ndarray = field(default=None)
     grad_sq: np.ndarray = field(default=None)
+    last_good: np.ndarray | None = None
 
     @property
     def n_batches(self) -> int:
         return -(-len(self.X) // self.batch_size)
 
 
+def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: LossSpec,
+                     grad_W: list[np.ndarray], grad_b: list[np.ndarray],
+                     backend: str | None = None) -> float:
+    """One batch through the network and back: returns the batch's mean loss and writes
+    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan."""
+    inputs, saved = [xb], []
+    a = xb
+    for W, b, spec, p in layers:
+        if spec.needs == "x":
+            a, pre = F.linear_forward(a, W, b, activation=spec, backend=backend,
+                                      return_pre=True, **p)
+            saved.append({"pre": pre})
+        else:
+            a = F.linear_forward(a, W, b, activation=spec, backend=backend, **p)
+            saved.append({"y": a})
+        inputs.append(a)
+    value = get_kernel("loss_forward", backend)(loss, a, tb)
+    g = np.empty_like(a)
+    get_kernel("loss_backward", backend)(loss, a, tb, g)
+    for k in range(len(layers) - 1, -1, -1):
+        W, b, spec, p = layers[k]
+        g, gW, gb = F.linear_backward(g, inputs[k], W, activation=spec, backend=backend,
+                                      need_grad_x=k > 0, **saved[k], **p)
+        grad_W[k][...] = gW
+        grad_b[k][...] = gb
+    return value
+
+
+def _grad_views(plan_layers, grads, layer_slices):
+    views = [grads[s] for s in layer_slices]
+    grad_W = [g[:W.size].reshape(W.shape) for g, (W, *_rest) in zip(views, plan_layers)]
+    grad_b = [g[W.size:] for g, (W, *_rest) in zip(views, plan_layers)]
+    return views, grad_W, grad_b
+
+
 def train_epoch_layers(plan: EpochPlan) -> int:
     """The layer-by-layer epoch runner: per batch, linear_forward through the layers, the
     loss kernel, linear_backward back, one optimizer kernel call on the flat buffer."""
-    X, T, B, be = plan.X, plan.T, plan.batch_size, plan.backend
-    loss_fwd = get_kernel("loss_forward", be)
-    loss_bwd = get_kernel("loss_backward", be)
+    X, T, B = plan.X, plan.T, plan.batch_size
     params, grads, opt = plan.params, plan.grads, plan.optimizer
-    n_layers = len(plan.layers)
-    grad_views = [grads[s] for s in plan.layer_slices]
-    grad_W = [g[:W.size].reshape(W.shape) for g, (W, *_rest) in zip(grad_views, plan.layers)]
-    grad_b = [g[W.size:] for g, (W, *_rest) in zip(grad_views, plan.layers)]
-    prev = np.empty_like(params)  # weights before the last update, the fallback if it broke
+    views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
+    prev = params.copy()  # weights before the last update: the fallback if it broke them
+    plan.last_good = prev
     for i in range(plan.n_batches):
-        xb, tb = X[i * B:(i + 1) * B], T[i * B:(i + 1) * B]
-        inputs, saved = [xb], []
-        a = xb
-        for W, b, spec, p in plan.layers:
-            if spec.needs == "x":
-                a, pre = F.linear_forward(a, W, b, activation=spec, backend=be,
-                                          return_pre=True, **p)
-                saved.append({"pre": pre})
-            else:
-                a = F.linear_forward(a, W, b, activation=spec, backend=be, **p)
-                saved.append({"y": a})
-            inputs.append(a)
-        plan.batch_loss[i] = loss_fwd(plan.loss, a, tb)
-        g = np.empty_like(a)
-        loss_bwd(plan.loss, a, tb, g)
-        for k in range(n_layers - 1, -1, -1):
-            W, b, spec, p = plan.layers[k]
-            g, gW, gb = F.linear_backward(g, inputs[k], W, activation=spec, backend=be,
-                                          need_grad_x=k > 0, **saved[k], **p)
-            grad_W[k][...] = gW
-            grad_b[k][...] = gb
-        for k, view in enumerate(grad_views):
-            plan.grad_sq[i, k] = np.dot(view, view)
-        if not (math.isfinite(plan.batch_loss[i]) and np.isfinite(plan.grad_sq[i]).all()
-                and np.isfinite(grads).all()):
-            if not np.isfinite(params).all():
-                params[...] = prev
+        rows = slice(i * B, (i + 1) * B)
+        plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
+                                              grad_W, grad_b, plan.backend)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
+            for k, view in enumerate(views):
+                sq = np.dot(view, view)
+                if not math.isfinite(sq):  # float32 squares overflow first: redo in float64
+                    v64 = view.astype(np.float64)
+                    sq = np.dot(v64, v64)
+                plan.grad_sq[i, k] = sq
+        if not (math.isfinite(plan.batch_loss[i]) and (np.isfinite(plan.grad_sq[i]).all()
+                                                       or np.isfinite(grads).all())):
             return i
-        clip_gradients(grads, plan.clip_value, plan.clip_norm, grad_views)
+        clip_gradients(grads, plan.clip_value, plan.clip_norm)
         np.copyto(prev, params)
         opt.step(params, grads, plan.lr)
     return plan.n_batches
 
 
-def clip_gradients(grads: np.ndarray, clip_value: float | None, clip_norm: float | None,
-                   views: Sequence[np.ndarray] | None = None) -> None:
+def batch_gradient(model: Sequential, X: Any, y: Any) -> tuple[float, np.ndarray]:
+    """(mean loss, flat gradient) of a fitted (or output-fixed) model on one batch, with
+    the training code path; y as for fit. The gradient is laid out like model.params."""
+    X = model._check_X(X)
+    T, _ = prepare_targets(model, y, len(X))
+    grads = np.zeros_like(model.params)
+    layers = _plan_layers(model)
+    _, grad_W, grad_b = _grad_views(layers, grads, model.layer_slices)
+    value = forward_backward(layers, X, T, model.loss_spec, grad_W, grad_b, model.backend)
+    return value, grads
+
+
+def clip_gradients(grads: np.ndarray, clip_value: float | None,
+                   clip_norm: float | None) -> None:
     """In place: clamp each element to [-clip_value, clip_value], then scale all by
     clip_norm / ||grads|| when the global L2 norm exceeds clip_norm."""
     if clip_value is not None:
@@ -583,8 +614,11 @@ def _raise_nonfinite(model: Sequential, plan: EpochPlan, epoch: int, batch: int,
     else:
         layer = _first_nonfinite_layer(model, xb)
         what, detail = "loss", f"a non-finite loss ({loss_value})"
-    if not np.isfinite(model.params).all():
-        model.params[...] = snapshot  # the runner could not keep finite weights
+    if not np.isfinite(model.params).all():  # the last update broke them: roll it back
+        for fallback in (plan.last_good, snapshot):
+            if fallback is not None and np.isfinite(fallback).all():
+                model.params[...] = fallback
+                break
     where = "" if layer is None else f", layer {layer} ({model.layers[layer]!r})"
     raise NonFiniteError(
         f"training stopped at epoch {epoch}, batch {batch} (counted from 0){where}: "

@@ -314,15 +314,11 @@ def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
 
 
 @njit(**_JIT)
-def _adam_kernel(p, g, m, v, lr, beta1, beta2, eps, wd, decoupled, bc1, bc2):
-    shrink = 1.0 - lr * wd
+def _adam_kernel(p, g, m, v, lr, beta1, beta2, eps, shrink, l2, bc1, bc2):
+    # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
     for i in range(p.size):
-        pi = np.float64(p[i])
-        gi = np.float64(g[i])
-        if decoupled:
-            pi = pi * shrink
-        else:
-            gi = gi + wd * pi
+        pi = np.float64(p[i]) * shrink
+        gi = g[i] + l2 * pi
         mi = beta1 * m[i] + (1.0 - beta1) * gi
         vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
         m[i] = mi
@@ -350,9 +346,10 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> N
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
                 step) -> None:
+    wd = float(weight_decay)
+    shrink, l2 = (1.0 - lr * wd, 0.0) if decoupled else (1.0, wd)
     _adam_kernel(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                 float(weight_decay), bool(decoupled), 1.0 - beta1**step,
-                 1.0 - beta2**step)
+                 float(shrink), l2, 1.0 - beta1**step, 1.0 - beta2**step)
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
