@@ -45,6 +45,13 @@ class CLIError(Exception):
     """A problem with the command's arguments or inputs: printed as one line, exit 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -405,7 +412,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the `fastgrad` command and its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastgrad", description="fastgrad: train, evaluate and inspect MLPs built on "
         "fastgrad's compiled kernels.")
     from . import __version__
