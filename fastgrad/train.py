@@ -48,8 +48,9 @@ class GradientHealthWarning(RuntimeWarning):
 class GradientHealth:
     """Gradient-health settings for `fit(..., health=...)`.
 
-    vanish / explode: per-layer gradient-norm thresholds (the epoch's mean over batches of
-    ||dL/d(W, b)||); patience: epochs in a row below `vanish` before warning.
+    vanish / explode: per-layer gradient-norm thresholds (on the epoch's root-mean-square
+    over batches of ||dL/d(W, b)||, what history["grad_norm"] records); patience: epochs
+    in a row below `vanish` before warning.
     sample_rows: training rows the end-of-epoch diagnostic pass (dead ReLU units,
     saturated sigmoid/tanh units, the training metric) runs on.
     """
@@ -102,8 +103,9 @@ class History:
 class EpochPlan:
     """Everything one epoch needs; the contract between `fit` and an epoch runner.
 
-    layers: per layer (W, b, activation spec, activation params), W and b views into
-    `params`; the last layer has the identity activation (the loss takes logits).
+    layers: per layer (W, b, activation spec, a, b), W and b views into `params`, (a, b)
+    the activation's encoded parameters as the backend kernels take them; the last layer
+    has the identity activation (the loss takes logits).
     grads: the flat gradient buffer, layer k's slice `layer_slices[k]` (its W then b).
     X, T: this epoch's (shuffled) inputs (N, D) and targets (N, K), C-contiguous, the
     model's dtype; batches are consecutive rows, the last one possibly shorter.
@@ -140,29 +142,45 @@ class EpochPlan:
         return -(-len(self.X) // self.batch_size)
 
 
+def dense_forward(backend, a: np.ndarray, W: np.ndarray, b: np.ndarray, spec, act_a: float,
+                  act_b: float, want_pre: bool = False):
+    """(y, pre) of one dense layer through the backend's kernel; pre is None unless
+    want_pre. Arrays must already be what the kernel expects (C-contiguous, one dtype):
+    the trainer validates its data once per fit instead of once per call."""
+    out = np.empty((a.shape[0], W.shape[1]), a.dtype)
+    pre = np.empty_like(out) if want_pre else None
+    backend.linear_forward(a, W, b, out, pre, spec, act_a, act_b)
+    return out, pre
+
+
 def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: LossSpec,
                      grad_W: list[np.ndarray], grad_b: list[np.ndarray],
-                     backend: str | None = None) -> float:
+                     backend: str | None = None,
+                     loss_kernels: tuple[Callable, Callable] | None = None) -> float:
     """One batch through the network and back: returns the batch's mean loss and writes
-    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan."""
+    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan; loss_kernels, the
+    backend's (loss_forward, loss_backward), looked up when not given.
+
+    Calls the backend object's dense-layer kernels directly (the interface in
+    fastgrad.backends): every array here is C-contiguous in the model's dtype by
+    construction, so the functional layer's per-call checks would only add overhead.
+    """
+    be = get_backend(backend)
+    if loss_kernels is None:
+        loss_kernels = (get_kernel("loss_forward", backend),
+                        get_kernel("loss_backward", backend))
     inputs, saved = [xb], []
     a = xb
-    for W, b, spec, p in layers:
-        if spec.needs == "x":
-            a, pre = F.linear_forward(a, W, b, activation=spec, backend=backend,
-                                      return_pre=True, **p)
-            saved.append({"pre": pre})
-        else:
-            a = F.linear_forward(a, W, b, activation=spec, backend=backend, **p)
-            saved.append({"y": a})
+    for W, b, spec, pa, pb in layers:
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=spec.needs == "x")
+        saved.append(pre if spec.needs == "x" else a if spec.needs == "y" else None)
         inputs.append(a)
-    value = get_kernel("loss_forward", backend)(loss, a, tb)
+    value = loss_kernels[0](loss, a, tb)
     g = np.empty_like(a)
-    get_kernel("loss_backward", backend)(loss, a, tb, g)
+    loss_kernels[1](loss, a, tb, g)
     for k in range(len(layers) - 1, -1, -1):
-        W, b, spec, p = layers[k]
-        g, gW, gb = F.linear_backward(g, inputs[k], W, activation=spec, backend=backend,
-                                      need_grad_x=k > 0, **saved[k], **p)
+        W, b, spec, pa, pb = layers[k]
+        g, gW, gb = be.linear_backward(g, inputs[k], W, saved[k], spec, pa, pb, k > 0)
         grad_W[k][...] = gW
         grad_b[k][...] = gb
     return value
@@ -181,25 +199,27 @@ def train_epoch_layers(plan: EpochPlan) -> int:
     X, T, B = plan.X, plan.T, plan.batch_size
     params, grads, opt = plan.params, plan.grads, plan.optimizer
     views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
+    kernels = (get_kernel("loss_forward", plan.backend),
+               get_kernel("loss_backward", plan.backend))
     prev = params.copy()  # weights before the last update: the fallback if it broke them
     plan.last_good = prev
-    for i in range(plan.n_batches):
-        rows = slice(i * B, (i + 1) * B)
-        plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
-                                              grad_W, grad_b, plan.backend)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf is reported, not warned
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite value is reported
+        for i in range(plan.n_batches):
+            rows = slice(i * B, (i + 1) * B)
+            plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
+                                                  grad_W, grad_b, plan.backend, kernels)
             for k, view in enumerate(views):
                 sq = np.dot(view, view)
                 if not math.isfinite(sq):  # float32 squares overflow first: redo in float64
                     v64 = view.astype(np.float64)
                     sq = np.dot(v64, v64)
                 plan.grad_sq[i, k] = sq
-        if not (math.isfinite(plan.batch_loss[i]) and (np.isfinite(plan.grad_sq[i]).all()
-                                                       or np.isfinite(grads).all())):
-            return i
-        clip_gradients(grads, plan.clip_value, plan.clip_norm)
-        np.copyto(prev, params)
-        opt.step(params, grads, plan.lr)
+            if not (math.isfinite(plan.batch_loss[i])
+                    and (np.isfinite(plan.grad_sq[i]).all() or np.isfinite(grads).all())):
+                return i
+            clip_gradients(grads, plan.clip_value, plan.clip_norm)
+            np.copyto(prev, params)
+            opt.step(params, grads, plan.lr)
     return plan.n_batches
 
 
@@ -340,9 +360,9 @@ def _diagnose(model: Sequential, X: np.ndarray):
     sigmoid outside [0.01, 0.99], |tanh| > 0.99); None where not applicable."""
     dead, saturated = [], []
     a = X
-    for k, (W, b, spec, p) in enumerate(_plan_layers(model)):
-        a, pre = F.linear_forward(a, W, b, activation=spec, backend=model.backend,
-                                  return_pre=True, **p)
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=True)
         last = k == len(model.layers) - 1
         dead.append(float(np.mean(np.all(pre <= 0, axis=0)))
                     if spec.name == "relu" and not last else None)
@@ -357,8 +377,9 @@ def _diagnose(model: Sequential, X: np.ndarray):
 
 def _first_nonfinite_layer(model: Sequential, X: np.ndarray) -> int | None:
     a = X
-    for k, (W, b, spec, p) in enumerate(_plan_layers(model)):
-        a = F.linear_forward(a, W, b, activation=spec, backend=model.backend, **p)
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, _ = dense_forward(be, a, W, b, spec, pa, pb)
         if not np.isfinite(a).all():
             return k
     return None
@@ -368,7 +389,7 @@ def _plan_layers(model: Sequential) -> list[tuple]:
     out = []
     for k, layer in enumerate(model.layers):
         spec, params = model.hidden_activation(k)
-        out.append((layer.W, layer.b, spec, params))
+        out.append((layer.W, layer.b, spec, *spec.encoded(params)))
     return out
 
 

@@ -314,8 +314,10 @@ def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
 
 
 @njit(**_JIT)
-def _adam_kernel(p, g, m, v, lr, beta1, beta2, eps, shrink, l2, bc1, bc2):
+def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
     # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
+    # lr (m / bc1) / (sqrt(v / bc2) + eps) with the bias corrections hoisted:
+    # step_size = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2): one sqrt, one division.
     for i in range(p.size):
         pi = np.float64(p[i]) * shrink
         gi = g[i] + l2 * pi
@@ -323,7 +325,7 @@ def _adam_kernel(p, g, m, v, lr, beta1, beta2, eps, shrink, l2, bc1, bc2):
         vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] = pi - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+        p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
 @njit(**_JIT)
@@ -348,8 +350,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decouple
                 step) -> None:
     wd = float(weight_decay)
     shrink, l2 = (1.0 - lr * wd, 0.0) if decoupled else (1.0, wd)
-    _adam_kernel(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                 float(shrink), l2, 1.0 - beta1**step, 1.0 - beta2**step)
+    _adam_kernel(param, grad, m, v, float(beta1), float(beta2), float(eps), float(shrink),
+                 l2, lr / (1.0 - beta1**step), 1.0 / math.sqrt(1.0 - beta2**step))
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
