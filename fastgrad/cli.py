@@ -35,7 +35,7 @@ from .datasets import (
     load_features,
     train_test_split,
 )
-from .plots import MissingExtra
+from .plots import MissingExtra, require_matplotlib
 
 DTYPES = ("float32", "float64")
 TEST_SIZE = 0.2
@@ -113,22 +113,15 @@ def _check_backend(name: str | None) -> str | None:
     CLIError naming the reason."""
     if name in (None, "auto"):
         return None
-    from .backends import _MODULES, get_backend
+    from .backends import get_backend
 
-    if name not in _MODULES:
-        raise CLIError(f"unknown backend {name!r}; known: auto, {', '.join(_MODULES)}")
     try:
         get_backend(name)
-    except RuntimeError as exc:
+    except ValueError as exc:  # unknown name
+        raise CLIError(f"{exc} (or auto)") from None
+    except RuntimeError as exc:  # known, but cannot run here
         raise CLIError(str(exc)) from None
     return name
-
-
-def _needs_matplotlib() -> None:
-    """Fail before training, not after, when --plot cannot be honoured."""
-    from .plots import _pyplot
-
-    _pyplot()
 
 
 OUTPUT_FOR_TASK = {"regression": "identity", "binary": "sigmoid", "multiclass": "softmax"}
@@ -219,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer = make_optimizer(args.optimizer, args.lr)  # unknown names fail here, first
     _check_choice(args.dtype, DTYPES, "dtype")
     if args.plot:
-        _needs_matplotlib()
+        require_matplotlib()  # fail before training, not after
     data = load_data(args.data, args.target)
     task = detect_task(data.y) if args.task == "auto" else args.task
     check_task(task, data.y)
@@ -393,7 +386,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
     if args.plot:
         from .plots import plot_activations
 
-        _needs_matplotlib()
+        require_matplotlib()
         plot_activations(args.plot, backend=backend)
         print(f"wrote {len(ACTIVATIONS)} activations and their derivatives to {args.plot}")
         return 0

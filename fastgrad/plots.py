@@ -17,6 +17,11 @@ class MissingExtra(ImportError):
     """An optional dependency is missing; the message names the extra that installs it."""
 
 
+def require_matplotlib() -> None:
+    """MissingExtra (naming the extra to install) when matplotlib is not installed."""
+    _pyplot()
+
+
 def _pyplot():
     try:
         import matplotlib

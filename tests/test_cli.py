@@ -243,7 +243,7 @@ def bad_files(tmp_path) -> pathlib.Path:
     (["train", "--data", "ok.csv", "--target", "price"], ["unknown column 'price'",
                                                           "a, b, y"]),
     (["train", "--activation", "relux"], ["unknown activation 'relux'"]),
-    (["train", "--backend", "tpu"], ["unknown backend 'tpu'"]),
+    (["train", "--backend", "tpu"], ["unknown backend 'tpu'", "numba"]),
     (["train", "--optimizer", "lbfgs"], ["unknown optimizer 'lbfgs'"]),
     (["train", "--hidden", "64,x"], ["--hidden takes layer sizes like 128,64"]),
     (["evaluate", "foreign.npz"], ["foreign.npz is not a fastgrad model file"]),
@@ -295,6 +295,20 @@ def test_missing_extra_is_named(blocked, args, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "pip install 'fastgrad[train]'")
     assert "epoch" not in proc.stdout
+
+
+def test_warnings_print_as_one_line(capsys):
+    import warnings
+
+    from fastgrad.cli import _one_line_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _one_line_warnings("train")
+        warnings.warn("exploding gradients in layer 0:\n norm 1e5", RuntimeWarning,
+                      stacklevel=1)
+    assert capsys.readouterr().err == ("fastgrad train: warning: exploding gradients in "
+                                       "layer 0: norm 1e5\n")
 
 
 def test_console_script_is_the_same_main():
