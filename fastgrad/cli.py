@@ -55,15 +55,18 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- checks
 
 
-def _positive(kind: type, name: str):
+# argparse prefixes these messages with "argument --name:", so they do not repeat it.
+
+
+def _positive(kind: type):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got "
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got "
                                              f"{text!r}") from None
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
 
@@ -75,10 +78,10 @@ def _hidden(text: str) -> list[int]:
     try:
         sizes = [int(t) for t in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes layer sizes like 128,64; got "
+        raise argparse.ArgumentTypeError(f"expected layer sizes like 128,64, got "
                                          f"{text!r}") from None
     if any(s <= 0 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--hidden sizes must be > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"layer sizes must be > 0, got {text!r}")
     return sizes
 
 
@@ -86,10 +89,9 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--val-split must be a number, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"--val-split must be in [0, 1), got {text}")
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -428,11 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "see `fastgrad activations`)")
     p.add_argument("--optimizer", default="adam", help="adam (default), sgd, adamw or "
                    "rmsprop")
-    p.add_argument("--lr", type=_positive(float, "--lr"), default=None,
+    p.add_argument("--lr", type=_positive(float), default=None,
                    help="learning rate (default: the optimizer's, 0.001 for adam)")
-    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=20,
+    p.add_argument("--epochs", type=_positive(int), default=20,
                    help="default 20")
-    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
+    p.add_argument("--batch-size", type=_positive(int), default=64,
                    help="default 64")
     p.add_argument("--backend", default="auto", help="auto (fastest available), cython, "
                    "numba, cuda or numpy")
@@ -442,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=_fraction, default=0.1, metavar="FRACTION",
                    help="share of the training rows held for validation (default 0.1; 0: "
                    "none)")
-    p.add_argument("--early-stopping", type=_positive(int, "--early-stopping"),
+    p.add_argument("--early-stopping", type=_positive(int),
                    metavar="PATIENCE", help="stop after this many epochs without a better "
                    "validation loss")
     p.add_argument("--save", metavar="MODEL.npz", help="save the trained model (with its "

@@ -245,7 +245,7 @@ def bad_files(tmp_path) -> pathlib.Path:
     (["train", "--activation", "relux"], ["unknown activation 'relux'"]),
     (["train", "--backend", "tpu"], ["unknown backend 'tpu'", "numba"]),
     (["train", "--optimizer", "lbfgs"], ["unknown optimizer 'lbfgs'"]),
-    (["train", "--hidden", "64,x"], ["--hidden takes layer sizes like 128,64"]),
+    (["train", "--hidden", "64,x"], ["argument --hidden: expected layer sizes like 128,64"]),
     (["evaluate", "foreign.npz"], ["foreign.npz is not a fastgrad model file"]),
     (["evaluate", "notzip.npz"], ["notzip.npz is not a", "fastgrad model file"]),
     (["predict", "ok.csv", "ok.csv"], ["ok.csv is not a", "fastgrad model file"]),
