@@ -44,15 +44,22 @@ def _numba() -> list[tuple[str, str]]:
         except Exception:  # a layer whose library is missing (libtbb) is simply absent
             pass
     try:
-        chosen = numba.threading_layer()  # only known after a parallel kernel has run
+        chosen = numba.threading_layer()  # only known once a parallel kernel has run
     except ValueError:
         chosen = None
-    configured = numba.config.THREADING_LAYER
-    layer = chosen or f"{configured} (chosen at the first parallel kernel)"
+    importable = ", ".join(layers) or "none"
+    if chosen is None:
+        # numba.get_num_threads() would launch the thread pool (choosing, and possibly
+        # warning about, a layer): report the configuration instead.
+        threads = f"{numba.config.NUMBA_NUM_THREADS} (started at the first parallel kernel)"
+        layer = f"{numba.config.THREADING_LAYER} (chosen at the first parallel kernel)"
+    else:
+        threads = f"{numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}"
+        layer = chosen
     return [
         ("numba", numba.__version__),
-        ("numba threads", f"{numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}"),
-        ("threading layer", f"{layer}; importable: {', '.join(layers) or 'none'}"),
+        ("numba threads", threads),
+        ("threading layer", f"{layer}; importable: {importable}"),
     ]
 
 

@@ -195,6 +195,8 @@ def test_info(tmp_path):
     assert "numba threads:" in out.stdout and "threading layer:" in out.stdout
     assert "compiled module:" in out.stdout and "GPU:" in out.stdout
     assert out.stderr == ""  # nothing initialized that warns
+    # ... and Numba's thread pool is left unstarted (starting it picks a layer, which can warn)
+    assert "(chosen at the first parallel kernel)" in out.stdout
 
 
 def test_activations_list_and_plot(tmp_path):
