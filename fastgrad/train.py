@@ -63,9 +63,10 @@ class GradientHealth:
 
 @dataclass
 class EarlyStopping:
-    """Stop when `monitor` ("val_loss" when there is validation data, else "loss") has
-    not improved by more than `min_delta` for `patience` epochs; with
-    restore_best_weights the model ends with the weights of its best epoch."""
+    """Stop when `monitor` ("val_loss" when there is validation data, else "loss"; also
+    "accuracy"/"r2" and their "val_" versions, which must rise) has not improved by more
+    than `min_delta` for `patience` epochs; with restore_best_weights the model ends
+    with the weights of its best epoch."""
 
     patience: int = 10
     min_delta: float = 0.0
@@ -573,7 +574,12 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 print(f"epoch {epoch + 1}/{epochs}  {shown}")
             stop = False
             if stopper is not None:
-                value = logs[stopper.monitor]
+                if stopper.monitor not in logs:
+                    raise ValueError(f"early stopping monitors {stopper.monitor!r}, which "
+                                     f"this {model.task} model does not log")
+                # losses fall, metrics (accuracy, r2) rise: compare on a falling scale
+                sign = 1.0 if stopper.monitor.endswith("loss") else -1.0
+                value = sign * logs[stopper.monitor]
                 if value < best - stopper.min_delta:
                     best, wait, history.best_epoch = value, 0, epoch
                     if stopper.restore_best_weights:
@@ -615,9 +621,10 @@ def _early_stopping(spec, has_validation: bool) -> EarlyStopping | None:
     if stopper.monitor.startswith("val_") and not has_validation:
         raise ValueError(f"early stopping monitors {stopper.monitor!r} but there is no "
                          "validation data (give validation_split or validation_data)")
-    if stopper.monitor not in ("loss", "val_loss"):
-        raise ValueError(f"early stopping can monitor 'loss' or 'val_loss', got "
-                         f"{stopper.monitor!r}")
+    known = ("loss", "accuracy", "r2")
+    if stopper.monitor not in known + tuple("val_" + k for k in known):
+        raise ValueError(f"early stopping can monitor loss, accuracy or r2 (with val_ "
+                         f"for the validation data), got {stopper.monitor!r}")
     return stopper
 
 

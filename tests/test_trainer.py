@@ -382,3 +382,38 @@ def test_get_kernel_falls_back_for_backends_without_trainer_kernels(monkeypatch)
     assert kernel is fg.get_backend("numpy").loss_forward
     with pytest.raises(AttributeError, match="provides the kernel 'no_such_kernel'"):
         fg.backends.get_kernel("no_such_kernel")
+
+
+def test_early_stopping_on_a_rising_metric_and_on_training_loss(rng):
+    X, y = blobs(rng, n=90)
+    m = fg.MLP([4, 16, 3], seed=0)
+    h = m.fit(X, y, epochs=100, lr=0.05, validation_split=0.3, verbose=0,
+              early_stopping=fg.EarlyStopping(patience=2, monitor="val_accuracy",
+                                              restore_best_weights=False))
+    best = h.best_epoch
+    assert h.stopped_early and h.history["val_accuracy"][best] == max(h.history["val_accuracy"])
+    assert len(h.epoch) == best + 3
+    h2 = fg.MLP([4, 3], seed=0).fit(X, y, epochs=500, lr=1e-4, verbose=0,
+                                    early_stopping={"patience": 2, "min_delta": 1.0})
+    assert h2.stopped_early and len(h2.epoch) == 3  # nothing improves by 1.0
+    with pytest.raises(ValueError, match="no validation data"):
+        m.fit(X, y, early_stopping={"monitor": "val_loss"}, verbose=0)
+    with pytest.raises(ValueError, match="does not log"):
+        m.fit(X, y, early_stopping={"monitor": "r2"}, verbose=0)
+
+
+def test_classes_given_up_front_and_no_shuffle(rng):
+    X, y = blobs(rng)
+    m = fg.MLP([4, 8, 4], seed=0)
+    first = y < 2  # this batch holds only labels 0 and 1
+    m.fit(X[first], y[first], epochs=1, classes=[0, 1, 2, 3], verbose=0)
+    assert m.classes_.tolist() == [0, 1, 2, 3] and m.task == "multiclass"
+    m.fit(X, y, epochs=1, verbose=0)  # the rest later, as partial_fit does
+    with pytest.raises(ValueError, match=r"labels not seen during fit: \[9\]"):
+        m.fit(X, np.full(60, 9), epochs=1, verbose=0)
+    a = fg.MLP([4, 3], seed=5)
+    b = fg.MLP([4, 3], seed=6)
+    b.params[...] = a.params
+    a.fit(X, y, epochs=2, shuffle=False, verbose=0)
+    b.fit(X, y, epochs=2, shuffle=False, verbose=0)  # another seed: same without shuffling
+    assert np.array_equal(a.params, b.params)

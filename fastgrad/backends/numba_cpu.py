@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activations import ACTIVATIONS, ActivationSpec
+from ..losses import LOSSES
 from ..scalar_math import compile_scalar
 
 NAME = "numba"
@@ -223,26 +224,34 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
 
 # --- losses: pred and target (N, K); math in float64 whatever the arrays' dtype --------
 
-def _make_elementwise_loss(spec):
-    jit = njit(inline="always", **_JIT)
-    value = compile_scalar(spec.scalar_value, jit)
-    grad = compile_scalar(spec.scalar_grad, jit)
+# The elementwise losses' scalar formulas, compiled once at module level: kernels that
+# call module-level dispatchers are cached on disk by numba (cache=True), where kernels
+# made in a factory closing over them are recompiled in every process.
+_ELEMENTWISE_LOSSES = ("mse", "binary_cross_entropy")
+_inline = njit(inline="always", **_JIT)
+_mse_value = compile_scalar(LOSSES["mse"].scalar_value, _inline)
+_mse_grad = compile_scalar(LOSSES["mse"].scalar_grad, _inline)
+_bce_value = compile_scalar(LOSSES["binary_cross_entropy"].scalar_value, _inline)
+_bce_grad = compile_scalar(LOSSES["binary_cross_entropy"].scalar_grad, _inline)
 
-    @njit(**_JIT)
-    def forward(p, t):
-        total = 0.0
-        for i in range(p.shape[0]):
-            for j in range(p.shape[1]):
-                total += value(np.float64(p[i, j]), np.float64(t[i, j]))
-        return total / (p.shape[0] * p.shape[1])
 
-    @njit(**_JIT)
-    def backward(p, t, out, scale):
-        for i in range(p.shape[0]):
-            for j in range(p.shape[1]):
-                out[i, j] = grad(np.float64(p[i, j]), np.float64(t[i, j])) * scale
+@njit(**_JIT)
+def elementwise_loss_forward(p, t, kind):
+    # kind indexes _ELEMENTWISE_LOSSES; the branch is loop-invariant (LLVM unswitches it).
+    total = 0.0
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            a, b = np.float64(p[i, j]), np.float64(t[i, j])
+            total += _mse_value(a, b) if kind == 0 else _bce_value(a, b)
+    return total / (p.shape[0] * p.shape[1])
 
-    return forward, backward
+
+@njit(**_JIT)
+def elementwise_loss_backward(p, t, out, scale, kind):
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            a, b = np.float64(p[i, j]), np.float64(t[i, j])
+            out[i, j] = (_mse_grad(a, b) if kind == 0 else _bce_grad(a, b)) * scale
 
 
 @njit(**_JIT)
@@ -280,24 +289,18 @@ def cross_entropy_backward(z, t, out, scale):
             out[i, j] = (math.exp(z[i, j] - m) * inv - t[i, j]) * scale
 
 
-_LOSS_KERNELS: dict[str, tuple] = {"cross_entropy": (cross_entropy_forward,
-                                                     cross_entropy_backward)}
-
-
-def _loss_kernels(spec):
-    k = _LOSS_KERNELS.get(spec.name)
-    if k is None:
-        k = _LOSS_KERNELS[spec.name] = _make_elementwise_loss(spec)
-    return k
-
-
 def loss_forward(spec, pred, target) -> float:
-    return float(_loss_kernels(spec)[0](pred, target))
+    if spec.rowwise:
+        return float(cross_entropy_forward(pred, target))
+    return float(elementwise_loss_forward(pred, target, _ELEMENTWISE_LOSSES.index(spec.name)))
 
 
 def loss_backward(spec, pred, target, out) -> None:
-    count = pred.shape[0] if spec.rowwise else pred.size
-    _loss_kernels(spec)[1](pred, target, out, 1.0 / count)
+    if spec.rowwise:
+        cross_entropy_backward(pred, target, out, 1.0 / pred.shape[0])
+        return
+    elementwise_loss_backward(pred, target, out, 1.0 / pred.size,
+                              _ELEMENTWISE_LOSSES.index(spec.name))
 
 
 # --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
