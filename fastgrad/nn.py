@@ -224,7 +224,7 @@ class Sequential:
     def score(self, X: Any, y: Any) -> float:
         """Accuracy (classification) or the coefficient of determination R^2 (regression,
         averaged over outputs like scikit-learn's r2_score)."""
-        from .train import r2_score, target_indices
+        from .targets import r2_score, target_indices
         if self.task is None:
             raise RuntimeError("the model has not been fit: call fit first")
         pred = self.predict(X)
