@@ -58,8 +58,24 @@ def _metadata(model: Sequential) -> dict[str, Any]:
     return meta
 
 
-def save(model: Sequential, path: str | os.PathLike) -> None:
-    """Write `model` to `path` atomically (the name is used as given, no suffix added)."""
+_EXTRA = "extra."
+
+
+def _json_bytes(value: Any, what: str) -> np.ndarray:
+    try:
+        raw = json.dumps(value, sort_keys=True).encode()
+    except TypeError as exc:
+        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+    return np.frombuffer(raw, np.uint8).copy()
+
+
+def save(model: Sequential, path: str | os.PathLike, *,
+         extra: dict[str, Any] | None = None) -> None:
+    """Write `model` to `path` atomically (the name is used as given, no suffix added).
+
+    extra: name -> JSON-serializable record stored beside the model under the same
+    checksum (read back with `read_extra`), e.g. how the command line split its data.
+    """
     arrays: dict[str, np.ndarray] = {}
     for k, layer in enumerate(model.layers):
         arrays[f"layer{k}.W"] = np.ascontiguousarray(layer.W)
@@ -70,13 +86,15 @@ def save(model: Sequential, path: str | os.PathLike) -> None:
             raise TypeError(f"cannot save classes_ of dtype {classes.dtype} without pickle;"
                             " use numbers or strings as labels")
         arrays["classes"] = classes
-    try:
-        meta = json.dumps(_metadata(model), sort_keys=True).encode()
-    except TypeError as exc:
-        raise TypeError(f"the model's metadata is not JSON-serializable: {exc}") from None
-    arrays[_META] = np.frombuffer(meta, np.uint8).copy()
+    arrays[_META] = _json_bytes(_metadata(model), "the model's metadata")
+    for name, value in (extra or {}).items():
+        arrays[_EXTRA + name] = _json_bytes(value, f"extra[{name!r}]")
     arrays[_CHECKSUM] = _digest(arrays)
-    path = os.fspath(path)
+    _write_atomic(os.fspath(path), arrays)
+
+
+def _write_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file in the target's directory, fsync, rename over it."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastgrad-", suffix=".tmp", dir=directory)
     try:
@@ -118,10 +136,8 @@ def _read(path: str) -> dict[str, np.ndarray]:
                              f"or not an npz archive): {exc}") from None
 
 
-def load(path: str | os.PathLike, *, backend: str | None = None) -> Sequential:
-    """The model saved at `path` (an MLP or Sequential, weights, classes_ and task as
-    saved). Raises ModelFileError for truncated, tampered, foreign or newer files."""
-    path = os.fspath(path)
+def _read_verified(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata) of a fastgrad model file whose checksum and format check out."""
     arrays = _read(path)
     if _META not in arrays or _CHECKSUM not in arrays:
         raise ModelFileError(f"{path!r} is not a fastgrad model file (no fastgrad "
@@ -140,6 +156,29 @@ def load(path: str | os.PathLike, *, backend: str | None = None) -> Sequential:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path!r} has format version {meta['format_version']}; this "
                              f"fastgrad reads up to {FORMAT_VERSION}: upgrade fastgrad")
+    return arrays, meta
+
+
+def read_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The `extra` records saved with the model at `path` (empty when none); the file is
+    verified as `load` does. Raises ModelFileError for unreadable records."""
+    path = os.fspath(path)
+    arrays, _ = _read_verified(path)
+    extra = {}
+    for key, raw in arrays.items():
+        if key.startswith(_EXTRA):
+            try:
+                extra[key[len(_EXTRA):]] = json.loads(raw.tobytes().decode())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ModelFileError(f"{path!r} has an unreadable {key} record: {exc}") from None
+    return extra
+
+
+def load(path: str | os.PathLike, *, backend: str | None = None) -> Sequential:
+    """The model saved at `path` (an MLP or Sequential, weights, classes_ and task as
+    saved). Raises ModelFileError for truncated, tampered, foreign or newer files."""
+    path = os.fspath(path)
+    arrays, meta = _read_verified(path)
     try:
         if meta["class"] == "MLP":
             mlp = meta["mlp"]

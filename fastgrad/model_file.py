@@ -5,25 +5,23 @@ transformation into the first layer (W' = W / s, b' = b - (m / s) W, exact in fl
 so the saved model takes the raw features: ``fastgrad.load("model.npz").predict(X)``
 works from Python on the same columns, with nothing to remember.
 
-What the model file does not know, the command adds as a small JSON record ``cli.json``
-in the same archive: the feature column names (so `predict` picks the columns by name,
-and ignores a target column), the target's name, the data source and the seeded split
-(so `evaluate` finds the held-out rows again). A model saved from Python has no record;
-the commands then take the columns as they come.
+What the model file does not know, the command adds as a small JSON record ``cli`` in
+the same archive (fastgrad.io's `extra`, under the model's checksum): the feature column
+names (so `predict` picks the columns by name, and ignores a target column), the target's
+name, the data source and the seeded split (so `evaluate` finds the held-out rows again).
+A model saved from Python has no record; the commands then take the columns as they come.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .datasets import BUNDLED
 
-RECORD = "cli.json"
+RECORD = "cli"
 
 
 class ModelFileError(ValueError):
@@ -58,28 +56,10 @@ def fold_standardization(model, mean: np.ndarray, scale: np.ndarray) -> None:
 
 
 def save(model, path: str, record: TrainingRecord) -> str:
-    """model.save(path) with the record added to the archive. Returns path."""
+    """Save the model with the record beside it (one atomic write). Returns path."""
     from . import io as model_io
 
-    model.save(path)
-    # The model file carries a checksum over all its arrays, so the record is added by
-    # rewriting the archive with the checksum recomputed the way fastgrad.io does.
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    checksum_key = model_io._CHECKSUM
-    arrays.pop(checksum_key)
-    arrays[RECORD] = np.frombuffer(json.dumps(asdict(record)).encode(), np.uint8).copy()
-    arrays[checksum_key] = model_io._digest(arrays)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastgrad-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    model_io.save(model, path, extra={RECORD: asdict(record)})
     return path
 
 
@@ -87,6 +67,8 @@ def load(path: str):
     """(model, TrainingRecord or None); ModelFileError when the file is missing,
     unreadable or not fastgrad's."""
     import fastgrad as fg
+
+    from . import io as model_io
 
     if not os.path.exists(path):
         raise ModelFileError(f"no such file: {path}")
@@ -98,13 +80,15 @@ def load(path: str):
         raise ModelFileError(_plain(str(exc), path)) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with np.load(path, allow_pickle=False) as z:
-        raw = z[RECORD] if RECORD in z.files else None
+    try:
+        raw = model_io.read_extra(path).get(RECORD)
+    except fg.ModelFileError as exc:
+        raise ModelFileError(_plain(str(exc), path)) from None
     if raw is None:
         return model, None
     try:
-        return model, TrainingRecord(**json.loads(raw.tobytes().decode()))
-    except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        return model, TrainingRecord(**raw)
+    except TypeError as exc:
         raise ModelFileError(f"{path}: unreadable {RECORD} record ({exc})") from None
 
 

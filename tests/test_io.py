@@ -146,3 +146,18 @@ def test_archive_holds_only_plain_arrays(rng, tmp_path):
                             "classes.npy", "__fastgrad__.npy", "__checksum__.npy"])
     with np.load(tmp_path / "m.npz", allow_pickle=False) as npz:
         assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_extra_records_round_trip_under_the_checksum(tmp_path):
+    model = fg.MLP([3, 4, 2], seed=0)
+    model.fit(np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2,
+              epochs=1, verbose=0)
+    path = tmp_path / "m.npz"
+    io.save(model, path, extra={"note": {"source": "unit test", "seed": 3}})
+    assert io.read_extra(path) == {"note": {"source": "unit test", "seed": 3}}
+    assert fg.load(path).predict(np.zeros((1, 3))).shape == (1,)
+    model.save(tmp_path / "plain.npz")
+    assert io.read_extra(tmp_path / "plain.npz") == {}
+    with pytest.raises(TypeError, match="extra\\['bad'\\] is not JSON-serializable"):
+        io.save(model, tmp_path / "bad.npz", extra={"bad": object()})
+    assert not (tmp_path / "bad.npz").exists()
