@@ -34,7 +34,9 @@ def compiler_supports_openmp() -> bool:
 
 
 openmp = compiler_supports_openmp() and sys.platform != "win32"
-compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=off: no FMA contraction, so each kernel evaluates its formula operation by
+# operation as fastgrad/scalar_math.py writes it, identically in every ISA variant.
+compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 link_args = []
 if openmp:
     compile_args.append("-fopenmp")

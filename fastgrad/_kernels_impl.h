@@ -54,18 +54,9 @@ static inline T FG(elu_b)(T x, T g, T a, T b) {
     return x >= 0 ? g : g * a * e;
 }
 
-/* a = beta. The saturated tails give their limits (0, or g) instead of inf * 0. */
-static inline T FG(swish_f)(T x, T a, T b) {
-    (void)b;
-    T s = FG(fg_sigmoid_value)(a * x);
-    return s == 0 ? C(0) : x * s;
-}
-static inline T FG(swish_b)(T x, T g, T a, T b) {
-    (void)b;
-    T s = FG(fg_sigmoid_value)(a * x);
-    T r = g * (s + a * x * s * (C(1) - s));
-    return s == 0 ? C(0) * g : (s == 1 ? g : r);
-}
+/* a = beta; in double (see fg_swish_fwd_d). */
+static inline T FG(swish_f)(T x, T a, T b) { (void)b; return (T)fg_swish_fwd_d(x, a); }
+static inline T FG(swish_b)(T x, T g, T a, T b) { (void)b; return (T)fg_swish_bwd_d(x, g, a); }
 
 static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)fg_gelu_exact_fwd_d(x); }
 static inline T FG(gelu_exact_b)(T x, T g, T a, T b) {
@@ -264,10 +255,18 @@ static FG_CLONES void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
 
 static FG_CLONES void FG(log_softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
     T m = FG(fg_row_max)(x, n);
-    double total = 0;
-    /* y may be x (in place): the sum reads x only, then one pass writes y. */
-    FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += FG_EXP(x[j] - m);
-    T lse = (T)log(total);
+    ptrdiff_t jm = -1; /* the (first) max element */
+    for (ptrdiff_t j = 0; j < n; j++) {
+        if (x[j] == m) { jm = j; break; }
+    }
+    /* log-sum-exp = log1p(sum of the other terms): log(1 + small) would lose the small
+     * part's digits, and y at the max element is exactly -lse. The max's own term is
+     * added as exp(x - m) - 1: 0 when m is finite, NaN when it is infinite (inf - inf),
+     * as the reference gives. y may be x (in place): the sum reads x before y is written. */
+    double rest = 0;
+    FG_SIMD_SUM(rest) for (ptrdiff_t j = 0; j < n; j++) rest += j == jm ? C(0) : FG_EXP(x[j] - m);
+    if (jm >= 0) rest += (double)FG_EXP(x[jm] - m) - 1.0;
+    T lse = (T)log1p(rest);
     FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - m) - lse;
 }
 

@@ -91,12 +91,32 @@ static const int fg_kernel_transcendental[FG_NUM_KERNELS] = {
 #define FG_SELU_ALPHA 1.6732632423543772
 #define FG_SELU_SCALE 1.0507009873554805
 
-/* gelu, both forms, always in double: in float the rounding of the erfc/sigmoid argument
- * is amplified ~x^2 times in the left tail (hundreds of ulp at x = -10); in double the
- * float32 result is correctly rounded to a few ulp. */
+/* swish and gelu are computed in double for float32 too: in float the rounding of the
+ * sigmoid/erfc argument is amplified ~|x| (swish) to ~x^2 (gelu) times in the left tail
+ * (hundreds of ulp at x = -10), swish's product x s underflows through subnormal s, and
+ * its derivative s (1 + beta x (1 - s)) cancels near x = -1.28; in double the float32
+ * results stay within a few ulp. */
 static inline double fg_sigmoid_d(double x) {
     double z = exp(-fabs(x));
     return (x >= 0 ? 1.0 : z) / (1.0 + z);
+}
+/* a = beta. The saturated tails give their limits (0, or g) instead of inf * 0. */
+static inline double fg_swish_fwd_d(double x, double a) {
+    double s = fg_sigmoid_d(a * x);
+    return s == 0.0 ? 0.0 : x * s;
+}
+/* s (1 - s) is evaluated as z / (1 + z)^2, z = exp(-|v|): 1 - s would cancel for large v. */
+static inline double fg_sigmoid_slope_d(double v) {
+    double z = exp(-fabs(v));
+    return z / ((1.0 + z) * (1.0 + z));
+}
+static inline double fg_swish_bwd_d(double x, double g, double a) {
+    double s = fg_sigmoid_d(a * x);
+    double slope = fg_sigmoid_slope_d(a * x);
+    /* Limits in the saturated tails (0 * g, and g * s where x * slope would be inf * 0);
+     * scalar_math takes g once s rounds to 1, which is ~1e-15 off for x in (37, 745). */
+    double r = slope == 0.0 ? g * s : g * (s + a * x * slope);
+    return s == 0.0 ? 0.0 * g : r;
 }
 static inline double fg_gelu_exact_fwd_d(double x) {
     double phi = 0.5 * erfc(-x * FG_INV_SQRT2);
@@ -116,8 +136,9 @@ static inline double fg_gelu_tanh_bwd_d(double x, double g) {
     double u = FG_SQRT_2_OVER_PI * (x + FG_GELU_TANH_C * x * x * x);
     double s = fg_sigmoid_d(2.0 * u);
     double du = FG_SQRT_2_OVER_PI * (1.0 + 3.0 * FG_GELU_TANH_C * x * x);
-    double r = g * (s + 2.0 * x * s * (1.0 - s) * du);
-    return s == 0.0 ? 0.0 * g : (s == 1.0 ? g : r);
+    double slope = fg_sigmoid_slope_d(2.0 * u);
+    double r = slope == 0.0 ? g * s : g * (s + 2.0 * x * slope * du);
+    return s == 0.0 ? 0.0 * g : r;
 }
 
 #define FG_CAT_(a, b) a##b
