@@ -41,6 +41,7 @@ cdef extern from "_kernels_simd.h" nogil:
     const int fg_kernel_rowwise[]
     const int fg_kernel_needs_saved[]
     const int fg_kernel_transcendental[]
+    const int fg_kernel_transcendental_backward[]
     int fg_max_threads()
     void fg_forward_f32(int k, const float *x, float *y, Py_ssize_t n, float a, float b)
     void fg_forward_f64(int k, const double *x, double *y, Py_ssize_t n, double a, double b)
@@ -81,18 +82,22 @@ KERNELS = {fg_kernel_names[k].decode(): k for k in range(FG_NUM_KERNELS)}
 ROWWISE = frozenset(name for name, k in KERNELS.items() if fg_kernel_rowwise[k])
 """Activations that act along the last axis (2-D arrays of shape (rows, n))."""
 
-# Thread thresholds (elements; total work of one call). Below them a call runs on the
-# calling thread: an OpenMP region costs ~1.5-5 us here, more than the loop saves.
-# Measured 2026-11-28 on the shared 2-core dev machine (indicative; load ~1), float32,
-# serial vs 2 threads, bench/thread_threshold.py: see PARALLEL_MIN_* below.
-cdef Py_ssize_t _MIN_TRANSCENDENTAL = 1 << 13
+# Thread thresholds (elements; the total work of one call). Below them a call runs on the
+# calling thread: entering an OpenMP region costs ~2-3 us here, more than the loop saves.
+# Measured 2026-11-28 with `python -m bench.thread_threshold` (float32, serial vs 2
+# threads, median of repeats) on the shared 2-core dev machine under load ~10, so
+# indicative only: sigmoid (vectorized expf) 0.81x at 2^13, 1.14x at 2^14, 1.45x at 2^15;
+# gelu (double erfc, the slowest) 1.27x at 2^11, 1.56x at 2^12; relu 0.60x at 2^15,
+# 1.31x at 2^16; identity 0.76x at 2^15, 1.08x at 2^16, 1.59x at 2^17. Under load a
+# threaded call sometimes waited 15-50 ms for a descheduled thread: thresholds err high.
+cdef Py_ssize_t _MIN_TRANSCENDENTAL = 1 << 14
 cdef Py_ssize_t _MIN_MEMORY = 1 << 16
 PARALLEL_MIN_TRANSCENDENTAL = _MIN_TRANSCENDENTAL
 """Kernels that call exp/expm1/tanh/erfc/log1p (and the row kernels) use threads from this
-many elements: 2 threads broke even at ~2^12 and won 1.6-1.9x at 2^13 (sigmoid, gelu)."""
+many elements (2^14: where sigmoid, the cheapest of them, starts to gain)."""
 PARALLEL_MIN_MEMORY = _MIN_MEMORY
-"""Arithmetic-only kernels (relu, the backward passes from y...) are memory-bound: 2
-threads broke even between 2^15 and 2^16 elements."""
+"""Arithmetic-only kernels (relu, identity, the backward passes from y...) are
+memory-bound and use threads from this many elements (2^16)."""
 
 
 def max_threads() -> int:
@@ -162,15 +167,14 @@ cdef cnp.ndarray _apart(cnp.ndarray inp, cnp.ndarray out, bint same_ok):
     return inp
 
 
-cdef int _nthreads(Py_ssize_t work, int k, int requested) except -1:
-    """Threads for a call: `requested` when > 0, else all of them above the kernel's
-    threshold, at most one per half-threshold of work."""
+cdef int _nthreads(Py_ssize_t work, bint transcendental, int requested) except -1:
+    """Threads for a call: `requested` when > 0, else all of them above the threshold of
+    the kernel's kind, at most one per half-threshold of work."""
     if requested < 0:
         raise ValueError(f"nthreads must be >= 0 (0: automatic), got {requested}")
     if requested > 0:
         return requested
-    cdef Py_ssize_t threshold = (_MIN_TRANSCENDENTAL if fg_kernel_transcendental[k]
-                                 else _MIN_MEMORY)
+    cdef Py_ssize_t threshold = _MIN_TRANSCENDENTAL if transcendental else _MIN_MEMORY
     if work < threshold:
         return 1
     return <int>max(1, min(<Py_ssize_t>fg_max_threads(), work // (threshold // 2)))
@@ -281,7 +285,7 @@ def activation_forward(kernel, x, out, double a=0.0, double b=0.0, int nthreads=
         _check_2d(xa, "x", "(rows, n) for a row-wise activation")
     xa = _apart(xa, oa, True)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), rows = 0, cols = 0
-    cdef int nt = _nthreads(n, k, nthreads)
+    cdef int nt = _nthreads(n, fg_kernel_transcendental[k], nthreads)
     if rowwise:
         rows, cols = xa.shape[0], xa.shape[1]
     if typenum == cnp.NPY_FLOAT32:
@@ -332,7 +336,7 @@ def activation_backward(kernel, grad, saved, out, double a=0.0, double b=0.0,
     ga = _apart(ga, oa, True)
     sa = _apart(sa, oa, True)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(ga), rows = 0, cols = 0
-    cdef int nt = _nthreads(n, k, nthreads)
+    cdef int nt = _nthreads(n, fg_kernel_transcendental_backward[k], nthreads)
     if rowwise:
         rows, cols = ga.shape[0], ga.shape[1]
     if typenum == cnp.NPY_FLOAT32:

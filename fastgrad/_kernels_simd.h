@@ -82,6 +82,9 @@ static const int fg_kernel_needs_saved[FG_NUM_KERNELS] = {
 /* 1: the forward pass calls a transcendental (compute-bound, threads pay earlier). */
 static const int fg_kernel_transcendental[FG_NUM_KERNELS] = {
     0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1};
+/* The same for the backward pass (sigmoid's and tanh's work from y: arithmetic only). */
+static const int fg_kernel_transcendental_backward[FG_NUM_KERNELS] = {
+    0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1};
 
 /* Constants of scalar_math.py, in double. */
 #define FG_INV_SQRT2 0.7071067811865476

@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPEC_IDS, SPECS
+from conftest import SPECS
 
 import fastgrad as fg
 from fastgrad import _kernels, scalar_math
@@ -137,9 +137,10 @@ def test_elementwise_ulp_error(spec, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("spec", ROWWISE, ids=[s.name for s in ROWWISE])
 def test_rowwise_ulp_error(spec, dtype):
-    """Row kernels against the reference's formulas evaluated in long double (log_softmax:
-    as x - m - log1p(sum of the other terms), as log(1 + small) loses digits), normwise: softmax relative to the row's largest probability (exp(x - m)
-    inherits the rounding of x - m, amplified by |x - m|), log_softmax to the terms it
+    """Row kernels against the reference's formulas evaluated in long double (log_softmax
+    as x - m - log1p(sum of the other terms), as log(1 + small) loses digits), normwise:
+    softmax relative to the row's largest probability (exp(x - m) inherits the rounding
+    of x - m, amplified by |x - m|), log_softmax to the terms it
     sums (x - m and the log-sum-exp); backward relative to the row's largest term."""
     rng = np.random.default_rng(99)
     x = (rng.standard_normal((64, 97)) * rng.choice([0.1, 3.0, 30.0], (64, 1))).astype(dtype)
@@ -377,13 +378,13 @@ def test_built_wheel_installs_and_imports(tmp_path):
     assert install.returncode == 0, install.stderr[-3000:]
     check = textwrap.dedent("""
         import numpy as np, fastgrad, fastgrad._kernels as k
-        assert fastgrad.__file__.startswith(%r), fastgrad.__file__
+        assert fastgrad.__file__.startswith(TARGET), fastgrad.__file__
         x = np.linspace(-2, 2, 9, dtype=np.float32)
         y = fastgrad.sigmoid_forward(x, backend="cython")
         np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-6)
         assert "cython" in fastgrad.available_backends()
         print(k.OPENMP, k.VECTOR_MATH)
-    """ % str(target))
+    """).replace("TARGET", repr(str(target)))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
                          text=True, env=dict(env, PYTHONPATH=str(target)), timeout=300)
