@@ -172,8 +172,8 @@ cdef int _nthreads(Py_ssize_t work, bint transcendental, int requested) except -
     the kernel's kind, at most one per half-threshold of work."""
     if requested < 0:
         raise ValueError(f"nthreads must be >= 0 (0: automatic), got {requested}")
-    if requested > 0:
-        return requested
+    if requested > 0:  # forced (tests, benchmarks); never more threads than blocks
+        return <int>min(<Py_ssize_t>requested, max(1, (work + FG_BLOCK - 1) // FG_BLOCK))
     cdef Py_ssize_t threshold = _MIN_TRANSCENDENTAL if transcendental else _MIN_MEMORY
     if work < threshold:
         return 1
