@@ -34,7 +34,9 @@ def compiler_supports_openmp() -> bool:
 
 
 openmp = compiler_supports_openmp() and sys.platform != "win32"
-compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=off: no FMA contraction, so each kernel evaluates its formula operation by
+# operation as fastgrad/scalar_math.py writes it, identically in every ISA variant.
+compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 link_args = []
 if openmp:
     compile_args.append("-fopenmp")
@@ -44,6 +46,7 @@ extensions = [
     Extension(
         "fastgrad._kernels",
         ["fastgrad/_kernels.pyx"],
+        depends=["fastgrad/_kernels_simd.h", "fastgrad/_kernels_impl.h"],
         include_dirs=[numpy.get_include(), "fastgrad"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,

@@ -1,9 +1,27 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""fastgrad's compiled kernels (the `cython` backend).
+"""fastgrad's compiled kernels: the `cython` backend.
 
-The foundation build compiles this module so that `pip install .` proves the toolchain;
-the full backend (every activation, the dense layer, BLAS) is issue #3.
+The loops are C (fastgrad/_kernels_simd.h, _kernels_impl.h), vectorized by gcc with
+libmvec and dispatched at load time to AVX-512/AVX2/baseline variants; this module
+validates every argument (type, dtype, shape, C-contiguity, alignment, writeability,
+overlap) while it holds the GIL, then runs the loops without it: serially, or one
+contiguous block per thread in a `prange` when the size pays for threads. Matmuls call
+BLAS sgemm/dgemm through scipy.linalg.cython_blas.
+
+Kernels are chosen by id: ``KERNELS[name]`` for every activation this module compiles.
+Entry points: activation_forward, activation_backward, linear_forward, linear_backward.
+Every one raises TypeError/ValueError (naming the argument) on bad input; none reads or
+writes out of bounds, whatever it is given.
 """
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -15,18 +33,485 @@ cdef extern from *:
     """
     int FG_OPENMP
 
-OPENMP = bool(FG_OPENMP)  # True when the build had OpenMP
+cdef extern from "_kernels_simd.h" nogil:
+    int FG_NUM_KERNELS
+    int FG_BLOCK
+    int FG_VECTOR_MATH
+    const char *fg_kernel_names[]
+    const int fg_kernel_rowwise[]
+    const int fg_kernel_needs_saved[]
+    const int fg_kernel_transcendental[]
+    const int fg_kernel_transcendental_backward[]
+    int fg_max_threads()
+    void fg_forward_f32(int k, const float *x, float *y, Py_ssize_t n, float a, float b)
+    void fg_forward_f64(int k, const double *x, double *y, Py_ssize_t n, double a, double b)
+    void fg_backward_f32(int k, const float *s, const float *g, float *out, Py_ssize_t n,
+                         float a, float b)
+    void fg_backward_f64(int k, const double *s, const double *g, double *out, Py_ssize_t n,
+                         double a, double b)
+    void fg_rows_forward_f32(int k, const float *x, float *y, Py_ssize_t rows,
+                             Py_ssize_t cols)
+    void fg_rows_forward_f64(int k, const double *x, double *y, Py_ssize_t rows,
+                             Py_ssize_t cols)
+    void fg_rows_backward_f32(int k, const float *y, const float *g, float *out,
+                              Py_ssize_t rows, Py_ssize_t cols)
+    void fg_rows_backward_f64(int k, const double *y, const double *g, double *out,
+                              Py_ssize_t rows, Py_ssize_t cols)
+    void fg_bias_forward_f32(int k, float *pre, const float *bias, float *out,
+                             Py_ssize_t rows, Py_ssize_t cols, float a, float b)
+    void fg_bias_forward_f64(int k, double *pre, const double *bias, double *out,
+                             Py_ssize_t rows, Py_ssize_t cols, double a, double b)
+    void fg_backward_colsum_f32(int k, const float *s, const float *grad, float *g,
+                                float *colsum, Py_ssize_t rows, Py_ssize_t cols,
+                                float a, float b)
+    void fg_backward_colsum_f64(int k, const double *s, const double *grad, double *g,
+                                double *colsum, Py_ssize_t rows, Py_ssize_t cols,
+                                double a, double b)
 
 ctypedef fused floating:
     float
     double
 
+OPENMP = bool(FG_OPENMP)
+"""True when the build had OpenMP (otherwise every kernel runs serially)."""
+VECTOR_MATH = bool(FG_VECTOR_MATH)
+"""True when the build vectorizes exp/tanh/... through glibc's libmvec."""
 
-def relu_forward(floating[::1] x, floating[::1] out):
-    """out[i] = 0 if x[i] < 0 else x[i] (NaN propagates). x and out: same length."""
-    cdef Py_ssize_t i, n = x.shape[0]
-    if out.shape[0] != n:
-        raise ValueError(f"out has length {out.shape[0]}, expected {n} (the length of x)")
-    with nogil:
-        for i in range(n):
-            out[i] = 0 if x[i] < 0 else x[i]
+KERNELS = {fg_kernel_names[k].decode(): k for k in range(FG_NUM_KERNELS)}
+"""Activation name -> kernel id, for every activation compiled here."""
+ROWWISE = frozenset(name for name, k in KERNELS.items() if fg_kernel_rowwise[k])
+"""Activations that act along the last axis (2-D arrays of shape (rows, n))."""
+
+# Thread thresholds (elements; the total work of one call). Below them a call runs on the
+# calling thread: entering an OpenMP region costs ~2-3 us here, more than the loop saves.
+# Measured 2026-11-28 with `python -m bench.thread_threshold` (float32, serial vs 2
+# threads, median of repeats) on the shared 2-core dev machine under load ~10, so
+# indicative only: sigmoid (vectorized expf) 0.81x at 2^13, 1.14x at 2^14, 1.45x at 2^15;
+# gelu (double erfc, the slowest) 1.27x at 2^11, 1.56x at 2^12; relu 0.60x at 2^15,
+# 1.31x at 2^16; identity 0.76x at 2^15, 1.08x at 2^16, 1.59x at 2^17. Under load a
+# threaded call sometimes waited 15-50 ms for a descheduled thread: thresholds err high.
+cdef Py_ssize_t _MIN_TRANSCENDENTAL = 1 << 14
+cdef Py_ssize_t _MIN_MEMORY = 1 << 16
+PARALLEL_MIN_TRANSCENDENTAL = _MIN_TRANSCENDENTAL
+"""Kernels that call exp/expm1/tanh/erfc/log1p (and the row kernels) use threads from this
+many elements (2^14: where sigmoid, the cheapest of them, starts to gain)."""
+PARALLEL_MIN_MEMORY = _MIN_MEMORY
+"""Arithmetic-only kernels (relu, identity, the backward passes from y...) are
+memory-bound and use threads from this many elements (2^16)."""
+
+
+def max_threads() -> int:
+    """Threads a parallel kernel uses (OMP_NUM_THREADS; 1 without OpenMP)."""
+    return fg_max_threads()
+
+
+# ---- validation (with the GIL, before any nogil code) -----------------------------------
+
+cdef str _dtype_name(int typenum):
+    return "float32" if typenum == cnp.NPY_FLOAT32 else "float64"
+
+
+cdef cnp.ndarray _array(object obj, str name, int typenum, bint writable):
+    """obj as an ndarray of `typenum` (-1: float32 or float64), C-contiguous and aligned."""
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(obj).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>obj
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if typenum < 0:
+        if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+            raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+    elif t != typenum:
+        raise TypeError(f"{name} has dtype {arr.dtype}, expected {_dtype_name(typenum)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name} must be C-contiguous")
+    if not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{name} must be aligned to its dtype")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} is read-only")
+    return arr
+
+
+cdef int _check_shape(cnp.ndarray arr, str name, tuple shape, str what) except -1:
+    if (<object>arr).shape != shape:
+        raise ValueError(f"{name} has shape {(<object>arr).shape}, expected {shape} ({what})")
+    return 0
+
+
+cdef int _check_2d(cnp.ndarray arr, str name, str what) except -1:
+    if cnp.PyArray_NDIM(arr) != 2:
+        raise ValueError(f"{name} must be 2-D {what}, got shape {(<object>arr).shape}")
+    return 0
+
+
+cdef int _kernel(object kernel) except -1:
+    if (not isinstance(kernel, (int, np.integer)) or isinstance(kernel, bool)
+            or not 0 <= kernel < FG_NUM_KERNELS):
+        raise ValueError(f"kernel must be an id from fastgrad._kernels.KERNELS "
+                         f"(0..{FG_NUM_KERNELS - 1}), got {kernel!r}")
+    return kernel
+
+
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef cnp.ndarray _apart(cnp.ndarray inp, cnp.ndarray out, bint same_ok):
+    """`inp`, or a copy of it where it overlaps `out`: the loops allow an output that is
+    exactly an input (same_ok, elementwise), never a partial overlap; BLAS allows none."""
+    if out is not None and _overlap(inp, out):
+        if not (same_ok and cnp.PyArray_DATA(inp) == cnp.PyArray_DATA(out)):
+            return inp.copy()
+    return inp
+
+
+cdef int _nthreads(Py_ssize_t work, bint transcendental, int requested) except -1:
+    """Threads for a call: `requested` when > 0, else all of them above the threshold of
+    the kernel's kind, at most one per half-threshold of work."""
+    if requested < 0:
+        raise ValueError(f"nthreads must be >= 0 (0: automatic), got {requested}")
+    if requested > 0:  # forced (tests, benchmarks); never more threads than blocks
+        return <int>min(<Py_ssize_t>requested, max(1, (work + FG_BLOCK - 1) // FG_BLOCK))
+    cdef Py_ssize_t threshold = _MIN_TRANSCENDENTAL if transcendental else _MIN_MEMORY
+    if work < threshold:
+        return 1
+    return <int>max(1, min(<Py_ssize_t>fg_max_threads(), work // (threshold // 2)))
+
+
+cdef int _blas_int(Py_ssize_t v, str what) except -1:
+    if v > 2147483647:
+        raise ValueError(f"{what} = {v} exceeds the BLAS int limit 2^31-1")
+    return <int>v
+
+
+# ---- elementwise and row kernels, split over threads ------------------------------------
+
+cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating a,
+                   floating b, int nthreads) noexcept nogil:
+    cdef Py_ssize_t t, start, stop, chunk
+    if nthreads <= 1 or n <= FG_BLOCK:
+        if floating is float:
+            fg_forward_f32(k, x, y, n, a, b)
+        else:
+            fg_forward_f64(k, x, y, n, a, b)
+        return
+    # Chunks start at multiples of FG_BLOCK: each element then takes the same vector path
+    # whatever the thread count (results identical for 1 and N threads).
+    chunk = (n + nthreads - 1) // nthreads
+    chunk = (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = t * chunk
+        stop = min(start + chunk, n)
+        if start < stop:
+            if floating is float:
+                fg_forward_f32(k, x + start, y + start, stop - start, a, b)
+            else:
+                fg_forward_f64(k, x + start, y + start, stop - start, a, b)
+
+
+cdef void _backward(int k, const floating *s, const floating *g, floating *out, Py_ssize_t n,
+                    floating a, floating b, int nthreads) noexcept nogil:
+    cdef Py_ssize_t t, start, stop, chunk
+    if nthreads <= 1 or n <= FG_BLOCK:
+        if floating is float:
+            fg_backward_f32(k, s, g, out, n, a, b)
+        else:
+            fg_backward_f64(k, s, g, out, n, a, b)
+        return
+    chunk = (n + nthreads - 1) // nthreads
+    chunk = (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = t * chunk
+        stop = min(start + chunk, n)
+        if start < stop:
+            if floating is float:
+                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b)
+            else:
+                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b)
+
+
+cdef void _rows(int k, const floating *s, const floating *g, floating *out, Py_ssize_t rows,
+                Py_ssize_t cols, bint backward, int nthreads) noexcept nogil:
+    """Row kernels; threads take whole rows, so each row's sums are the same for any
+    thread count."""
+    cdef Py_ssize_t t, start, stop, chunk
+    if nthreads > rows:
+        nthreads = <int>rows
+    if nthreads <= 1:
+        start, stop = 0, rows
+        _rows_block(k, s, g, out, start, stop, cols, backward)
+        return
+    chunk = (rows + nthreads - 1) // nthreads
+    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
+        start = t * chunk
+        stop = min(start + chunk, rows)
+        if start < stop:
+            _rows_block(k, s, g, out, start, stop, cols, backward)
+
+
+cdef inline void _rows_block(int k, const floating *s, const floating *g, floating *out,
+                             Py_ssize_t start, Py_ssize_t stop, Py_ssize_t cols,
+                             bint backward) noexcept nogil:
+    cdef Py_ssize_t off = start * cols
+    if backward:
+        if floating is float:
+            fg_rows_backward_f32(k, s + off, g + off, out + off, stop - start, cols)
+        else:
+            fg_rows_backward_f64(k, s + off, g + off, out + off, stop - start, cols)
+    else:
+        if floating is float:
+            fg_rows_forward_f32(k, s + off, out + off, stop - start, cols)
+        else:
+            fg_rows_forward_f64(k, s + off, out + off, stop - start, cols)
+
+
+def activation_forward(kernel, x, out, double a=0.0, double b=0.0, int nthreads=0):
+    """out = f(x) for the activation `kernel` (an id from KERNELS).
+
+    x, out: C-contiguous float32/float64 arrays of one shape and dtype; out may be x
+    (in place). Elementwise kernels take any shape; row-wise ones (ROWWISE) 2-D arrays
+    (rows, n), acting along the last axis. a, b: the activation's encoded parameters.
+    nthreads: 0 picks serial or all threads by size (PARALLEL_MIN_*); > 0 forces it.
+    """
+    cdef int k = _kernel(kernel)
+    cdef cnp.ndarray xa = _array(x, "x", -1, False)
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef cnp.ndarray oa = _array(out, "out", typenum, True)
+    _check_shape(oa, "out", (<object>xa).shape, "the shape of x")
+    cdef bint rowwise = fg_kernel_rowwise[k]
+    if rowwise:
+        _check_2d(xa, "x", "(rows, n) for a row-wise activation")
+    xa = _apart(xa, oa, True)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(xa), rows = 0, cols = 0
+    cdef int nt = _nthreads(n, fg_kernel_transcendental[k], nthreads)
+    if rowwise:
+        rows, cols = xa.shape[0], xa.shape[1]
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            if rowwise:
+                _rows(k, <float *>cnp.PyArray_DATA(xa), <float *>NULL,
+                      <float *>cnp.PyArray_DATA(oa), rows, cols, False, nt)
+            else:
+                _forward(k, <float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(oa), n,
+                         <float>a, <float>b, nt)
+    else:
+        with nogil:
+            if rowwise:
+                _rows(k, <double *>cnp.PyArray_DATA(xa), <double *>NULL,
+                      <double *>cnp.PyArray_DATA(oa), rows, cols, False, nt)
+            else:
+                _forward(k, <double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(oa),
+                         n, a, b, nt)
+
+
+def activation_backward(kernel, grad, saved, out, double a=0.0, double b=0.0,
+                        int nthreads=0):
+    """out = grad * f'(.) for the activation `kernel` (an id from KERNELS).
+
+    saved: the forward input x or output y, as the activation's backward needs (None for
+    identity and binary_step, whose derivative needs neither). grad, saved, out: one shape
+    and dtype, C-contiguous; out may be grad or saved. Shapes and nthreads as in
+    activation_forward.
+    """
+    cdef int k = _kernel(kernel)
+    cdef cnp.ndarray ga = _array(grad, "grad", -1, False)
+    cdef int typenum = cnp.PyArray_TYPE(ga)
+    cdef cnp.ndarray oa = _array(out, "out", typenum, True)
+    _check_shape(oa, "out", (<object>ga).shape, "the shape of grad")
+    cdef cnp.ndarray sa
+    if saved is None:
+        if fg_kernel_needs_saved[k]:
+            raise ValueError(f"{fg_kernel_names[k].decode()} backward needs saved "
+                             "(the forward input or output), got None")
+        sa = ga  # the formula ignores it
+    else:
+        sa = _array(saved, "saved", typenum, False)
+        _check_shape(sa, "saved", (<object>ga).shape, "the shape of grad")
+    cdef bint rowwise = fg_kernel_rowwise[k]
+    if rowwise:
+        _check_2d(ga, "grad", "(rows, n) for a row-wise activation")
+    # out may be grad or saved: row kernels finish a row's sum before writing that row.
+    ga = _apart(ga, oa, True)
+    sa = _apart(sa, oa, True)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(ga), rows = 0, cols = 0
+    cdef int nt = _nthreads(n, fg_kernel_transcendental_backward[k], nthreads)
+    if rowwise:
+        rows, cols = ga.shape[0], ga.shape[1]
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            if rowwise:
+                _rows(k, <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(ga),
+                      <float *>cnp.PyArray_DATA(oa), rows, cols, True, nt)
+            else:
+                _backward(k, <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(ga),
+                          <float *>cnp.PyArray_DATA(oa), n, <float>a, <float>b, nt)
+    else:
+        with nogil:
+            if rowwise:
+                _rows(k, <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(ga),
+                      <double *>cnp.PyArray_DATA(oa), rows, cols, True, nt)
+            else:
+                _backward(k, <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(ga),
+                          <double *>cnp.PyArray_DATA(oa), n, a, b, nt)
+
+
+# ---- the dense layer ---------------------------------------------------------------------
+# Row-major (C) arrays are column-major arrays of the transposed shape, so with
+# BLAS's column-major gemm (C = op(A) op(B), A m x k, B k x n, C m x n):
+#   y = x W       is  y^T = W^T x^T        gemm("N", "N", m=D_out, n=N, k=D_in, W, x)
+#   grad_W = x^T g  is  grad_W^T = g^T x   gemm("N", "T", m=D_out, n=D_in, k=N, g, x)
+#   grad_x = g W^T  is  grad_x^T = W g^T   gemm("T", "N", m=D_in, n=N, k=D_out, W, g)
+# The transposes are flags: no transposed copies.
+
+cdef void _gemm(char ta, char tb, int m, int n, int k, floating *A, int lda,
+                floating *B, int ldb, floating *C, int ldc) noexcept nogil:
+    """C (m x n, column-major) = op(A) op(B); C = 0 when k == 0 (BLAS leaves it alone)."""
+    cdef floating one = 1, zero = 0
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        memset(C, 0, <size_t>m * <size_t>n * sizeof(floating))
+        return
+    if floating is float:
+        sgemm(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &zero, C, &ldc)
+    else:
+        dgemm(&ta, &tb, &m, &n, &k, &one, A, &lda, B, &ldb, &zero, C, &ldc)
+
+
+cdef void _linear_forward(int k, const floating *x, const floating *W, const floating *bias,
+                          floating *z, floating *out, int N, int d_in, int d_out,
+                          floating a, floating b) noexcept nogil:
+    _gemm(c'N', c'N', d_out, N, d_in, <floating *>W, max(d_out, 1), <floating *>x,
+          max(d_in, 1), z, max(d_out, 1))
+    # The fused pass runs serially: its cost is O(N D_out) beside the gemm's O(N D_in
+    # D_out), and OpenMP threads spinning beside BLAS's pool stall both (DESIGN.md 5).
+    if floating is float:
+        fg_bias_forward_f32(k, z, bias, out, N, d_out, a, b)
+    else:
+        fg_bias_forward_f64(k, z, bias, out, N, d_out, a, b)
+
+
+def linear_forward(kernel, x, W, bias, out, pre=None, double a=0.0, double b=0.0):
+    """out = f(x @ W + bias), the bias and activation fused into one pass over the gemm's
+    output; pre (if given) receives x @ W + bias.
+
+    x: (N, D_in); W: (D_in, D_out); bias: (D_out,) or None; out, pre: (N, D_out). All of
+    one dtype (float32/float64), C-contiguous; inputs that overlap an output are copied.
+    """
+    cdef int k = _kernel(kernel)
+    cdef cnp.ndarray xa = _array(x, "x", -1, False)
+    cdef int typenum = cnp.PyArray_TYPE(xa)
+    cdef cnp.ndarray Wa = _array(W, "W", typenum, False)
+    _check_2d(xa, "x", "(N, D_in)")
+    _check_2d(Wa, "W", "(D_in, D_out)")
+    if xa.shape[1] != Wa.shape[0]:
+        raise ValueError(f"x has shape {(<object>xa).shape} and W has shape {(<object>Wa).shape}: x's last axis "
+                         f"must equal W's first (D_in)")
+    cdef Py_ssize_t n_rows = xa.shape[0], d_in = xa.shape[1], d_out = Wa.shape[1]
+    cdef tuple out_shape = (n_rows, d_out)
+    cdef cnp.ndarray oa = _array(out, "out", typenum, True)
+    _check_shape(oa, "out", out_shape, "(N, D_out)")
+    cdef cnp.ndarray pa = None, ba
+    if pre is not None:
+        pa = _array(pre, "pre", typenum, True)
+        _check_shape(pa, "pre", out_shape, "(N, D_out)")
+        if cnp.PyArray_DATA(pa) == cnp.PyArray_DATA(oa):
+            pa = None
+        elif _overlap(pa, oa):
+            raise ValueError("pre and out overlap: they must be separate arrays (or the same)")
+    if bias is None:
+        ba = np.zeros(d_out, xa.dtype)
+    else:
+        ba = _array(bias, "bias", typenum, False)
+        _check_shape(ba, "bias", (d_out,), "(D_out,)")
+    cdef int N = _blas_int(n_rows, "N"), di = _blas_int(d_in, "D_in")
+    cdef int do = _blas_int(d_out, "D_out")
+    for target in (oa, pa):
+        if target is not None:
+            xa = _apart(xa, target, False)
+            Wa = _apart(Wa, target, False)
+            ba = _apart(ba, target, False)
+    cdef cnp.ndarray za = oa if pa is None else pa
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _linear_forward(k, <float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(Wa),
+                            <float *>cnp.PyArray_DATA(ba), <float *>cnp.PyArray_DATA(za),
+                            <float *>cnp.PyArray_DATA(oa), N, di, do, <float>a, <float>b)
+    else:
+        with nogil:
+            _linear_forward(k, <double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(Wa),
+                            <double *>cnp.PyArray_DATA(ba), <double *>cnp.PyArray_DATA(za),
+                            <double *>cnp.PyArray_DATA(oa), N, di, do, a, b)
+
+
+cdef void _linear_backward(int k, const floating *grad_y, const floating *x,
+                           const floating *W, const floating *saved, floating *g,
+                           floating *grad_x, floating *grad_W, floating *grad_b, int N,
+                           int d_in, int d_out, bint need_grad_x, floating a,
+                           floating b) noexcept nogil:
+    # One pass: g = f'(saved) grad_y and grad_b = column sums of g (serial, rows in order).
+    if floating is float:
+        fg_backward_colsum_f32(k, saved, grad_y, g, grad_b, N, d_out, a, b)
+    else:
+        fg_backward_colsum_f64(k, saved, grad_y, g, grad_b, N, d_out, a, b)
+    _gemm(c'N', c'T', d_out, d_in, N, g, max(d_out, 1), <floating *>x, max(d_in, 1), grad_W,
+          max(d_out, 1))
+    if need_grad_x:
+        _gemm(c'T', c'N', d_in, N, d_out, <floating *>W, max(d_out, 1), g, max(d_out, 1), grad_x,
+              max(d_in, 1))
+
+
+def linear_backward(kernel, grad_y, x, W, saved=None, double a=0.0, double b=0.0,
+                    bint need_grad_x=True):
+    """Backprop through y = f(x @ W + b): returns (grad_x or None, grad_W, grad_b).
+
+    g = grad_y * f'(.) from saved (the pre-activation or y, as the activation needs; None
+    for identity/binary_step), in one pass that also sums grad_b; then grad_W = x^T g and
+    grad_x = g W^T by gemm. grad_y, saved: (N, D_out); x: (N, D_in); W: (D_in, D_out).
+    """
+    cdef int k = _kernel(kernel)
+    cdef cnp.ndarray ga = _array(grad_y, "grad_y", -1, False)
+    cdef int typenum = cnp.PyArray_TYPE(ga)
+    cdef cnp.ndarray xa = _array(x, "x", typenum, False)
+    cdef cnp.ndarray Wa = _array(W, "W", typenum, False)
+    _check_2d(xa, "x", "(N, D_in)")
+    _check_2d(Wa, "W", "(D_in, D_out)")
+    if xa.shape[1] != Wa.shape[0]:
+        raise ValueError(f"x has shape {(<object>xa).shape} and W has shape {(<object>Wa).shape}: x's last axis "
+                         f"must equal W's first (D_in)")
+    cdef Py_ssize_t n_rows = xa.shape[0], d_in = xa.shape[1], d_out = Wa.shape[1]
+    _check_shape(ga, "grad_y", (n_rows, d_out), "(N, D_out)")
+    cdef cnp.ndarray sa
+    if saved is None:
+        if fg_kernel_needs_saved[k]:
+            raise ValueError(f"{fg_kernel_names[k].decode()} backward needs saved "
+                             "(the pre-activation or y), got None")
+        sa = ga
+    else:
+        sa = _array(saved, "saved", typenum, False)
+        _check_shape(sa, "saved", (n_rows, d_out), "(N, D_out)")
+    cdef int N = _blas_int(n_rows, "N"), di = _blas_int(d_in, "D_in")
+    cdef int do = _blas_int(d_out, "D_out")
+    cdef cnp.ndarray g = np.empty((n_rows, d_out), ga.dtype)
+    cdef cnp.ndarray grad_W = np.empty((d_in, d_out), ga.dtype)
+    cdef cnp.ndarray grad_b = np.empty(d_out, ga.dtype)
+    cdef cnp.ndarray grad_x = np.empty((n_rows if need_grad_x else 0, d_in if need_grad_x else 0), ga.dtype)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _linear_backward(k, <float *>cnp.PyArray_DATA(ga), <float *>cnp.PyArray_DATA(xa),
+                             <float *>cnp.PyArray_DATA(Wa), <float *>cnp.PyArray_DATA(sa),
+                             <float *>cnp.PyArray_DATA(g), <float *>cnp.PyArray_DATA(grad_x),
+                             <float *>cnp.PyArray_DATA(grad_W),
+                             <float *>cnp.PyArray_DATA(grad_b), N, di, do, need_grad_x,
+                             <float>a, <float>b)
+    else:
+        with nogil:
+            _linear_backward(k, <double *>cnp.PyArray_DATA(ga), <double *>cnp.PyArray_DATA(xa),
+                             <double *>cnp.PyArray_DATA(Wa), <double *>cnp.PyArray_DATA(sa),
+                             <double *>cnp.PyArray_DATA(g), <double *>cnp.PyArray_DATA(grad_x),
+                             <double *>cnp.PyArray_DATA(grad_W),
+                             <double *>cnp.PyArray_DATA(grad_b), N, di, do, need_grad_x,
+                             a, b)
+    return (grad_x if need_grad_x else None), grad_W, grad_b

@@ -16,7 +16,7 @@ import fastgrad as fg
 from fastgrad.activations import ACTIVATIONS
 
 # The compiled CPU backends must never be skipped: their absence fails test_backends.
-REQUIRED_BACKENDS = ("numba",)
+REQUIRED_BACKENDS = ("numba", "cython")
 # cuda runs under the simulator in its own pytest invocation (FASTGRAD_TEST_CUDA=1).
 BACKENDS = [b for b in fg.available_backends() if b != "cuda" or os.environ.get(
     "FASTGRAD_TEST_CUDA")]

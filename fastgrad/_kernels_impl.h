@@ -1,0 +1,350 @@
+/* Kernels for one float type; included by _kernels_simd.h with FG_T = float, then double
+ * (no include guard on purpose). FG(name) appends the type's suffix (_f32, _f64). */
+
+#define FG(name) FG_CAT(name, FG_SUFFIX)
+#define T FG_T
+#define C(v) ((T)(v))
+
+/* ---- scalar formulas, one per line of scalar_math.py ------------------------------- */
+
+static inline T FG(fg_sigmoid_value)(T x) {
+    /* 1 / (1 + exp(-x)) for x >= 0, z / (1 + z) with z = exp(x) otherwise: one exp(-|x|). */
+    T z = FG_EXP(-FG_FABS(x));
+    return (x >= 0 ? C(1) : z) / (C(1) + z);
+}
+
+static inline T FG(identity_f)(T x, T a, T b) { (void)a; (void)b; return x; }
+static inline T FG(identity_b)(T s, T g, T a, T b) { (void)s; (void)a; (void)b; return g; }
+
+/* a = threshold; NaN stays NaN. b != 0: straight-through estimator. */
+static inline T FG(binary_step_f)(T x, T a, T b) {
+    (void)b;
+    return x >= a ? C(1) : (x < a ? C(0) : x);
+}
+static inline T FG(binary_step_b)(T s, T g, T a, T b) { (void)s; (void)a; return b != 0 ? g : C(0); }
+
+static inline T FG(sigmoid_f)(T x, T a, T b) { (void)a; (void)b; return FG(fg_sigmoid_value)(x); }
+static inline T FG(sigmoid_b)(T y, T g, T a, T b) { (void)a; (void)b; return g * y * (C(1) - y); }
+
+static inline T FG(tanh_f)(T x, T a, T b) { (void)a; (void)b; return FG_TANH(x); }
+static inline T FG(tanh_b)(T y, T g, T a, T b) { (void)a; (void)b; return g * (C(1) - y * y); }
+
+/* relu'(0) = 0; a NaN input gives NaN (0 if x < 0 else x keeps NaN). */
+static inline T FG(relu_f)(T x, T a, T b) { (void)a; (void)b; return x < 0 ? C(0) : x; }
+static inline T FG(relu_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    return x > 0 ? g : (x <= 0 ? C(0) : x);
+}
+
+static inline T FG(leaky_relu_f)(T x, T a, T b) { (void)b; return x < 0 ? a * x : x; }
+static inline T FG(leaky_relu_b)(T x, T g, T a, T b) {
+    (void)b;
+    return x >= 0 ? g : (x < 0 ? a * g : x);
+}
+
+/* expm1/exp of min(x, 0), the min keeping NaN: no overflow for large positive x. */
+static inline T FG(elu_f)(T x, T a, T b) {
+    (void)b;
+    T e = FG_EXPM1(x > 0 ? C(0) : x);
+    return x > 0 ? x : a * e;
+}
+static inline T FG(elu_b)(T x, T g, T a, T b) {
+    (void)b;
+    T e = FG_EXP(x >= 0 ? C(0) : x);
+    return x >= 0 ? g : g * a * e;
+}
+
+/* a = beta; in double (see fg_swish_fwd_d). */
+static inline T FG(swish_f)(T x, T a, T b) { (void)b; return (T)fg_swish_fwd_d(x, a); }
+static inline T FG(swish_b)(T x, T g, T a, T b) { (void)b; return (T)fg_swish_bwd_d(x, g, a); }
+
+static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)fg_gelu_exact_fwd_d(x); }
+static inline T FG(gelu_exact_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    return (T)fg_gelu_exact_bwd_d(x, g);
+}
+static inline T FG(gelu_tanh_f)(T x, T a, T b) { (void)a; (void)b; return (T)fg_gelu_tanh_fwd_d(x); }
+static inline T FG(gelu_tanh_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    return (T)fg_gelu_tanh_bwd_d(x, g);
+}
+
+/* log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0) */
+static inline T FG(softplus_f)(T x, T a, T b) {
+    (void)a; (void)b;
+    return FG_LOG1P(FG_EXP(-FG_FABS(x))) + (x < 0 ? C(0) : x);
+}
+static inline T FG(softplus_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    return g * FG(fg_sigmoid_value)(x);
+}
+
+static inline T FG(selu_f)(T x, T a, T b) {
+    (void)a; (void)b;
+    T e = FG_EXPM1(x > 0 ? C(0) : x);
+    return x > 0 ? C(FG_SELU_SCALE) * x : C(FG_SELU_SCALE * FG_SELU_ALPHA) * e;
+}
+static inline T FG(selu_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    T e = FG_EXP(x >= 0 ? C(0) : x);
+    return x >= 0 ? C(FG_SELU_SCALE) * g : g * C(FG_SELU_SCALE) * C(FG_SELU_ALPHA) * e;
+}
+
+/* ---- loops ---------------------------------------------------------------------------
+ * Per activation: the vectorized bodies (target_clones) over whole FG_BLOCKs, and plain
+ * wrappers that run the ragged tail through the same body on a padded copy. */
+
+typedef void (*FG(fg_forward_fn))(const T *, T *, ptrdiff_t, T, T);
+typedef void (*FG(fg_backward_fn))(const T *, const T *, T *, ptrdiff_t, T, T);
+typedef void (*FG(fg_bias_forward_fn))(T *, const T *, T *, ptrdiff_t, T, T);
+typedef void (*FG(fg_backward_colsum_fn))(const T *, const T *, T *, T *, ptrdiff_t, T, T);
+
+#define FG_LOOPS(NAME)                                                                     \
+    static FG_CLONES void FG(NAME##_fwd_body)(const T *x, T *y, ptrdiff_t n, T a, T b) {   \
+        FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) y[i] = FG(NAME##_f)(x[i], a, b);         \
+    }                                                                                      \
+    static FG_CLONES void FG(NAME##_bwd_body)(const T *s, const T *g, T *out, ptrdiff_t n, \
+                                              T a, T b) {                                  \
+        FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] = FG(NAME##_b)(s[i], g[i], a, b); \
+    }                                                                                      \
+    /* z = pre + bias; pre = z (unless pre is out); out = f(z) */                          \
+    static FG_CLONES void FG(NAME##_bias_body)(T *pre, const T *bias, T *out, ptrdiff_t n, \
+                                               T a, T b) {                                 \
+        if (pre == out) {                                                                  \
+            FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] =                            \
+                FG(NAME##_f)(out[i] + bias[i], a, b);                                      \
+        } else {                                                                           \
+            FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                   \
+                T z = pre[i] + bias[i];                                                    \
+                pre[i] = z;                                                                \
+                out[i] = FG(NAME##_f)(z, a, b);                                            \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+    /* out = f'(s) g; colsum += out */                                                     \
+    static FG_CLONES void FG(NAME##_colsum_body)(const T *s, const T *g, T *out,           \
+                                                 T *colsum, ptrdiff_t n, T a, T b) {       \
+        FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                       \
+            T v = FG(NAME##_b)(s[i], g[i], a, b);                                          \
+            out[i] = v;                                                                    \
+            colsum[i] += v;                                                                \
+        }                                                                                  \
+    }                                                                                      \
+    static void FG(NAME##_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {              \
+        ptrdiff_t nb = n - n % FG_BLOCK, r = n - nb;                                       \
+        if (nb) FG(NAME##_fwd_body)(x, y, nb, a, b);                                       \
+        if (r) {                                                                           \
+            T xt[FG_BLOCK] = {0}, yt[FG_BLOCK];                                            \
+            memcpy(xt, x + nb, (size_t)r * sizeof(T));                                     \
+            FG(NAME##_fwd_body)(xt, yt, FG_BLOCK, a, b);                                   \
+            memcpy(y + nb, yt, (size_t)r * sizeof(T));                                     \
+        }                                                                                  \
+    }                                                                                      \
+    static void FG(NAME##_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a,      \
+                                    T b) {                                                 \
+        ptrdiff_t nb = n - n % FG_BLOCK, r = n - nb;                                       \
+        if (nb) FG(NAME##_bwd_body)(s, g, out, nb, a, b);                                  \
+        if (r) {                                                                           \
+            T st[FG_BLOCK] = {0}, gt[FG_BLOCK] = {0}, ot[FG_BLOCK];                        \
+            memcpy(st, s + nb, (size_t)r * sizeof(T));                                     \
+            memcpy(gt, g + nb, (size_t)r * sizeof(T));                                     \
+            FG(NAME##_bwd_body)(st, gt, ot, FG_BLOCK, a, b);                               \
+            memcpy(out + nb, ot, (size_t)r * sizeof(T));                                   \
+        }                                                                                  \
+    }                                                                                      \
+    static void FG(NAME##_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a,   \
+                                        T b) {                                             \
+        ptrdiff_t nb = n - n % FG_BLOCK, r = n - nb;                                       \
+        if (nb) FG(NAME##_bias_body)(pre, bias, out, nb, a, b);                            \
+        if (r) {                                                                           \
+            T pt[FG_BLOCK] = {0}, bt[FG_BLOCK] = {0}, ot[FG_BLOCK];                        \
+            memcpy(pt, pre + nb, (size_t)r * sizeof(T));                                   \
+            memcpy(bt, bias + nb, (size_t)r * sizeof(T));                                  \
+            FG(NAME##_bias_body)(pt, bt, ot, FG_BLOCK, a, b);                              \
+            if (pre != out) memcpy(pre + nb, pt, (size_t)r * sizeof(T));                   \
+            memcpy(out + nb, ot, (size_t)r * sizeof(T));                                   \
+        }                                                                                  \
+    }                                                                                      \
+    static void FG(NAME##_backward_colsum)(const T *s, const T *g, T *out, T *colsum,      \
+                                           ptrdiff_t n, T a, T b) {                        \
+        ptrdiff_t nb = n - n % FG_BLOCK, r = n - nb;                                       \
+        if (nb) FG(NAME##_colsum_body)(s, g, out, colsum, nb, a, b);                       \
+        if (r) {                                                                           \
+            T st[FG_BLOCK] = {0}, gt[FG_BLOCK] = {0}, ot[FG_BLOCK], ct[FG_BLOCK] = {0};    \
+            memcpy(st, s + nb, (size_t)r * sizeof(T));                                     \
+            memcpy(gt, g + nb, (size_t)r * sizeof(T));                                     \
+            memcpy(ct, colsum + nb, (size_t)r * sizeof(T));                                \
+            FG(NAME##_colsum_body)(st, gt, ot, ct, FG_BLOCK, a, b);                        \
+            memcpy(out + nb, ot, (size_t)r * sizeof(T));                                   \
+            memcpy(colsum + nb, ct, (size_t)r * sizeof(T));                                \
+        }                                                                                  \
+    }
+
+FG_LOOPS(identity)
+FG_LOOPS(binary_step)
+FG_LOOPS(sigmoid)
+FG_LOOPS(tanh)
+FG_LOOPS(relu)
+FG_LOOPS(leaky_relu)
+FG_LOOPS(elu)
+FG_LOOPS(swish)
+FG_LOOPS(gelu_exact)
+FG_LOOPS(gelu_tanh)
+FG_LOOPS(softplus)
+FG_LOOPS(selu)
+
+/* gelu: a = 0 exact (erfc), a = 1 the tanh form; the choice is made once per call. */
+static void FG(gelu_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {
+    if (a == 0) FG(gelu_exact_forward)(x, y, n, a, b);
+    else FG(gelu_tanh_forward)(x, y, n, a, b);
+}
+static void FG(gelu_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
+    if (a == 0) FG(gelu_exact_backward)(s, g, out, n, a, b);
+    else FG(gelu_tanh_backward)(s, g, out, n, a, b);
+}
+static void FG(gelu_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a, T b) {
+    if (a == 0) FG(gelu_exact_bias_forward)(pre, bias, out, n, a, b);
+    else FG(gelu_tanh_bias_forward)(pre, bias, out, n, a, b);
+}
+static void FG(gelu_backward_colsum)(const T *s, const T *g, T *out, T *colsum, ptrdiff_t n,
+                                     T a, T b) {
+    if (a == 0) FG(gelu_exact_backward_colsum)(s, g, out, colsum, n, a, b);
+    else FG(gelu_tanh_backward_colsum)(s, g, out, colsum, n, a, b);
+}
+
+#define FG_ENTRY(NAME, SUFFIX) FG(NAME##SUFFIX)
+#define FG_TABLE(SUFFIX)                                                                   \
+    {FG_ENTRY(identity, SUFFIX), FG_ENTRY(binary_step, SUFFIX), FG_ENTRY(sigmoid, SUFFIX),  \
+     FG_ENTRY(tanh, SUFFIX), FG_ENTRY(relu, SUFFIX), FG_ENTRY(leaky_relu, SUFFIX),          \
+     FG_ENTRY(elu, SUFFIX), FG_ENTRY(swish, SUFFIX), FG_ENTRY(gelu, SUFFIX),                \
+     FG_ENTRY(softplus, SUFFIX), FG_ENTRY(selu, SUFFIX), NULL, NULL}
+
+static const FG(fg_forward_fn) FG(fg_forward_table)[FG_NUM_KERNELS] = FG_TABLE(_forward);
+static const FG(fg_backward_fn) FG(fg_backward_table)[FG_NUM_KERNELS] = FG_TABLE(_backward);
+static const FG(fg_bias_forward_fn) FG(fg_bias_forward_table)[FG_NUM_KERNELS] =
+    FG_TABLE(_bias_forward);
+static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNELS] =
+    FG_TABLE(_backward_colsum);
+
+/* ---- row kernels (softmax, log_softmax), along the last axis ---------------------------
+ * The row max ignores NaN: a NaN anywhere in the row still makes the sum, hence every
+ * output of the row, NaN (as the reference does). Sums accumulate in double. */
+
+#define FG_STR_(x) #x
+#define FG_STR(x) FG_STR_(x)
+#ifdef _OPENMP
+#define FG_SIMD_SUM(var) _Pragma(FG_STR(omp simd reduction(+:var)))
+#else
+#define FG_SIMD_SUM(var)
+#endif
+
+static inline T FG(fg_row_max)(const T *x, ptrdiff_t n) {
+    T m = C(-INFINITY);
+    for (ptrdiff_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+static FG_CLONES void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
+    T m = FG(fg_row_max)(x, n);
+    double total = 0;
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = FG_EXP(x[j] - m);
+    FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += y[j];
+    T inv = (T)(1.0 / total);
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] *= inv;
+}
+
+static FG_CLONES void FG(log_softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
+    T m = FG(fg_row_max)(x, n);
+    ptrdiff_t jm = -1; /* the (first) max element */
+    for (ptrdiff_t j = 0; j < n; j++) {
+        if (x[j] == m) { jm = j; break; }
+    }
+    /* log-sum-exp = log1p(sum of the other terms): log(1 + small) would lose the small
+     * part's digits, and y at the max element is exactly -lse. The max's own term is
+     * added as exp(x - m) - 1: 0 when m is finite, NaN when it is infinite (inf - inf),
+     * as the reference gives. y may be x (in place): the sum reads x before y is written. */
+    double rest = 0;
+    FG_SIMD_SUM(rest) for (ptrdiff_t j = 0; j < n; j++) rest += j == jm ? C(0) : FG_EXP(x[j] - m);
+    if (jm >= 0) rest += (double)FG_EXP(x[jm] - m) - 1.0;
+    T lse = (T)log1p(rest);
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - m) - lse;
+}
+
+/* grad_x = y * (g - sum(g * y)) */
+static FG_CLONES void FG(softmax_row_backward)(const T *y, const T *g, T *out, ptrdiff_t n) {
+    double dot = 0;
+    FG_SIMD_SUM(dot) for (ptrdiff_t j = 0; j < n; j++) dot += (double)g[j] * y[j];
+    T d = (T)dot;
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) out[j] = y[j] * (g[j] - d);
+}
+
+/* grad_x = g - exp(y) * sum(g) */
+static FG_CLONES void FG(log_softmax_row_backward)(const T *y, const T *g, T *out,
+                                                   ptrdiff_t n) {
+    double total = 0;
+    FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += g[j];
+    T t = (T)total;
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) out[j] = g[j] - FG_EXP(y[j]) * t;
+}
+
+/* Rows [0, rows) of a C-contiguous (rows, cols) block. */
+static void FG(fg_rows_forward)(int k, const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols) {
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        if (k == FG_SOFTMAX) FG(softmax_row_forward)(x + i * cols, y + i * cols, cols);
+        else FG(log_softmax_row_forward)(x + i * cols, y + i * cols, cols);
+    }
+}
+
+static void FG(fg_rows_backward)(int k, const T *y, const T *g, T *out, ptrdiff_t rows,
+                                 ptrdiff_t cols) {
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const T *yi = y + i * cols, *gi = g + i * cols;
+        if (k == FG_SOFTMAX) FG(softmax_row_backward)(yi, gi, out + i * cols, cols);
+        else FG(log_softmax_row_backward)(yi, gi, out + i * cols, cols);
+    }
+}
+
+/* ---- entry points used by _kernels.pyx (k is validated there) ------------------------ */
+
+static void FG(fg_forward)(int k, const T *x, T *y, ptrdiff_t n, T a, T b) {
+    FG(fg_forward_table)[k](x, y, n, a, b);
+}
+
+static void FG(fg_backward)(int k, const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
+    FG(fg_backward_table)[k](s, g, out, n, a, b);
+}
+
+/* Dense layer, forward pass after the gemm: per row z = pre + bias, pre = z (unless pre
+ * is out), out = f(z); row-wise activations: the bias pass, then the row kernel. */
+static void FG(fg_bias_forward)(int k, T *pre, const T *bias, T *out, ptrdiff_t rows,
+                                ptrdiff_t cols, T a, T b) {
+    if (fg_kernel_rowwise[k]) {
+        for (ptrdiff_t i = 0; i < rows; i++)
+            FG(identity_bias_forward)(pre + i * cols, bias, pre + i * cols, cols, a, b);
+        FG(fg_rows_forward)(k, pre, out, rows, cols);
+        return;
+    }
+    FG(fg_bias_forward_fn) f = FG(fg_bias_forward_table)[k];
+    for (ptrdiff_t i = 0; i < rows; i++) f(pre + i * cols, bias, out + i * cols, cols, a, b);
+}
+
+/* Dense layer, backward pass before the gemms: g = f'(saved) grad (row-wise: the row
+ * kernel), colsum = column sums of g (zeroed here). */
+static void FG(fg_backward_colsum)(int k, const T *s, const T *grad, T *g, T *colsum,
+                                   ptrdiff_t rows, ptrdiff_t cols, T a, T b) {
+    memset(colsum, 0, (size_t)cols * sizeof(T));
+    if (fg_kernel_rowwise[k]) {
+        FG(fg_rows_backward)(k, s, grad, g, rows, cols);
+        for (ptrdiff_t i = 0; i < rows; i++)
+            FG(identity_backward_colsum)(g + i * cols, g + i * cols, g + i * cols, colsum, cols,
+                                         a, b);
+        return;
+    }
+    FG(fg_backward_colsum_fn) f = FG(fg_backward_colsum_table)[k];
+    for (ptrdiff_t i = 0; i < rows; i++)
+        f(s + i * cols, grad + i * cols, g + i * cols, colsum, cols, a, b);
+}
+
+#undef T
+#undef C
+#undef FG

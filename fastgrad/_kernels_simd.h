@@ -1,0 +1,178 @@
+/* fastgrad's compiled elementwise and row kernels, in C so that gcc vectorizes them.
+ *
+ * Why C and not Cython loops: gcc calls glibc's vector math library (libmvec) for
+ * exp/expm1/tanh/log1p/erfc only when the functions carry SIMD declarations, which glibc
+ * makes only under -ffast-math (unsafe: it changes NaN behaviour). We redeclare them here,
+ * and mark each loop with target_clones so that one portable build (no -march) dispatches
+ * at load time to an AVX-512, AVX2 or baseline variant (../shared/DESIGN.md section 6).
+ *
+ * The scalar formulas mirror fastgrad/scalar_math.py one for one (same branches, same
+ * stable forms, same NaN/inf handling); branches are written as selects over values
+ * computed unconditionally on clamped inputs, because a "notinbranch" vector function
+ * can only be called unconditionally.
+ *
+ * Determinism: every element goes through the vector body. Loops run over whole blocks of
+ * FG_BLOCK elements and the ragged tail is padded into a FG_BLOCK buffer and run through
+ * the same body, so an element's result never depends on where a thread's chunk starts
+ * (callers split work at multiples of FG_BLOCK) nor on the array's length.
+ *
+ * Aliasing: an output may be the very same array as an input (in place), never a partial
+ * overlap (the Cython entry points copy the input in that case). Each element is read
+ * before it is written at the same index, so there is no loop-carried dependence:
+ * `#pragma GCC ivdep` states exactly that (restrict would forbid the in-place case).
+ *
+ * This file includes _kernels_impl.h twice, for float (suffix _f32) and double (_f64).
+ */
+#ifndef FASTGRAD_KERNELS_SIMD_H
+#define FASTGRAD_KERNELS_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+static int fg_max_threads(void) { return omp_get_max_threads(); }
+#else
+static int fg_max_threads(void) { return 1; }
+#endif
+
+/* gcc on x86-64 glibc: libmvec vector variants and run-time ISA dispatch. Elsewhere
+ * (clang, other libcs, other CPUs) the same code builds as plain scalar loops. */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER) && \
+    defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define FG_SIMD_DECL __attribute__((__simd__("notinbranch")))
+#define FG_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+/* glibc 2.22 has the vector exp; 2.35 added expm1, tanh, log1p, erfc. */
+#if __GLIBC_PREREQ(2, 22)
+extern float expf(float) FG_SIMD_DECL;
+extern double exp(double) FG_SIMD_DECL;
+#endif
+#if __GLIBC_PREREQ(2, 35)
+extern float expm1f(float) FG_SIMD_DECL;
+extern double expm1(double) FG_SIMD_DECL;
+extern float tanhf(float) FG_SIMD_DECL;
+extern double tanh(double) FG_SIMD_DECL;
+extern float log1pf(float) FG_SIMD_DECL;
+extern double log1p(double) FG_SIMD_DECL;
+extern double erfc(double) FG_SIMD_DECL;
+#endif
+#define FG_VECTOR_MATH 1
+#else
+#define FG_CLONES
+#define FG_VECTOR_MATH 0
+#endif
+
+#define FG_IVDEP _Pragma("GCC ivdep")
+#define FG_BLOCK 16 /* elements; thread chunks start at multiples of this */
+
+/* Kernel ids: the Cython module maps activation names to these (fg_kernel_names). */
+enum {
+    FG_IDENTITY, FG_BINARY_STEP, FG_SIGMOID, FG_TANH, FG_RELU, FG_LEAKY_RELU, FG_ELU,
+    FG_SWISH, FG_GELU, FG_SOFTPLUS, FG_SELU, FG_SOFTMAX, FG_LOG_SOFTMAX, FG_NUM_KERNELS
+};
+static const char *const fg_kernel_names[FG_NUM_KERNELS] = {
+    "identity", "binary_step", "sigmoid", "tanh", "relu", "leaky_relu", "elu",
+    "swish", "gelu", "softplus", "selu", "softmax", "log_softmax"};
+/* 1: row-wise (along the last axis); 0: elementwise. */
+static const int fg_kernel_rowwise[FG_NUM_KERNELS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
+/* 1: backward reads the saved x or y; 0: it ignores it (identity, binary_step). */
+static const int fg_kernel_needs_saved[FG_NUM_KERNELS] = {
+    0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+/* 1: the forward pass calls a transcendental (compute-bound, threads pay earlier). */
+static const int fg_kernel_transcendental[FG_NUM_KERNELS] = {
+    0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1};
+/* The same for the backward pass (sigmoid's and tanh's work from y: arithmetic only). */
+static const int fg_kernel_transcendental_backward[FG_NUM_KERNELS] = {
+    0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1};
+
+/* Constants of scalar_math.py, in double. */
+#define FG_INV_SQRT2 0.7071067811865476
+#define FG_INV_SQRT2PI 0.3989422804014327
+#define FG_SQRT_2_OVER_PI 0.7978845608028654
+#define FG_GELU_TANH_C 0.044715
+#define FG_SELU_ALPHA 1.6732632423543772
+#define FG_SELU_SCALE 1.0507009873554805
+
+/* swish and gelu are computed in double for float32 too: in float the rounding of the
+ * sigmoid/erfc argument is amplified ~|x| (swish) to ~x^2 (gelu) times in the left tail
+ * (hundreds of ulp at x = -10), swish's product x s underflows through subnormal s, and
+ * its derivative s (1 + beta x (1 - s)) cancels near x = -1.28; in double the float32
+ * results stay within a few ulp. */
+static inline double fg_sigmoid_d(double x) {
+    double z = exp(-fabs(x));
+    return (x >= 0 ? 1.0 : z) / (1.0 + z);
+}
+/* a = beta. The saturated tails give their limits (0, or g) instead of inf * 0. */
+static inline double fg_swish_fwd_d(double x, double a) {
+    double s = fg_sigmoid_d(a * x);
+    return s == 0.0 ? 0.0 : x * s;
+}
+/* s (1 - s) is evaluated as z / (1 + z)^2, z = exp(-|v|): 1 - s would cancel for large v. */
+static inline double fg_sigmoid_slope_d(double v) {
+    double z = exp(-fabs(v));
+    return z / ((1.0 + z) * (1.0 + z));
+}
+static inline double fg_swish_bwd_d(double x, double g, double a) {
+    double s = fg_sigmoid_d(a * x);
+    double slope = fg_sigmoid_slope_d(a * x);
+    /* Limits in the saturated tails (0 * g, and g * s where x * slope would be inf * 0);
+     * scalar_math takes g once s rounds to 1, which is ~1e-15 off for x in (37, 745). */
+    double r = slope == 0.0 ? g * s : g * (s + a * x * slope);
+    return s == 0.0 ? 0.0 * g : r;
+}
+static inline double fg_gelu_exact_fwd_d(double x) {
+    double phi = 0.5 * erfc(-x * FG_INV_SQRT2);
+    return phi == 0.0 ? 0.0 : x * phi;
+}
+static inline double fg_gelu_exact_bwd_d(double x, double g) {
+    double phi = 0.5 * erfc(-x * FG_INV_SQRT2);
+    double pdf = FG_INV_SQRT2PI * exp(-0.5 * x * x);
+    double r = pdf == 0.0 ? g * phi : g * (phi + x * pdf);
+    return phi == 0.0 ? 0.0 * g : r;
+}
+static inline double fg_gelu_tanh_fwd_d(double x) {
+    double phi = fg_sigmoid_d(2.0 * FG_SQRT_2_OVER_PI * (x + FG_GELU_TANH_C * x * x * x));
+    return phi == 0.0 ? 0.0 : x * phi;
+}
+static inline double fg_gelu_tanh_bwd_d(double x, double g) {
+    double u = FG_SQRT_2_OVER_PI * (x + FG_GELU_TANH_C * x * x * x);
+    double s = fg_sigmoid_d(2.0 * u);
+    double du = FG_SQRT_2_OVER_PI * (1.0 + 3.0 * FG_GELU_TANH_C * x * x);
+    double slope = fg_sigmoid_slope_d(2.0 * u);
+    double r = slope == 0.0 ? g * s : g * (s + 2.0 * x * slope * du);
+    return s == 0.0 ? 0.0 * g : r;
+}
+
+#define FG_CAT_(a, b) a##b
+#define FG_CAT(a, b) FG_CAT_(a, b)
+
+#define FG_T float
+#define FG_SUFFIX _f32
+#define FG_EXP expf
+#define FG_EXPM1 expm1f
+#define FG_TANH tanhf
+#define FG_LOG1P log1pf
+#define FG_LOG logf
+#define FG_FABS fabsf
+#include "_kernels_impl.h"
+#undef FG_T
+#undef FG_SUFFIX
+#undef FG_EXP
+#undef FG_EXPM1
+#undef FG_TANH
+#undef FG_LOG1P
+#undef FG_LOG
+#undef FG_FABS
+
+#define FG_T double
+#define FG_SUFFIX _f64
+#define FG_EXP exp
+#define FG_EXPM1 expm1
+#define FG_TANH tanh
+#define FG_LOG1P log1p
+#define FG_LOG log
+#define FG_FABS fabs
+#include "_kernels_impl.h"
+
+#endif /* FASTGRAD_KERNELS_SIMD_H */

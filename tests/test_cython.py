@@ -1,0 +1,391 @@
+"""The compiled `cython` backend beyond the shared table-driven suite: accuracy in ulp,
+thread-count invariance, argument checking of the raw entry points, and the built wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import SPECS
+
+import fastgrad as fg
+from fastgrad import _kernels, scalar_math
+from fastgrad.backends import cython as cython_backend
+from fastgrad.backends import reference
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ELEMENTWISE = [s for s in SPECS if not s.rowwise]
+ROWWISE = [s for s in SPECS if s.rowwise]
+# Parameter settings checked for accuracy: the defaults, plus one non-default per parameter.
+PARAMS = {"gelu": [{}, {"approximate": "tanh"}], "swish": [{}, {"beta": 1.7}],
+          "leaky_relu": [{}, {"alpha": 0.2}], "elu": [{}, {"alpha": 2.5}],
+          "binary_step": [{}, {"threshold": 0.5, "straight_through": True}]}
+MAX_ULP = 4.0
+
+
+def test_every_activation_has_a_compiled_kernel():
+    assert set(_kernels.KERNELS) >= set(fg.ACTIVATIONS)
+    for name, spec in fg.ACTIVATIONS.items():
+        assert (name in _kernels.ROWWISE) == spec.rowwise, name
+    cython_backend.check_available()
+
+
+def test_a_missing_kernel_makes_the_backend_unavailable(monkeypatch):
+    """No silent fallback: a table entry without a compiled kernel fails loudly."""
+    monkeypatch.setitem(cython_backend._KERNEL_IDS, "gelu", None)
+    with pytest.raises(ImportError, match="lacks kernel 'gelu'"):
+        cython_backend.check_available()
+
+
+# ---- accuracy ---------------------------------------------------------------------------
+
+def _sweep(dtype) -> np.ndarray:
+    """Finite inputs over the whole interesting range: a dense grid (an irrational step,
+    so kinks and integers are not favoured), magnitudes up to the largest finite value,
+    the smallest normals and subnormals."""
+    fi = np.finfo(dtype)
+    lim = 100.0 if dtype == np.float32 else 750.0
+    grid = np.linspace(-lim, lim, 1201) + 1 / np.pi
+    # (float64 up to 1e100: mpmath's erfc overflows near 1e300)
+    mags = np.geomspace(float(fi.tiny), float(fi.max) if dtype == np.float32 else 1e100, 120)
+    x = np.concatenate([grid, mags, -mags, [0.0, -0.0, float(fi.smallest_subnormal),
+                                            -3 * float(fi.smallest_subnormal)]])
+    return x.astype(dtype)
+
+
+def _oracle(fn):
+    """A scalar_math formula with its transcendentals bound to mpmath's (the same
+    per-target binding compile_scalar gives numba and cuda), for arbitrary precision."""
+    mpmath = pytest.importorskip("mpmath")  # in the `test` extra
+    funcs = {name: getattr(mpmath, name) for name in scalar_math.MATH_FUNCTIONS}
+    return scalar_math.compile_scalar(fn, lambda f: f, funcs), mpmath
+
+
+def _ulp_error(got, want, scale, dtype) -> np.ndarray:
+    """|got - want| in units of the dtype's spacing at |scale|; 0 where got is `want`
+    rounded to the dtype (infinities included).
+
+    Below tiny/eps (~1e-31 in float32, ~1e-292 in float64) the spacing of tiny/eps is
+    used: there an intermediate (sigmoid's exp(-|x|)) may itself be subnormal and carry
+    few bits, so such results are held to an absolute error of a few times tiny."""
+    fi = np.finfo(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        floor = np.maximum(np.abs(np.asarray(scale, np.float64)), float(fi.tiny / fi.eps))
+        unit = np.spacing(np.minimum(floor, float(fi.max)).astype(dtype)).astype(np.float64)
+        err = np.abs(got.astype(np.float64) - np.asarray(want, np.float64)) / unit
+        exact = got == np.asarray(want).astype(dtype)  # selu(3e38) rounds to inf
+    return np.where(exact, 0.0, err)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", ELEMENTWISE, ids=[s.name for s in ELEMENTWISE])
+def test_elementwise_ulp_error(spec, dtype):
+    """Forward within MAX_ULP of the exact result (mpmath, 100 bits), relative to the
+    result; backward within MAX_ULP relative to max(|result|, |grad|) (the derivative
+    formulas cancel where f' crosses 0, as in float64 arithmetic)."""
+    fwd, mpmath = _oracle(spec.scalar_forward)
+    bwd, _ = _oracle(spec.scalar_backward)
+    x = _sweep(dtype)
+    rng = np.random.default_rng(1234)
+    g = (rng.uniform(0.5, 2.0, x.size) * rng.choice([-1.0, 1.0], x.size)).astype(dtype)
+    for params in PARAMS.get(spec.name, [{}]):
+        if dtype == np.float64 and "beta" in params:
+            # beta x is rounded before the exp: in float64 (no wider type to compute in)
+            # that rounding is amplified |beta x| times in the left tail (~240 ulp at
+            # x = -153): checked in float32, computed in double, only.
+            continue
+        # Parameters reach the kernels in the array's dtype: the oracle takes them so too.
+        a, b = (float(dtype(v)) for v in spec.encoded(params))
+        y = fg.forward(spec, x, backend="cython", **params)
+        saved = y if spec.needs == "y" else x
+        kw = {"y": y} if spec.needs == "y" else ({"x": x} if spec.needs == "x" else {})
+        gx = fg.backward(spec, g, backend="cython", **kw, **params)
+        with mpmath.workprec(100):
+            mpf = mpmath.mpf
+            want = np.array([float(fwd(mpf(float(v)), mpf(a), mpf(b))) for v in x])
+            want_g = np.array([float(bwd(mpf(float(s)), mpf(float(gg)), mpf(a), mpf(b)))
+                               for s, gg in zip(saved, g)])
+        allow = MAX_ULP
+        if dtype == np.float64 and spec.name == "gelu":
+            # The argument's roundings (no wider type to compute it in) are amplified in
+            # the left tail: erfc(-x/sqrt(2)) x^2 times (80 ulp at x = -17); the tanh form's
+            # sigmoid(2u), 2u = 2 sqrt(2/pi) (x + 0.044715 x^3), |2u| times (~330 there).
+            xd = x.astype(np.float64)
+            two_u = 2 * scalar_math.SQRT_2_OVER_PI * (xd + scalar_math.GELU_TANH_C * xd**3)
+            allow = MAX_ULP + (xd**2 if not params else 2 * np.abs(two_u))
+        err = _ulp_error(y, want, want, dtype) - (allow - MAX_ULP)
+        worst = int(np.argmax(err))
+        assert err.max() <= MAX_ULP, (
+            f"{spec.name}{params} forward: {err.max():.1f} ulp beyond the allowance at "
+            f"x={x[worst]!r}: "
+            f"got {y[worst]!r}, exact {want[worst]!r}")
+        err = (_ulp_error(gx, want_g, np.maximum(np.abs(want_g), np.abs(g)), dtype)
+               - (allow - MAX_ULP))
+        worst = int(np.argmax(err))
+        assert err.max() <= MAX_ULP, (
+            f"{spec.name}{params} backward: {err.max():.1f} ulp at saved={saved[worst]!r}, "
+            f"g={g[worst]!r}: got {gx[worst]!r}, exact {want_g[worst]!r}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", ROWWISE, ids=[s.name for s in ROWWISE])
+def test_rowwise_ulp_error(spec, dtype):
+    """Row kernels against the reference's formulas evaluated in long double (log_softmax
+    as x - m - log1p(sum of the other terms), as log(1 + small) loses digits), normwise:
+    softmax relative to the row's largest probability (exp(x - m) inherits the rounding
+    of x - m, amplified by |x - m|), log_softmax to the terms it
+    sums (x - m and the log-sum-exp); backward relative to the row's largest term."""
+    rng = np.random.default_rng(99)
+    x = (rng.standard_normal((64, 97)) * rng.choice([0.1, 3.0, 30.0], (64, 1))).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    wide = np.longdouble
+    y = fg.forward(spec, x, backend="cython")
+    if spec.name == "softmax":
+        want = reference._FORWARD[spec.name](x.astype(wide), 0.0, 0.0)
+        scale = np.abs(want).max(axis=-1, keepdims=True) + 0 * want
+    else:
+        shifted = x.astype(wide) - x.max(axis=-1, keepdims=True)
+        others = np.exp(shifted)
+        others[np.arange(len(x)), np.argmax(x, axis=-1)] = 0
+        lse = np.log1p(others.sum(axis=-1, keepdims=True))
+        want = shifted - lse
+        scale = np.maximum(np.abs(shifted), lse)
+    err = _ulp_error(y, want.astype(np.float64), scale, dtype)
+    assert err.max() <= MAX_ULP, f"{spec.name} forward: {err.max():.1f} ulp"
+    gx = fg.backward(spec, g, y=y, backend="cython")
+    want_g = reference._BACKWARD[spec.name](y.astype(wide), g.astype(wide), 0.0, 0.0)
+    terms = np.abs(g) + np.abs(want_g)
+    scale = np.maximum(np.abs(want_g), terms.max(axis=-1, keepdims=True))
+    err = _ulp_error(gx, want_g.astype(np.float64), scale, dtype)
+    assert err.max() <= MAX_ULP, f"{spec.name} backward: {err.max():.1f} ulp"
+
+
+# ---- threads ----------------------------------------------------------------------------
+
+def _inputs(spec, dtype, n, rng):
+    shape = (n // 256, 256) if spec.rowwise else (n,)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    return x, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_split_never_changes_elementwise_results(dtype, rng):
+    """Any forced thread count gives bit-identical results (chunks start at multiples of
+    the vector block, and the ragged tail runs through the same vector body)."""
+    n = 3 * 4096 + 37
+    for spec in SPECS:
+        k = _kernels.KERNELS[spec.name]
+        x, g = _inputs(spec, dtype, n if not spec.rowwise else 256 * 49, rng)
+        outs = []
+        for nthreads in (1, 2, 3, 7):
+            y = np.empty_like(x)
+            gx = np.empty_like(x)
+            _kernels.activation_forward(k, x, y, 1.0, 0.0, nthreads)
+            _kernels.activation_backward(k, g, y if spec.needs == "y" else x, gx, 1.0, 0.0,
+                                         nthreads)
+            outs.append((y, gx))
+        for y, gx in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0][0], err_msg=spec.name)
+            np.testing.assert_array_equal(gx, outs[0][1], err_msg=spec.name)
+        # The prefix of an array gives the same values as the whole array.
+        if not spec.rowwise:
+            part = np.empty(n - 20, dtype)
+            _kernels.activation_forward(k, x[: n - 20].copy(), part, 1.0, 0.0, 1)
+            np.testing.assert_array_equal(part, outs[0][0][: n - 20], err_msg=spec.name)
+
+
+_THREAD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import fastgrad as fg
+    from fastgrad import _kernels
+    n = 4 * max(_kernels.PARALLEL_MIN_TRANSCENDENTAL, _kernels.PARALLEL_MIN_MEMORY) + 37
+    rng = np.random.default_rng(7)
+    out = {"threads": _kernels.max_threads()}
+    for dtype in (np.float32, np.float64):
+        x = (rng.standard_normal(n) * 4).astype(dtype)
+        g = rng.standard_normal(n).astype(dtype)
+        for spec in fg.ACTIVATIONS.values():
+            m = n // 256 * 256
+            xs = x[:m].reshape(-1, 256)[:, :255] if spec.rowwise else x
+            gs = g[:m].reshape(-1, 256)[:, :255] if spec.rowwise else g
+            y = fg.forward(spec, xs, backend="cython")
+            kw = {"y": y} if spec.needs == "y" else {"x": xs}
+            gx = fg.backward(spec, gs, backend="cython", **kw)
+            out[f"{spec.name}/{np.dtype(dtype).name}"] = [y.tobytes().hex(), gx.tobytes().hex()]
+        W = rng.standard_normal((256, 64)).astype(dtype)
+        xb = x[: 512 * 256].reshape(512, 256)
+        yl, pre = fg.linear_forward(xb, W, activation="tanh", backend="cython", return_pre=True)
+        grads = fg.linear_backward(np.ones_like(yl), xb, W, activation="tanh", y=yl,
+                                   backend="cython")
+        out[f"linear/{np.dtype(dtype).name}"] = [a.astype(np.float64).tolist()
+                                                 for a in (yl[:4], *(q[:4] for q in grads))]
+    json.dump(out, sys.stdout)
+""")
+
+
+def _run_with_threads(n: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n),
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_omp_num_threads_1_and_2_agree():
+    """Sizes above the thread thresholds: elementwise and row kernels bit-identical with 1
+    and 2 threads; the dense layer (BLAS sums) within the reduction tolerance."""
+    one, two = _run_with_threads(1), _run_with_threads(2)
+    assert one.pop("threads") == 1
+    assert two.pop("threads") == (2 if _kernels.OPENMP else 1)
+    for key in one:
+        if key.startswith("linear/"):
+            for a, b in zip(one[key], two[key]):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=key)
+        else:
+            assert one[key] == two[key], f"{key} differs between 1 and 2 threads"
+
+
+# ---- the raw entry points check their arguments ---------------------------------------
+
+K = _kernels.KERNELS
+_READ_ONLY = np.ones(10)
+_READ_ONLY.setflags(write=False)
+
+
+def test_direct_calls_reject_bad_arguments():
+    x = np.ones(10)
+    f32 = np.ones(10, np.float32)
+    rows = np.ones((3, 4))
+    cases = [
+        (TypeError, "x must be a numpy.ndarray", lambda: _kernels.activation_forward(
+            K["relu"], [1.0, 2.0], np.empty(2))),
+        (TypeError, "x must be float32 or float64", lambda: _kernels.activation_forward(
+            K["relu"], np.ones(3, int), np.empty(3))),
+        (TypeError, "out has dtype float32, expected float64", lambda:
+            _kernels.activation_forward(K["relu"], x, f32)),
+        (ValueError, r"out has shape \(9,\), expected \(10,\)", lambda:
+            _kernels.activation_forward(K["relu"], x, np.empty(9))),
+        (ValueError, "x must be C-contiguous", lambda: _kernels.activation_forward(
+            K["relu"], np.ones(20)[::2], np.empty(10))),
+        (ValueError, "out is read-only", lambda: _kernels.activation_forward(
+            K["relu"], x, _READ_ONLY)),
+        (ValueError, "kernel must be an id", lambda: _kernels.activation_forward(
+            99, x, np.empty(10))),
+        (ValueError, "kernel must be an id", lambda: _kernels.activation_forward(
+            -1, x, np.empty(10))),
+        (ValueError, "x must be 2-D", lambda: _kernels.activation_forward(
+            K["softmax"], x, np.empty(10))),
+        (ValueError, "nthreads must be >= 0", lambda: _kernels.activation_forward(
+            K["relu"], x, np.empty(10), 0.0, 0.0, -1)),
+        (ValueError, "sigmoid backward needs saved", lambda: _kernels.activation_backward(
+            K["sigmoid"], x, None, np.empty(10))),
+        (ValueError, r"saved has shape \(9,\)", lambda: _kernels.activation_backward(
+            K["relu"], x, np.ones(9), np.empty(10))),
+        (TypeError, "saved has dtype float32", lambda: _kernels.activation_backward(
+            K["relu"], x, f32, np.empty(10))),
+        (ValueError, r"x has shape \(3, 4\) and W has shape \(5, 2\)", lambda:
+            _kernels.linear_forward(K["relu"], rows, np.ones((5, 2)), None, np.empty((3, 2)))),
+        (ValueError, r"bias has shape \(3,\), expected \(2,\)", lambda:
+            _kernels.linear_forward(K["relu"], rows, np.ones((4, 2)), np.ones(3),
+                                    np.empty((3, 2)))),
+        (ValueError, r"pre has shape", lambda: _kernels.linear_forward(
+            K["relu"], rows, np.ones((4, 2)), None, np.empty((3, 2)), np.empty((2, 3)))),
+        (ValueError, "W must be 2-D", lambda: _kernels.linear_forward(
+            K["relu"], rows, np.ones(4), None, np.empty((3, 2)))),
+        (TypeError, "W has dtype float32", lambda: _kernels.linear_forward(
+            K["relu"], rows, np.ones((4, 2), np.float32), None, np.empty((3, 2)))),
+        (ValueError, r"grad_y has shape \(3, 3\), expected \(3, 2\)", lambda:
+            _kernels.linear_backward(K["relu"], np.ones((3, 3)), rows, np.ones((4, 2)),
+                                     np.ones((3, 3)))),
+        (ValueError, "relu backward needs saved", lambda: _kernels.linear_backward(
+            K["relu"], np.ones((3, 2)), rows, np.ones((4, 2)), None)),
+        (ValueError, "must be aligned", lambda: _kernels.activation_forward(
+            K["relu"], np.frombuffer(b"\0" * 81, np.uint8)[1:].view(np.float64),
+            np.empty(10))),
+    ]
+    for exc, match, call in cases:
+        with pytest.raises(exc, match=match):
+            call()
+
+
+def test_direct_calls_in_place_and_overlapping():
+    x = np.linspace(-3.0, 3.0, 50)
+    want = fg.forward("elu", x, backend="numpy")
+    xc = x.copy()
+    _kernels.activation_forward(K["elu"], xc, xc, 1.0)  # in place
+    np.testing.assert_allclose(xc, want, rtol=1e-14)
+    # out overlaps x shifted by one element: the input is copied first.
+    buf = np.concatenate([[0.0], x])
+    _kernels.activation_forward(K["elu"], buf[1:], buf[:-1], 1.0)
+    np.testing.assert_allclose(buf[:-1], want, rtol=1e-14)
+    # linear: out is x itself (square W): BLAS must not read what it writes.
+    xs = np.arange(12.0).reshape(3, 4) / 10
+    W = np.eye(4) * 2 + 0.1
+    want = xs @ W
+    _kernels.linear_forward(K["identity"], xs, W, None, xs)
+    np.testing.assert_allclose(xs, want, rtol=1e-14)
+    with pytest.raises(ValueError, match="pre and out overlap"):
+        big = np.empty((4, 4))
+        _kernels.linear_forward(K["relu"], xs, W, None, big[:3], big[1:])
+
+
+def test_zero_sizes_direct():
+    for n_rows, d_in, d_out in [(0, 3, 2), (3, 0, 2), (3, 2, 0)]:
+        x, W = np.ones((n_rows, d_in)), np.ones((d_in, d_out))
+        out = np.full((n_rows, d_out), np.nan)
+        _kernels.linear_forward(K["relu"], x, W, np.full(d_out, 0.5), out)
+        np.testing.assert_array_equal(out, np.full((n_rows, d_out), 0.5 if d_in == 0 else
+                                                   float(d_in) + 0.5))
+        gx, gW, gb = _kernels.linear_backward(K["relu"], np.ones((n_rows, d_out)), x, W, out)
+        np.testing.assert_array_equal(gW, x.T @ np.ones((n_rows, d_out)))
+        np.testing.assert_array_equal(gx, np.ones((n_rows, d_out)) @ W.T)
+        np.testing.assert_array_equal(gb, np.full(d_out, float(n_rows)))
+    _kernels.activation_forward(K["softmax"], np.ones((0, 3)), np.empty((0, 3)))
+    _kernels.activation_forward(K["softmax"], np.ones((3, 0)), np.empty((3, 0)))
+    _kernels.activation_forward(K["sigmoid"], np.ones(0), np.empty(0))
+
+
+# ---- the wheel --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_built_wheel_installs_and_imports(tmp_path):
+    """`pip wheel .` builds the extension from a copy of the source; the wheel installed
+    into an empty target imports fastgrad._kernels with the source tree out of the way."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.so", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".hypothesis", "_kernels.c", ".venv*", ".benchmarks"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+         "-w", str(wheels)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (wheel,) = wheels.glob("fastgrad-*.whl")
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target),
+         str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-3000:]
+    check = textwrap.dedent("""
+        import numpy as np, fastgrad, fastgrad._kernels as k
+        assert fastgrad.__file__.startswith(TARGET), fastgrad.__file__
+        x = np.linspace(-2, 2, 9, dtype=np.float32)
+        y = fastgrad.sigmoid_forward(x, backend="cython")
+        np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-6)
+        assert "cython" in fastgrad.available_backends()
+        print(k.OPENMP, k.VECTOR_MATH)
+    """).replace("TARGET", repr(str(target)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
+                         text=True, env=dict(env, PYTHONPATH=str(target)), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
