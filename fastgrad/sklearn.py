@@ -46,6 +46,7 @@ from sklearn.utils import shuffle as _shuffle_indices
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from . import functional as F
 from .activations import get_activation
 from .nn import MLP
 from .optim import SGD, Adam, Optimizer
@@ -365,7 +366,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                              "It is going to be clipped", stacklevel=3)
+                              "It is going to be clipped", stacklevel=4)
             batch_size = min(self.batch_size, n)
         fit_kwargs = dict(epochs=1, batch_size=batch_size, optimizer=self._optimizer,
                           shuffle=False, verbose=0, health=False)
@@ -408,9 +409,9 @@ class _BaseMLP(BaseEstimator):
                 if self.n_iter_ == max_iter:
                     warnings.warn(f"Stochastic Optimizer: Maximum iterations ({max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning, stacklevel=3)
+                                  ConvergenceWarning, stacklevel=4)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=4)
         if early:
             self._model.params[...] = self._best_params
 
@@ -461,8 +462,20 @@ class _BaseMLP(BaseEstimator):
     # --- prediction ---------------------------------------------------------------------
     def _check_X(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES)
-        return np.ascontiguousarray(X, dtype=self._model.dtype)
+        return validate_data(self, X, reset=False, dtype=np.float64)
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        """The network's raw outputs (logits) (n_samples, n_outputs_), in float64 whatever
+        the training dtype: a float32 product's last bit depends on how BLAS blocks the
+        rows, so float32 predictions would change with the batch a row is predicted in
+        (by ~1e-7); in float64 that noise is far below anything a prediction shows."""
+        a = np.ascontiguousarray(X, dtype=np.float64)
+        model = self._model
+        for k, layer in enumerate(model.layers):
+            spec, kw = model.hidden_activation(k)
+            a = F.linear_forward(a, layer.W.astype(np.float64), layer.b.astype(np.float64),
+                                 activation=spec.name, backend=model.backend, **kw)
+        return a
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -544,18 +557,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return "sigmoid" if len(self.classes_) == 2 else "softmax"
 
     def _validation_score(self, X: np.ndarray, T: np.ndarray) -> float:
-        return float(accuracy_score(T, self._model.predict(X)))
+        return float(accuracy_score(T, self._class_indices(self._forward(X))))
+
+    def _class_indices(self, z: np.ndarray) -> np.ndarray:
+        if z.shape[1] == 1:  # sigmoid(z) >= 0.5 without computing it
+            return (z[:, 0] >= 0).astype(np.intp)
+        return np.argmax(z, axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
         """Labels (n_samples,), from classes_."""
-        return self.classes_[self._model.predict(self._check_X(X))]
+        X = self._check_X(X)
+        return self.classes_[self._class_indices(self._forward(X))]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n_samples, n_classes) in float64, columns in the order of
-        classes_."""
-        proba = self._model.predict_proba(self._check_X(X)).astype(np.float64)
-        proba /= proba.sum(axis=1, keepdims=True)  # exact rows sums after float32 math
-        return proba
+        classes_ (two classes: [1 - p, p], p the sigmoid of the single output)."""
+        z = self._forward(self._check_X(X))
+        if z.shape[1] == 1:
+            p = F.forward("sigmoid", z[:, 0], backend=self._model.backend)
+            return np.stack([1.0 - p, p], axis=1)
+        return F.forward("softmax", z, backend=self._model.backend)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """log(predict_proba(X))."""
@@ -622,15 +643,19 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return "identity"
 
     def _validation_score(self, X: np.ndarray, T: np.ndarray) -> float:
-        pred = self._model.predict(X)
+        pred = self._values(self._forward(X))
         if not np.isfinite(pred).all():
             return np.nan
         return float(r2_score(T, pred))
 
+    def _values(self, z: np.ndarray) -> np.ndarray:
+        return z[:, 0] if self.n_outputs_ == 1 else z
+
     def predict(self, X: Any) -> np.ndarray:
         """Predicted values, float64: (n_samples,) when fit on 1-D y, else
         (n_samples, n_outputs)."""
-        return self._model.predict(self._check_X(X)).astype(np.float64)
+        X = self._check_X(X)
+        return self._values(self._forward(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
