@@ -44,7 +44,15 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils import shuffle as _shuffle_indices
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+try:
+    from sklearn.utils.validation import validate_data
+except ImportError:  # scikit-learn < 1.6: no validate_data, no __sklearn_tags__
+    import sklearn
+
+    raise ImportError(f"fastgrad.sklearn needs scikit-learn >= 1.6, found "
+                      f"{sklearn.__version__}: pip install 'fastgrad[sklearn]'") from None
 
 from . import functional as F
 from .activations import get_activation

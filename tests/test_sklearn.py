@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 import pytest
 
-sklearn = pytest.importorskip("sklearn", reason="scikit-learn (the test extra) not installed")
+sklearn = pytest.importorskip("sklearn", minversion="1.6",
+                              reason="scikit-learn >= 1.6 (the test extra) not installed")
 
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
@@ -319,6 +320,18 @@ def test_activation_names(iris):
             model = MLPClassifier(hidden_layer_sizes=(6,), activation=name, max_iter=3,
                                   random_state=0).fit(X, y)
         assert model.predict(X).shape == (len(X),)
+
+
+def test_backend_parameter(iris):
+    X, y = iris
+    params = {"hidden_layer_sizes": (6,), "max_iter": 3, "random_state": 0, "dtype": "float64"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = MLPClassifier(backend="numpy", **params).fit(X, y)
+        default = MLPClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(ref.loss_curve_, default.loss_curve_, rtol=1e-10)
+    with pytest.raises(ValueError, match="backend"):
+        MLPClassifier(backend="no-such-backend").fit(X, y)
 
 
 def test_feature_names_from_dataframe(iris):
