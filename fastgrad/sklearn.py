@@ -468,6 +468,10 @@ class _BaseMLP(BaseEstimator):
         return False
 
     # --- prediction ---------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        # classes_ alone (set by partial_fit's classes= before training) is not fitted
+        return "_model" in self.__dict__
+
     def _check_X(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         return validate_data(self, X, reset=False, dtype=np.float64)

@@ -312,6 +312,34 @@ def test_unsupported_targets_and_losses(iris):
         MLPRegressor().predict(X)
 
 
+def test_non_finite_training_is_a_value_error():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 3))
+    y = 1e6 * X[:, 0]
+    model = MLPRegressor(solver="sgd", learning_rate_init=1e6, max_iter=5, random_state=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.fit(X, y)
+
+
+def test_verbose_prints_each_iteration(iris, capsys):
+    X, y = iris
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, verbose=True,
+                      random_state=0).fit(X, y)
+    out = capsys.readouterr().out
+    assert "Iteration 1, loss = " in out and "Iteration 2, loss = " in out
+
+
+def test_partial_fit_classes_alone_is_not_fitted(iris):
+    X, y = iris
+    model = MLPClassifier()
+    with pytest.raises(ValueError):
+        model.partial_fit(X[:, :0], y, classes=[0, 1, 2])  # no features: refused
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+
+
 def test_activation_names(iris):
     X, y = iris
     for name in ("identity", "logistic", "tanh", "relu", "elu"):
