@@ -22,6 +22,9 @@ same data behave alike):
 - Optimizers: the update formulas are PyTorch's (see fastgrad.optim); with a constant
   learning rate they equal scikit-learn's (Adam differs only in where epsilon sits).
 
+Predictions are computed in float64 from the weights whatever ``dtype`` (see
+`_BaseMLP._forward`), so a row's prediction does not depend on the batch it comes in.
+
 Not supported (clear errors): solver='lbfgs', loss='poisson', multilabel targets,
 sample_weight, sparse X. ``max_fun`` is accepted for signature compatibility and unused
 (it only concerns lbfgs).
