@@ -51,7 +51,10 @@ def thread_counts() -> list[int]:
     return [1] if n == 1 else [1, n]
 
 
-def measure_ceilings(budget: Budget) -> Ceilings:
+def measure_ceilings(budget: Budget, gemm_n: int = GEMM_N, cross_check: bool = True
+                     ) -> Ceilings:
+    """Copy bandwidth and gemm rates at 1 and all threads (gemm_n < 2048 only for smoke
+    runs; cross_check adds PyTorch's copy where installed)."""
     result = Ceilings()
     n = COPY_BYTES // 4
     src = np.random.default_rng(0).random(n, dtype=np.float32)
@@ -67,7 +70,7 @@ def measure_ceilings(budget: Budget) -> Ceilings:
                 how = f"Numba prange copy, {t} blocks"
             result.copy[t] = 2 * COPY_BYTES / stats.median / 1e9
             result.rows.append(("copy 64 MiB float32", t, stats, how, _gbs(stats)))
-            if t > 1:
+            if t > 1 and cross_check:
                 try:
                     torch = require("torch")
                     ts, td = torch.from_numpy(src), torch.from_numpy(dst)
@@ -81,16 +84,16 @@ def measure_ceilings(budget: Budget) -> Ceilings:
     assert np.array_equal(src, dst), "the copy kernel did not copy"
     for dtype in (np.float32, np.float64):
         rng = np.random.default_rng(1)
-        a = rng.random((GEMM_N, GEMM_N)).astype(dtype)
-        b = rng.random((GEMM_N, GEMM_N)).astype(dtype)
-        c = np.empty((GEMM_N, GEMM_N), dtype)
+        a = rng.random((gemm_n, gemm_n)).astype(dtype)
+        b = rng.random((gemm_n, gemm_n)).astype(dtype)
+        c = np.empty((gemm_n, gemm_n), dtype)
         name = "sgemm" if dtype == np.float32 else "dgemm"
         for t in thread_counts():
             with thread_limit(t):
                 stats = measure(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), budget)
-            rate = 2 * GEMM_N**3 / stats.median / 1e9
+            rate = 2 * gemm_n**3 / stats.median / 1e9
             result.gemm[(np.dtype(dtype).name, t)] = rate
-            result.rows.append((f"{name} {GEMM_N}", t, stats, "np.matmul, BLAS threads via "
+            result.rows.append((f"{name} {gemm_n}", t, stats, "np.matmul, BLAS threads via "
                                 "threadpoolctl", f"{rate:.0f} GFLOP/s"))
     return result
 

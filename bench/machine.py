@@ -94,15 +94,12 @@ def describe(extra: dict[str, str] | None = None) -> list[str]:
         mem = f", {pages / 2**30:.0f} GiB memory"
     except (ValueError, OSError, AttributeError):
         pass
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {platform.node()}, {platform.system()} {platform.release()}, "
         f"{platform.machine()}{mem}",
         f"- CPU: {cpu_model()}; {total} logical CPUs, {usable} usable by this process; "
         f"SIMD: {cpu_flags()}",
-        f"- load average at start (1/5/15 min): {load} (anything near or above the core "
-        "count means other work shared the CPUs and the figures are disturbed)",
         "- " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "- " + ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in OPENBLAS_VARS),
         f"- fastgrad checkout: {git_revision()}",
@@ -112,7 +109,8 @@ def describe(extra: dict[str, str] | None = None) -> list[str]:
         desc = ", ".join(f"{k}={lib[k]}" for k in ("internal_api", "version", "architecture",
                                                      "threading_layer", "num_threads")
                          if lib.get(k) is not None)
-        lines.append(f"- threadpool: {desc}, {Path(str(lib.get('filepath', '?'))).name}")
+        where = Path(str(lib.get("filepath", "?")))
+        lines.append(f"- threadpool: {desc}, {where.parent.name}/{where.name}")
     for key, value in (extra or {}).items():
         lines.append(f"- {key}: {value}")
     return lines
