@@ -38,7 +38,7 @@ class Cell:
 
     def text(self, fmt: str = "{:.1f}") -> str:
         if self.stats is None:
-            return f"n/a ({self.note})" if self.note else "n/a"
+            return f"n/a (not available: {self.note})" if self.note else "n/a"
         flag = f" {self.note}" if self.note else ""
         return f"{fmt.format(self.rate)} (±{self.stats.spread * 50:.0f}%){flag}"
 

@@ -9,6 +9,7 @@ layer, divided by the measured sgemm rate at the same thread count.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import warnings
@@ -191,37 +192,54 @@ def _accepted(func, **kwargs):
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def fastgrad_trainer(sizes, batch, backend: str | None):
-    """(fit-based measure function, description) through fastgrad.MLP(...).fit(...).
+def fastgrad_trainer(sizes, batch, backend: str | None, per_step: bool = False):
+    """A measurable call through fastgrad's public trainer API.
 
-    Raises NotAvailable when the trainer is absent or its API cannot be driven."""
+    per_step=False: fit(epochs) -> fastgrad.MLP(...).fit(X, y, epochs=epochs, ...) over
+    BATCHES batches per epoch. per_step=True: step(i) -> model.train_step(x_i, y_i), when the
+    model has such a method. The first call (compilation) runs here, untimed. Raises
+    NotAvailable when the trainer is absent or its API cannot be driven."""
     import fastgrad as fg
 
     MLP = getattr(fg, "MLP", None)
     if MLP is None:
         raise NotAvailable("fastgrad.MLP not in this checkout (trainer not merged)")
     kwargs = _accepted(MLP, activation="relu", dtype="float32", seed=0, backend=backend)
-    if backend is not None and "backend" not in kwargs:
-        raise NotAvailable("fastgrad.MLP takes no backend=")
+    # A trainer without backend= follows the active backend (fastgrad.use_backend).
+    def scope():
+        if backend is not None and "backend" not in kwargs:
+            return fg.use_backend(backend)
+        return contextlib.nullcontext()
+
+    X, Y = _data(sizes, batch)
     try:
-        model = MLP(list(sizes), **kwargs)
+        with scope():
+            model = MLP(list(sizes), **kwargs)
     except Exception as exc:
         raise NotAvailable(f"fastgrad.MLP(...) failed: {type(exc).__name__}: {exc}") from exc
-    X, Y = _data(sizes, batch)
-    X, Y = X.reshape(-1, sizes[0]), Y.reshape(-1)
-    fit_kwargs = _accepted(model.fit, batch_size=batch, optimizer="sgd", lr=LR,
-                           learning_rate=LR, shuffle=False, verbose=0)
+    if per_step:
+        train_step = getattr(model, "train_step", None)
+        if not callable(train_step):
+            raise NotAvailable("fastgrad.MLP has no train_step (per-step API)")
 
-    def fit(epochs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return model.fit(X, Y, epochs=epochs, **fit_kwargs)
+        def call(i):
+            with scope():
+                return train_step(X[i % BATCHES], Y[i % BATCHES])
+    else:
+        Xf, Yf = X.reshape(-1, sizes[0]), Y.reshape(-1)
+        fit_kwargs = _accepted(model.fit, batch_size=batch, optimizer="sgd", lr=LR,
+                               learning_rate=LR, shuffle=False, verbose=0)
 
+        def call(epochs):
+            with scope(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return model.fit(Xf, Yf, epochs=epochs, **fit_kwargs)
     try:
-        fit(1)  # compiles (or loads the Numba cache); not timed
+        call(1)  # compiles (or loads the Numba cache); not timed
     except Exception as exc:
-        raise NotAvailable(f"fastgrad.MLP.fit failed: {type(exc).__name__}: {exc}") from exc
-    return fit
+        what = "train_step" if per_step else "fit"
+        raise NotAvailable(f"fastgrad.MLP.{what} failed: {type(exc).__name__}: {exc}") from exc
+    return call
 
 
 # ------------------------------------------------------------------ section 4
@@ -265,6 +283,9 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
     notes = {}
     for b in ok:
         makers[f"fastgrad-{b} trainer"] = ("fit", lambda s, B, b=b: fastgrad_trainer(s, B, b))
+        makers[f"fastgrad-{b} train_step"] = (
+            "step", lambda s, B, b=b: fastgrad_trainer(s, B, b, per_step=True))
+        notes[f"fastgrad-{b} train_step"] = "model.train_step(x, y) per batch, if the API has it"
         notes[f"fastgrad-{b} trainer"] = (
             "fastgrad.MLP(...).fit(epochs=E) after a first fit that compiles; steps/s = "
             f"E x {BATCHES} batches / wall time of fit (fit's per-epoch overhead included)")
