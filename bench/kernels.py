@@ -14,6 +14,7 @@ FLOPs = 4 B D_in D_out (the two gemms; the bias sum is B D_out adds, left out).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -160,6 +161,8 @@ def run_activations(fg, budget: Budget, backends: list[str] | None = None,
             # One implementation at a time over all activations: switching thread pools
             # between rows would leave the previous pool's threads spinning.
             for impl, table in tables.items():
+                print(f"  section 2: {impl}, n = 2^{n.bit_length() - 1}", file=sys.stderr,
+                      flush=True)
                 peer = impl if impl in PEERS else "numpy"
                 out = pa.convert(peer, np.zeros(n, np.float32)) if peer != "jax" else None
                 for spec in specs:

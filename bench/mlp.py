@@ -298,7 +298,9 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
     makers["torch"] = ("step", torch_step)
     notes["torch"] = "PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD"
     makers["jax"] = ("step", jax_step)
-    notes["jax"] = "jax.jit of the whole step (value_and_grad + SGD), new params returned"
+    notes["jax"] = ("jax.jit of the whole step (value_and_grad + SGD), new params returned; "
+                    "XLA's CPU pool is fixed at JAX start-up, so the threads column does not "
+                    "bind it")
     res = StepResults(list(makers), notes)
     for c, (sizes, batch) in enumerate(configs):
         flops = step_flops(sizes, batch)

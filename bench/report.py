@@ -16,7 +16,7 @@ from .timing import fmt_time
 
 SECTION_TITLES = {
     1: "## 1. Ceilings",
-    2: "## 2. Activations: forward and backward, float32, 2^20 and 2^24 elements",
+    2: "## 2. Activations: forward and backward, float32, at 2^20 and 2^24 elements",
     3: "## 3. linear_backward (grad_x, grad_W, grad_b), float32",
     4: "## 4. One MLP training step (SGD, softmax cross-entropy, float32)",
     5: "## 5. Digits, 20 epochs: fastgrad.sklearn.MLPClassifier vs scikit-learn",
@@ -167,7 +167,8 @@ def coldstart(rows) -> list[str]:
     import statistics as st
     lines = ["Each run is a new `python -c` process. Inside: seconds from the script's first "
              "line (import, model build, first step). Outside: the process's whole wall "
-             "time, interpreter start-up included. Medians over the runs.", ""]
+             "time, interpreter start-up included. Medians over the runs. Children run with "
+             "the libraries' default threads (all cores).", ""]
     table = []
     for r in rows:
         if not r.inside:
