@@ -67,6 +67,7 @@ def _log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     budget = QUICK if args.quick else FULL
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before minutes of measuring
     import fastgrad as fg
 
     load("threadpoolctl")
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     png = args.out.with_suffix(".png")
-    why_no_chart = report.chart(png, act, ceil, stp, threads)
+    try:
+        why_no_chart = report.chart(png, act, ceil, stp, threads)
+    except Exception as exc:  # a chart problem must not cost the measurements
+        why_no_chart = f"chart failed: {type(exc).__name__}: {exc}"
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     extra = {"threads": f"{nthreads} usable; rows state their own setting",
              "numba threading layer": _threading_layer(),
@@ -141,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["## Chart", "",
               f"![fastgrad vs peers]({png.name})" if not why_no_chart
               else f"no chart: {why_no_chart}", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _log(f"wrote {args.out}" + ("" if why_no_chart else f" and {png}"))
     return 0
