@@ -37,11 +37,16 @@ class Cell:
     rate: float | None = None       # GB/s or GFLOP/s
     note: str = ""                  # n/a reason, or a correctness flag
 
-    def text(self, fmt: str = "{:.1f}") -> str:
+    def text(self) -> str:
         if self.stats is None:
             return f"n/a (not available: {self.note})" if self.note else "n/a"
         flag = f" {self.note}" if self.note else ""
-        return f"{fmt.format(self.rate)} (±{self.stats.spread * 50:.0f}%){flag}"
+        return f"{fmt_rate(self.rate)} (±{self.stats.spread * 50:.0f}%){flag}"
+
+
+def fmt_rate(value: float) -> str:
+    """3 significant digits, thousands separated: 0.0123, 4.56, 78.9, 1,234."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 @dataclass
@@ -168,7 +173,7 @@ def run_activations(fg, budget: Budget, backends: list[str] | None = None,
                 for spec in specs:
                     if spec.name not in table:
                         for key in _keys(spec.name, n, impl):
-                            res.cells[key] = Cell(note=f"{impl} has no {spec.name}")
+                            res.cells[key] = Cell(note=f"{impl} has no {spec.name} here")
                         continue
                     px, pg, py = (pa.convert(peer, a) for a in data[spec.name])
                     o = None if out is None else out.reshape(px.shape)

@@ -81,7 +81,8 @@ def activations(res: ActivationResults, ceil: Ceilings, missing: dict[str, str],
                 for d in ("forward", "backward"):
                     cells = [res.cells.get((name, d, n, mode, i)) for i in res.impls]
                     best = _best(res.cells, [(name, d, n, mode, i) for i in fg])
-                    row = [name, d[:3], *[c.text() if c else "–" for c in cells],
+                    row = [name, "fwd" if d == "forward" else "bwd",
+                           *[c.text() if c else "–" for c in cells],
                            _pct(best, one), _pct(best, alln)]
                     for p in peers:
                         c = res.cells.get((name, d, n, mode, p))
@@ -134,7 +135,7 @@ def steps(res: StepResults, missing: dict[str, str], threads: list[int]) -> list
             best = _best(res.cells, [(c, t, i) for i in fg])
             floor = res.floors.get((c, t))
             row = ["-".join(map(str, sizes)) + f", {batch}", str(t),
-                   *[res.cells[(c, t, i)].text("{:,.0f}") if (c, t, i) in res.cells else "–"
+                   *[res.cells[(c, t, i)].text() if (c, t, i) in res.cells else "–"
                      for i in res.impls],
                    f"{floor:,.0f}" if floor else "–", _pct(best, floor)]
             row += [_ratio(best, res.cells[(c, t, p)].rate if (c, t, p) in res.cells else None)
