@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     png = args.out.with_suffix(".png")
     try:
-        why_no_chart = report.chart(png, act, ceil, stp, threads)
+        why_no_chart = report.chart(png, act, ceil, stp, threads,
+                                    "QUICK SMOKE RUN: not measurements" if args.quick else "")
     except Exception as exc:  # a chart problem must not cost the measurements
         why_no_chart = f"chart failed: {type(exc).__name__}: {exc}"
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -185,7 +185,7 @@ def coldstart(rows) -> list[str]:
 
 
 def chart(path: Path, act: ActivationResults | None, ceil: Ceilings | None,
-          stp: StepResults | None, threads: list[int]) -> str:
+          stp: StepResults | None, threads: list[int], title: str = "") -> str:
     """Write the PNG; returns '' or the reason it was not written."""
     try:
         import matplotlib
@@ -237,6 +237,8 @@ def chart(path: Path, act: ActivationResults | None, ceil: Ceilings | None,
             ax.set_yscale("log")
             ax.set_title(f"MLP training step, {t} thread(s)")
         ax.legend(fontsize=7, ncol=3)
+    if title:
+        fig.suptitle(title, color="red")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
