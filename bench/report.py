@@ -65,7 +65,10 @@ def activations(res: ActivationResults, ceil: Ceilings, missing: dict[str, str],
              "whose backward needs neither). Row-wise activations act on rows of 1024. "
              f"Fractions are of the copy bandwidth of section 1: {one or 0:.1f} GB/s with 1 "
              f"thread, {alln or 0:.1f} GB/s with {nall}. ✗ marks an output that differs from "
-             "fastgrad's float64 reference (that row's speed means nothing).", "",
+             "fastgrad's float64 reference (that row's speed means nothing). NumPy's out= forms "
+             "are the in-place ufunc chains NumPy allows (some keep one temporary); PyTorch's "
+             "backward rows call the aten backward ops its autograd uses; JAX's backward is "
+             "jax.vjp of the jitted function from x.", "",
              "Threads per implementation: " + "; ".join(f"{k}: {v}"
                                                         for k, v in res.threads.items()), ""]
     lines += _missing(missing)
