@@ -46,7 +46,8 @@ def _array(value: Any, name: str, dev, dtype: np.dtype | None = None):
         arr = dev.as_device(value)
         check_device_array(arr, name, dtype)
         return arr
-    return dev.to_device(contiguous(as_float_array(value, name, dtype)))
+    arr = as_float_array(value, name, dtype)
+    return dev.to_device(contiguous(arr).reshape(arr.shape))  # 0-d stays 0-d
 
 
 def _empty(shape: tuple[int, ...], dtype: np.dtype, dev):
@@ -102,7 +103,8 @@ def _to_host(arr: Any, dev, on_device: bool) -> Any:
 def _kernel_view(arr: np.ndarray, spec: ActivationSpec) -> np.ndarray:
     """Flat for elementwise kernels; (rows, last axis) for row-wise ones (0-d: one row)."""
     if spec.rowwise:
-        n = arr.shape[-1] if arr.ndim else 1
+        # tuple(): the CUDA simulator's device-array shapes refuse negative indices
+        n = tuple(arr.shape)[-1] if arr.ndim else 1
         return arr.reshape(_rows(arr.shape[:-1]), n)
     return arr.reshape(-1)
 
@@ -174,9 +176,10 @@ def _check_linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None, dev=None):
     W = _array(W, "W", dev, x.dtype)
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (D_in, D_out), got shape {W.shape}")
-    if x.shape[-1] != W.shape[0]:
-        raise ValueError(f"x has shape {x.shape} and W has shape {W.shape}: x's last axis "
-                         f"({x.shape[-1]}) must equal W's first (D_in = {W.shape[0]})")
+    d_in = tuple(x.shape)[-1]  # tuple(): see _kernel_view
+    if d_in != W.shape[0]:
+        raise ValueError(f"x has shape {tuple(x.shape)} and W has shape {tuple(W.shape)}: "
+                         f"x's last axis ({d_in}) must equal W's first (D_in = {W.shape[0]})")
     if b is not None:
         b = _array(b, "b", dev, x.dtype)
         check_shape(b, "b", (W.shape[1],), "(D_out,)")

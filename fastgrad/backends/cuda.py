@@ -24,6 +24,7 @@ for tests only.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -81,7 +82,8 @@ def check_available() -> None:
             reason = str(getattr(driver, "initialization_error", "") or "")
         except Exception:  # a layout this numba/numba-cuda version does not have
             pass
-    detail = " ".join(reason.replace(":", " ").split())
+    # One line: the driver's message runs over several; its first sentence says it.
+    detail = " ".join(reason.split()).split(". ")[0].rstrip(".")
     raise RuntimeError("no usable CUDA GPU (numba.cuda.is_available() is False"
                        + (f"; {detail}" if detail else "") + ")")
 
@@ -145,12 +147,13 @@ def matmul_kernel(name: str, dtype, tile: int, trans_a: bool, trans_b: bool):
     def build():
         fwd = _device_formulas(name)[0]
         T = tile
+        TP = tile + 1  # shared shapes must be compile-time constants: no arithmetic inside
         nbt = _NB_TYPES[np.dtype(dtype)]
 
         @cuda.jit
         def matmul(A, B, bias, has_bias, pre, write_pre, out, a, b):
-            sA = cuda.shared.array((T, T + 1), nbt)
-            sB = cuda.shared.array((T, T + 1), nbt)
+            sA = cuda.shared.array((T, TP), nbt)
+            sB = cuda.shared.array((T, TP), nbt)
             tx = cuda.threadIdx.x
             ty = cuda.threadIdx.y
             row0 = cuda.blockIdx.y * T
@@ -393,6 +396,22 @@ def _matmul(name, A, B, bias, out, pre, a, b, trans_a=False, trans_b=False) -> N
 # The backend interface (see fastgrad.backends): device arrays in, device arrays out
 
 
+def _simulator_quiet(func):
+    """Under the simulator, kernels run as Python on NumPy scalars, which warn where a
+    float32 intermediate overflows to inf; on a GPU the same inf arises silently (and the
+    formulas handle it). Silence those warnings, only there."""
+    if not SIMULATOR:
+        return func
+
+    @functools.wraps(func)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return func(*args, **kwargs)
+    return quiet
+
+
+@_simulator_quiet
 def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None:
     if spec.rowwise:
         _rows(spec.name, 0, x, out)
@@ -404,6 +423,7 @@ def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None
     elementwise_kernels(spec.name)[0][blocks, threads](x, out, *_scalars(x.dtype, a, b))
 
 
+@_simulator_quiet
 def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: float) -> None:
     if spec.rowwise:
         _rows(spec.name, 1, saved, grad, out)
@@ -418,6 +438,7 @@ def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: flo
                                                       *_scalars(grad.dtype, a, b))
 
 
+@_simulator_quiet
 def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: float) -> None:
     if spec.rowwise:  # matmul + bias into pre (or out), then the row kernel
         z = out if pre is None else pre
@@ -427,6 +448,7 @@ def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: floa
     _matmul(spec.name, x, W, bias, out, pre, a, b)
 
 
+@_simulator_quiet
 def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: float,
                     need_grad_x: bool):
     dtype = grad_y.dtype
@@ -489,7 +511,7 @@ def is_c_contiguous(darr) -> bool:
 
 def to_device(arr: np.ndarray):
     """A device copy of a host array."""
-    return cuda.to_device(np.ascontiguousarray(arr))
+    return cuda.to_device(np.ascontiguousarray(arr).reshape(arr.shape))  # 0-d stays 0-d
 
 
 def empty(shape: tuple[int, ...], dtype):
@@ -500,3 +522,39 @@ def empty(shape: tuple[int, ...], dtype):
 def to_host(darr) -> np.ndarray:
     """A host copy of a device array."""
     return darr.copy_to_host()
+
+
+# ---------------------------------------------------------------------------------------
+# For ahead-of-time compilation checks (bench/cuda_ptx.py): every kernel and the argument
+# types its launches use
+
+
+def compile_targets(dtype) -> list[tuple[str, object, tuple]]:
+    """(label, kernel, argument types) for every kernel this backend launches on arrays of
+    `dtype` (with the current TILE and ROW_THREADS): what numba.cuda.compile_ptx needs to
+    compile each one for a real GPU (kernel.py_func with the argument types)."""
+    from numba import types
+
+    nbt = _NB_TYPES[np.dtype(dtype)]
+    vec, mat = nbt[::1], nbt[:, ::1]
+    targets = []
+    for name, spec in ACTIVATIONS.items():
+        if spec.rowwise:
+            continue
+        fwd, bwd = elementwise_kernels(name)
+        targets += [
+            (f"{name}_forward", fwd, (vec, vec, nbt, nbt)),
+            (f"{name}_backward", bwd, (vec, vec, vec, nbt, nbt)),
+            (f"matmul+bias+{name}", matmul_kernel(name, dtype, TILE, False, False),
+             (mat, mat, vec, types.boolean, mat, types.boolean, mat, nbt, nbt)),
+            (f"{name}_backward+grad_b", backward_colsum_kernel(name, dtype, TILE),
+             (mat, mat, mat, vec, nbt, nbt)),
+        ]
+    for label, trans_a, trans_b in (("matmul x^T g", True, False),
+                                    ("matmul g W^T", False, True)):
+        targets.append((label, matmul_kernel("identity", dtype, TILE, trans_a, trans_b),
+                        (mat, mat, vec, types.boolean, mat, types.boolean, mat, nbt, nbt)))
+    for name, (fwd, bwd) in row_kernels(dtype, ROW_THREADS).items():
+        targets += [(f"{name}_forward", fwd, (mat, mat)),
+                    (f"{name}_backward", bwd, (mat, mat, mat))]
+    return targets
