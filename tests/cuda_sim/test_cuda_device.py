@@ -1,0 +1,193 @@
+"""cuda-specific tests, run under numba's CUDA simulator by tests/test_cuda.py
+(NUMBA_ENABLE_CUDASIM=1, FASTGRAD_TEST_CUDA=1): device arrays in and out without copies,
+__cuda_array_interface__ objects, tile edges, the row kernels' strided loops.
+
+tests/conftest.py sets the simulator-sized launch parameters (TILE=4, ROW_THREADS=8,
+THREADS=32, MAX_BLOCKS=4); the table-driven tests (test_activations, test_linear) run on
+the cuda backend in the same invocation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, random_input
+
+import fastgrad as fg
+from fastgrad.backends import cuda as cuda_backend
+
+cuda = pytest.importorskip("numba.cuda")
+
+if not cuda_backend.SIMULATOR:  # a wrong invocation must fail loudly, not skip
+    raise RuntimeError("tests/cuda_sim runs under NUMBA_ENABLE_CUDASIM=1 "
+                       "(see tests/test_cuda.py)")
+
+
+class Interface:
+    """A minimal foreign device array: only __cuda_array_interface__ (as CuPy arrays and
+    PyTorch CUDA tensors expose). Under the simulator device memory is host memory, so it
+    points at a NumPy buffer, which shows whether results were written in place."""
+
+    def __init__(self, host: np.ndarray):
+        self.host = host
+        self.__cuda_array_interface__ = {
+            "shape": host.shape, "typestr": host.dtype.str, "strides": None,
+            "data": (host.ctypes.data, False), "version": 3}
+
+
+@pytest.fixture
+def no_transfers(monkeypatch):
+    """Fail on any host<->device copy: device inputs must be used in place."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("unexpected host<->device copy")
+    monkeypatch.setattr(cuda_backend, "to_device", refuse)
+    monkeypatch.setattr(cuda_backend, "to_host", refuse)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_device_arrays_in_and_out_without_copies(dtype, rng, no_transfers):
+    x = random_input(rng, (3, 5), dtype)
+    g = rng.standard_normal((3, 5)).astype(dtype)
+    xd, gd = cuda.to_device(x), cuda.to_device(g)
+    for name in ("gelu", "softmax"):
+        y = fg.forward(name, xd, backend="cuda")
+        assert cuda_backend.is_device_array(y) and y.shape == (3, 5) and y.dtype == dtype
+        assert_close(y.copy_to_host(), fg.forward(name, x, backend="numpy"), dtype, True, name)
+        gx = fg.backward(name, gd, x=xd, y=y, backend="cuda")
+        assert cuda_backend.is_device_array(gx)
+        want = fg.backward(name, g, x=x, y=fg.forward(name, x, backend="numpy"),
+                           backend="numpy")
+        assert_close(gx.copy_to_host(), want, dtype, True, name)
+    # out= a device array: written in place (poisoned first, so every element is checked).
+    out = cuda.to_device(np.full((3, 5), np.nan, dtype))
+    assert fg.tanh_forward(xd, out=out, backend="cuda") is out
+    assert_close(out.copy_to_host(), np.tanh(x), dtype)
+
+
+def test_cuda_linear_on_device_without_copies(rng, no_transfers):
+    x, W, b = (random_input(rng, s, np.float32, scale=0.8) for s in ((2, 3, 5), (5, 6), (6,)))
+    xd, Wd, bd = (cuda.to_device(a) for a in (x, W, b))
+    y, pre = fg.linear_forward(xd, Wd, bd, activation="relu", backend="cuda",
+                               return_pre=True)
+    assert all(cuda_backend.is_device_array(a) for a in (y, pre))
+    assert y.shape == (2, 3, 6) and pre.shape == (2, 3, 6)
+    want_y, want_pre = fg.linear_forward(x, W, b, activation="relu", backend="numpy",
+                                         return_pre=True)
+    assert_close(pre.copy_to_host(), want_pre, np.float32, True, "pre")
+    assert_close(y.copy_to_host(), want_y, np.float32, True, "y")
+    g = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    got = fg.linear_backward(cuda.to_device(g), xd, Wd, activation="relu", pre=pre,
+                             backend="cuda")
+    want = fg.linear_backward(g, x, W, activation="relu", pre=want_pre, backend="numpy")
+    for name, a, w in zip(("grad_x", "grad_W", "grad_b"), got, want):
+        assert cuda_backend.is_device_array(a), name
+        assert_close(a.copy_to_host(), w, np.float32, True, name)
+
+
+def test_cuda_array_interface_objects_are_used_in_place(rng, no_transfers):
+    x = random_input(rng, (4, 3), np.float64)
+    out_host = np.full((4, 3), np.nan)
+    result = fg.sigmoid_forward(Interface(x), out=(out := Interface(out_host)),
+                                backend="cuda")
+    assert result is out
+    assert_close(out_host, fg.sigmoid_forward(x, backend="numpy"), np.float64)
+    # Without out=: a numba device array comes back.
+    y = fg.forward("log_softmax", Interface(x), backend="cuda")
+    assert_close(y.copy_to_host(), fg.forward("log_softmax", x, backend="numpy"),
+                 np.float64, True)
+
+
+def test_cuda_host_input_comes_back_on_the_host(rng):
+    x = random_input(rng, (2, 3), np.float32)
+    y = fg.relu_forward(x, backend="cuda")
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    # Mixed: a device array among the inputs keeps the results on the device.
+    W = random_input(rng, (3, 4), np.float32)
+    yd = fg.linear_forward(cuda.to_device(x), W, backend="cuda")
+    assert cuda_backend.is_device_array(yd)
+    assert_close(yd.copy_to_host(), x @ W, np.float32, True)
+
+
+def test_cuda_device_array_errors():
+    xd = cuda.to_device(np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"x is a device array with strides .* expected a "
+                                         "C-contiguous one"):
+        fg.relu_forward(xd[:, ::2], backend="cuda")
+    with pytest.raises(TypeError, match="x is a device array of dtype int64, expected "
+                                        "float32 or float64"):
+        fg.relu_forward(cuda.to_device(np.ones(3, np.int64)), backend="cuda")
+    with pytest.raises(TypeError, match="y has dtype float32, expected float64"):
+        fg.sigmoid_backward(xd, y=cuda.to_device(np.ones((4, 6), np.float32)),
+                            backend="cuda")
+    with pytest.raises(ValueError, match=r"out has shape \(6, 4\), expected \(4, 6\)"):
+        fg.relu_forward(xd, out=cuda.to_device(np.ones((6, 4))), backend="cuda")
+
+
+@pytest.mark.parametrize("tile", [3, 4, 5])
+@pytest.mark.parametrize("shape", [(9, 13, 7), (8, 8, 8), (2, 3, 1), (1, 5, 11)])
+def test_cuda_matmul_tile_edges(shape, tile, rng, monkeypatch):
+    """N x D_in x D_out with tiles that do and do not divide them: every output element,
+    including the last partial tiles, matches (outputs are poisoned with NaN first)."""
+    monkeypatch.setattr(cuda_backend, "TILE", tile)
+    n, d_in, d_out = shape
+    x = rng.standard_normal((n, d_in))
+    W = rng.standard_normal((d_in, d_out))
+    b = rng.standard_normal(d_out)
+    g = rng.standard_normal((n, d_out))
+    out = cuda.to_device(np.full((n, d_out), np.nan))
+    fg.linear_forward(cuda.to_device(x), cuda.to_device(W), cuda.to_device(b), out=out,
+                      backend="cuda")
+    assert_close(out.copy_to_host(), x @ W + b, np.float64, True, "x W + b")
+    gx, gW, gb = fg.linear_backward(g, x, W, backend="cuda")
+    assert_close(gx, g @ W.T, np.float64, True, "g W^T")
+    assert_close(gW, x.T @ g, np.float64, True, "x^T g")
+    assert_close(gb, g.sum(axis=0), np.float64, True, "grad_b")
+
+
+def test_cuda_matmul_9x13x7_with_4x4_tiles_and_activation(rng, monkeypatch):
+    monkeypatch.setattr(cuda_backend, "TILE", 4)
+    x = random_input(rng, (9, 13), np.float32, scale=1.0)
+    W = random_input(rng, (13, 7), np.float32, scale=0.5)
+    b = random_input(rng, (7,), np.float32, scale=0.5)
+    for act in ("gelu", "softmax"):
+        y, pre = fg.linear_forward(x, W, b, activation=act, backend="cuda", return_pre=True)
+        want, want_pre = fg.linear_forward(x, W, b, activation=act, backend="numpy",
+                                           return_pre=True)
+        assert_close(pre, want_pre, np.float32, True, f"{act} pre")
+        assert_close(y, want, np.float32, True, f"{act} y")
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        got = fg.linear_backward(g, x, W, activation=act, y=y, pre=pre, backend="cuda")
+        ref = fg.linear_backward(g, x, W, activation=act, y=want, pre=want_pre,
+                                 backend="numpy")
+        for name, a, w in zip(("grad_x", "grad_W", "grad_b"), got, ref):
+            assert_close(a, w, np.float32, True, f"{act} {name}")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 21])
+def test_cuda_row_kernels_stride_over_long_rows(n, rng):
+    """Rows shorter and longer than the block (ROW_THREADS=8 here), not powers of two,
+    with a NaN row and a +inf row (NaN or one-hot, as the reference)."""
+    x = rng.standard_normal((4, n)) * 5
+    x[1, n // 2] = np.nan
+    x[2, 0] = np.inf
+    g = rng.standard_normal((4, n))
+    for name in ("softmax", "log_softmax"):
+        y = fg.forward(name, x, backend="cuda")
+        want = fg.forward(name, x, backend="numpy")
+        assert_close(y, want, np.float64, True, name)
+        assert np.isnan(y[1]).all()
+        fine = x[[0, 3]]
+        yf = fg.forward(name, fine, backend="numpy")
+        assert_close(fg.backward(name, g[[0, 3]], y=yf, backend="cuda"),
+                     fg.backward(name, g[[0, 3]], y=yf, backend="numpy"), np.float64, True)
+
+
+def test_cuda_elementwise_grid_stride_covers_every_element(rng, monkeypatch):
+    """More elements than THREADS x MAX_BLOCKS: the grid-stride loop reaches them all."""
+    monkeypatch.setattr(cuda_backend, "THREADS", 4)
+    monkeypatch.setattr(cuda_backend, "MAX_BLOCKS", 2)
+    x = rng.standard_normal(37)
+    out = cuda.to_device(np.full(37, np.nan))
+    fg.elu_forward(cuda.to_device(x), out=out, backend="cuda")
+    assert_close(out.copy_to_host(), fg.elu_forward(x, backend="numpy"), np.float64)
