@@ -3,7 +3,7 @@ real compilation of every kernel for sm_90, and the import-time promises.
 
 numba's CUDA simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is
 first imported, so the table-driven kernel tests (test_activations.py, test_linear.py,
-selected with -k cuda) and tests/cuda_sim/ run in one child pytest with the simulator on
+selected with -k cuda), docs/cuda.md's example and tests/cuda_sim/ run in one child pytest with the simulator on
 and FASTGRAD_TEST_CUDA=1, which adds "cuda" to conftest.BACKENDS.
 """
 
@@ -35,7 +35,8 @@ def _run(args: list[str], env: dict[str, str], timeout: float):
 def test_kernel_tests_pass_on_the_cuda_simulator():
     start = time.perf_counter()
     proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_activations.py",
-                 "tests/test_linear.py", "tests/cuda_sim", "-k", "cuda"],
+                 "tests/test_linear.py", "tests/test_readme.py", "tests/cuda_sim", "-k",
+                 "cuda"],
                 _env(NUMBA_ENABLE_CUDASIM="1", FASTGRAD_TEST_CUDA="1"), timeout=900)
     elapsed = time.perf_counter() - start
     output = proc.stdout + proc.stderr
