@@ -3,8 +3,9 @@ real compilation of every kernel for sm_90, and the import-time promises.
 
 numba's CUDA simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba.cuda is
 first imported, so the table-driven kernel tests (test_activations.py, test_linear.py,
-selected with -k cuda), docs/cuda.md's example and tests/cuda_sim/ run in one child pytest with the simulator on
-and FASTGRAD_TEST_CUDA=1, which adds "cuda" to conftest.BACKENDS.
+selected with -k cuda), docs/cuda.md's example and tests/cuda_sim/ run in one child
+pytest with the simulator on and FASTGRAD_TEST_CUDA=1, which adds "cuda" to
+conftest.BACKENDS.
 """
 
 from __future__ import annotations
