@@ -21,7 +21,8 @@ import numpy as np
 
 from ._validation import as_float_array, check_device_array, check_out, check_shape, contiguous
 from .activations import ACTIVATIONS, ActivationSpec, get_activation
-from .backends import get_backend
+from .backends import get_backend, get_kernel
+from .losses import LossSpec, get_loss
 
 ArrayLike = Any
 
@@ -312,3 +313,64 @@ def activation_functions() -> dict[str, Any]:
         funcs[fwd.__name__] = fwd
         funcs[bwd.__name__] = bwd
     return funcs
+
+
+def one_hot(labels: ArrayLike, n_classes: int, dtype=np.float64) -> np.ndarray:
+    """(N, n_classes) array with a 1 at each row's class index; ValueError naming the
+    first bad entry when a label is not an integer in [0, n_classes)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.dtype.kind not in "iu":
+        raise TypeError(f"class-index target must be a 1-D integer array, got dtype "
+                        f"{lab.dtype} and shape {lab.shape}")
+    bad = np.flatnonzero((lab < 0) | (lab >= n_classes))
+    if bad.size:
+        raise ValueError(f"target[{bad[0]}] = {lab[bad[0]]} is not a class index in "
+                         f"[0, {n_classes}) ({bad.size} such entries)")
+    out = np.zeros((lab.shape[0], n_classes), dtype)
+    out[np.arange(lab.shape[0]), lab] = 1
+    return out
+
+
+def _check_loss(spec: LossSpec, pred: ArrayLike, target: ArrayLike):
+    """pred and target as C-contiguous 2-D (N, K) arrays of pred's float dtype."""
+    p = as_float_array(pred, "pred")
+    if p.ndim not in (1, 2) or p.size == 0:
+        raise ValueError(f"pred must be a non-empty (N,) or (N, K) array, got shape {p.shape}")
+    t = np.asarray(target)
+    if spec.rowwise:
+        if p.ndim != 2:
+            raise ValueError(f"{spec.name} takes logits of shape (N, C), got {p.shape}")
+        if t.ndim == 1 and t.dtype.kind in "iu":
+            check_shape(t, "target", p.shape[:1], "one class index per row of pred")
+            return contiguous(p), one_hot(t, p.shape[1], p.dtype)
+    t = as_float_array(t, "target").astype(p.dtype, copy=False)
+    check_shape(t, "target", p.shape, "the shape of pred" + (
+        ", or (N,) integer class indices" if spec.rowwise else ""))
+    if p.ndim == 1:
+        p, t = p.reshape(-1, 1), t.reshape(-1, 1)
+    return contiguous(p), contiguous(t)
+
+
+def loss(name: str | LossSpec, pred: ArrayLike, target: ArrayLike, *,
+         backend: str | None = None) -> float:
+    """The mean loss `name` (see fastgrad.LOSSES) of raw outputs `pred` against `target`.
+
+    pred: (N,) or (N, K) float32/float64 (logits for the cross-entropies); target: pred's
+    shape, or for cross_entropy (N,) integer class indices. Returns a Python float
+    (accumulated in float64).
+    """
+    spec = get_loss(name)
+    p, t = _check_loss(spec, pred, target)
+    return get_kernel("loss_forward", backend)(spec, p, t)
+
+
+def loss_grad(name: str | LossSpec, pred: ArrayLike, target: ArrayLike, *,
+              backend: str | None = None) -> np.ndarray:
+    """dL/dpred of `loss(name, pred, target)`: pred's shape and dtype (the 1/N of the
+    mean included; for cross_entropy (softmax(pred) - onehot(target)) / N)."""
+    spec = get_loss(name)
+    p0 = as_float_array(pred, "pred")
+    p, t = _check_loss(spec, p0, target)
+    out = np.empty_like(p)
+    get_kernel("loss_backward", backend)(spec, p, t, out)
+    return out.reshape(p0.shape)

@@ -12,6 +12,20 @@ C-contiguous and of one float dtype (float32 or float64):
 - ``linear_backward(grad_y, x, W, saved, spec, a, b, need_grad_x)`` ->
   ``(grad_x or None, grad_W, grad_b)``; ``saved`` is the pre-activation or y.
 
+- ``loss_forward(spec, pred, target) -> float``: the mean loss of `spec`
+  (a ``fastgrad.losses.LossSpec``); pred and target (N, K), target already one-hot for
+  cross_entropy.
+- ``loss_backward(spec, pred, target, out)``: writes dL/dpred (N, K) into ``out``,
+  the 1/count of the mean included.
+- Optimizer updates, in place on 1-D arrays of one dtype (PyTorch's formulas, see
+  ``fastgrad.optim``): ``sgd_update(param, grad, velocity, lr, momentum, weight_decay,
+  nesterov)``, ``adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
+  decoupled, step)``, ``rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha,
+  eps, weight_decay, momentum)``.
+
+The loss and optimizer kernels are optional: `get_kernel` serves a backend that lacks one
+from the fastest available backend that has it (the numpy reference has them all).
+
 A backend module may define ``check_available()``, raising with the reason it cannot run.
 """
 
@@ -109,3 +123,18 @@ def use_backend(name: str) -> Iterator[ModuleType]:
         yield module
     finally:
         _active.reset(token)
+
+
+def get_kernel(kernel: str, name: str | None = None):
+    """The function `kernel` of the backend `get_backend(name)` picks; where that backend
+    lacks it (an optional kernel), the same kernel of the fastest available backend that
+    has it. Raises AttributeError when none has it."""
+    fn = getattr(get_backend(name), kernel, None)
+    if fn is not None:
+        return fn
+    for candidate in _DEFAULT_ORDER:
+        module = _load(candidate)
+        fn = None if module is None else getattr(module, kernel, None)
+        if fn is not None:
+            return fn
+    raise AttributeError(f"no available fastgrad backend provides the kernel {kernel!r}")

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..activations import ACTIVATIONS, ActivationSpec
+from ..losses import LOSSES
 from ..scalar_math import compile_scalar
 
 NAME = "numba"
@@ -219,3 +220,144 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
     kernel(grad_y, x, W, grad_y if saved is None else saved, g, grad_x, grad_W, grad_b,
            need_grad_x, *_scalars(dtype, a, b))
     return (grad_x if need_grad_x else None), grad_W, grad_b
+
+
+# --- losses: pred and target (N, K); math in float64 whatever the arrays' dtype --------
+
+# The elementwise losses' scalar formulas, compiled once at module level: kernels that
+# call module-level dispatchers are cached on disk by numba (cache=True), where kernels
+# made in a factory closing over them are recompiled in every process.
+_ELEMENTWISE_LOSSES = ("mse", "binary_cross_entropy")
+_inline = njit(inline="always", **_JIT)
+_mse_value = compile_scalar(LOSSES["mse"].scalar_value, _inline)
+_mse_grad = compile_scalar(LOSSES["mse"].scalar_grad, _inline)
+_bce_value = compile_scalar(LOSSES["binary_cross_entropy"].scalar_value, _inline)
+_bce_grad = compile_scalar(LOSSES["binary_cross_entropy"].scalar_grad, _inline)
+
+
+@njit(**_JIT)
+def elementwise_loss_forward(p, t, kind):
+    # kind indexes _ELEMENTWISE_LOSSES; the branch is loop-invariant (LLVM unswitches it).
+    total = 0.0
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            a, b = np.float64(p[i, j]), np.float64(t[i, j])
+            total += _mse_value(a, b) if kind == 0 else _bce_value(a, b)
+    return total / (p.shape[0] * p.shape[1])
+
+
+@njit(**_JIT)
+def elementwise_loss_backward(p, t, out, scale, kind):
+    for i in range(p.shape[0]):
+        for j in range(p.shape[1]):
+            a, b = np.float64(p[i, j]), np.float64(t[i, j])
+            out[i, j] = (_mse_grad(a, b) if kind == 0 else _bce_grad(a, b)) * scale
+
+
+@njit(**_JIT)
+def _row_logsumexp(z, i):
+    """(row max, log sum exp(z - max)) of row i."""
+    m = -np.inf
+    for j in range(z.shape[1]):
+        v = np.float64(z[i, j])
+        if v > m or v != v:
+            m = v
+    total = 0.0
+    for j in range(z.shape[1]):
+        total += math.exp(z[i, j] - m)
+    return m, total
+
+
+@njit(**_JIT)
+def cross_entropy_forward(z, t):
+    total = 0.0
+    for i in range(z.shape[0]):
+        m, s = _row_logsumexp(z, i)
+        lse = m + math.log(s)
+        for j in range(z.shape[1]):
+            if t[i, j] != 0:  # classes without target weight never meet lse - z = inf
+                total += t[i, j] * (lse - z[i, j])
+    return total / z.shape[0]
+
+
+@njit(**_JIT)
+def cross_entropy_backward(z, t, out, scale):
+    for i in range(z.shape[0]):
+        m, s = _row_logsumexp(z, i)
+        inv = 1.0 / s
+        for j in range(z.shape[1]):
+            out[i, j] = (math.exp(z[i, j] - m) * inv - t[i, j]) * scale
+
+
+def loss_forward(spec, pred, target) -> float:
+    if spec.rowwise:
+        return float(cross_entropy_forward(pred, target))
+    return float(elementwise_loss_forward(pred, target, _ELEMENTWISE_LOSSES.index(spec.name)))
+
+
+def loss_backward(spec, pred, target, out) -> None:
+    if spec.rowwise:
+        cross_entropy_backward(pred, target, out, 1.0 / pred.shape[0])
+        return
+    elementwise_loss_backward(pred, target, out, 1.0 / pred.size,
+                              _ELEMENTWISE_LOSSES.index(spec.name))
+
+
+# --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
+
+@njit(**_JIT)
+def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
+    for i in range(p.size):
+        gi = g[i] + wd * np.float64(p[i])
+        if momentum != 0.0:
+            v = momentum * vel[i] + gi
+            vel[i] = v
+            gi = gi + momentum * v if nesterov else v
+        p[i] = p[i] - lr * gi
+
+
+@njit(**_JIT)
+def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
+    # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
+    # lr (m / bc1) / (sqrt(v / bc2) + eps) with the bias corrections hoisted:
+    # step_size = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2): one sqrt, one division.
+    for i in range(p.size):
+        pi = np.float64(p[i]) * shrink
+        gi = g[i] + l2 * pi
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@njit(**_JIT)
+def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
+    for i in range(p.size):
+        gi = g[i] + wd * np.float64(p[i])
+        s = alpha * sq[i] + (1.0 - alpha) * gi * gi
+        sq[i] = s
+        step = gi / (math.sqrt(s) + eps)
+        if momentum != 0.0:
+            step = momentum * buf[i] + step
+            buf[i] = step
+        p[i] = p[i] - lr * step
+
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
+    _sgd_kernel(param, grad, velocity, float(lr), float(momentum), float(weight_decay),
+                bool(nesterov))
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step) -> None:
+    wd = float(weight_decay)
+    shrink, l2 = (1.0 - lr * wd, 0.0) if decoupled else (1.0, wd)
+    _adam_kernel(param, grad, m, v, float(beta1), float(beta2), float(eps), float(shrink),
+                 l2, lr / (1.0 - beta1**step), 1.0 / math.sqrt(1.0 - beta2**step))
+
+
+def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
+                   momentum) -> None:
+    _rmsprop_kernel(param, grad, square_avg, momentum_buf, float(lr), float(alpha),
+                    float(eps), float(weight_decay), float(momentum))

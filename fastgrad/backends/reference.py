@@ -145,3 +145,81 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
     grad_b = g.sum(axis=0).astype(dtype)
     grad_x = (g @ _f64(W).T).astype(dtype) if need_grad_x else None
     return grad_x, grad_W, grad_b
+
+
+# --- losses (fastgrad.losses): pred and target (N, K), the mean over the batch ---------
+
+def _ce_terms(z, t):
+    m = np.max(z, axis=1, keepdims=True)
+    lse = m + np.log(np.sum(np.exp(z - m), axis=1, keepdims=True))
+    # Only the classes a row's target puts weight on: t = 0 never meets lse - z = inf.
+    return np.where(t != 0, t * (lse - z), 0.0).sum(axis=1)
+
+
+_LOSS_VALUE = {
+    "mse": lambda p, t: 0.5 * (p - t) ** 2,
+    "binary_cross_entropy": lambda z, t: np.maximum(z, 0.0) - z * t
+    + np.log1p(np.exp(-np.abs(z))),
+    "cross_entropy": _ce_terms,
+}
+
+# d(sum of terms)/dpred; the kernel divides by the count the mean was taken over.
+_LOSS_GRAD = {
+    "mse": lambda p, t: p - t,
+    "binary_cross_entropy": lambda z, t: _sigmoid(z) - t,
+    "cross_entropy": lambda z, t: _softmax_rows(z) - t,
+}
+
+
+def loss_forward(spec, pred, target) -> float:
+    with np.errstate(all="ignore"):
+        return float(np.mean(_LOSS_VALUE[spec.name](_f64(pred), _f64(target))))
+
+
+def loss_backward(spec, pred, target, out) -> None:
+    count = pred.shape[0] if spec.rowwise else pred.size
+    with np.errstate(all="ignore"):
+        out[...] = _LOSS_GRAD[spec.name](_f64(pred), _f64(target)) / count
+
+
+# --- optimizer updates (fastgrad.optim): in place, 1-D arrays of one dtype -------------
+# PyTorch's formulas (torch.optim.SGD / Adam / AdamW / RMSprop, dampening 0, centered
+# False, amsgrad False), computed in float64 and rounded once into the state arrays.
+
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
+    p = _f64(param)
+    g = _f64(grad) + weight_decay * p
+    if momentum != 0.0:
+        v = momentum * _f64(velocity) + g
+        velocity[...] = v
+        g = g + momentum * v if nesterov else v
+    param[...] = p - lr * g
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step) -> None:
+    p, g = _f64(param), _f64(grad)
+    if decoupled:
+        p = p * (1.0 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p
+    m_new = beta1 * _f64(m) + (1.0 - beta1) * g
+    v_new = beta2 * _f64(v) + (1.0 - beta2) * g * g
+    m[...] = m_new
+    v[...] = v_new
+    m_hat = m_new / (1.0 - beta1**step)
+    v_hat = v_new / (1.0 - beta2**step)
+    param[...] = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
+                   momentum) -> None:
+    p = _f64(param)
+    g = _f64(grad) + weight_decay * p
+    sq = alpha * _f64(square_avg) + (1.0 - alpha) * g * g
+    square_avg[...] = sq
+    step = g / (np.sqrt(sq) + eps)
+    if momentum != 0.0:
+        step = momentum * _f64(momentum_buf) + step
+        momentum_buf[...] = step
+    param[...] = p - lr * step

@@ -1,0 +1,550 @@
+"""Training: `fit`, the epoch loop, gradient-health diagnostics, early stopping, History.
+
+One epoch is run by an *epoch runner* with one contract (`EpochPlan` in, the number of
+batches completed out): the layer-by-layer runner here (`train_epoch_layers`, the
+fallback every backend has) or a backend's fused ``train_epoch`` kernel, which `fit`
+takes when the backend module defines it and its ``supports_train_epoch(plan)`` (if
+defined) accepts the plan. Everything else (task inference, targets, validation,
+diagnostics, early stopping, callbacks, progress) is shared, so both runners train the
+same way and report the same history.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import get_backend, get_kernel
+from .losses import LossSpec
+from .nn import Sequential
+from .optim import Optimizer, Schedule, make_optimizer
+from .targets import prepare_targets, score_logits
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or infinity in the loss or a gradient. Attributes: epoch, batch
+    (both counted from 0), layer (index, or None when the loss itself is the first
+    non-finite value) and what ("loss" or "gradient"). The model keeps its last finite
+    weights."""
+
+    def __init__(self, message: str, epoch: int, batch: int, layer: int | None,
+                 what: str) -> None:
+        super().__init__(message)
+        self.epoch, self.batch, self.layer, self.what = epoch, batch, layer, what
+
+
+class GradientHealthWarning(RuntimeWarning):
+    """A layer's gradients vanish (norm below `vanish` for `patience` epochs in a row) or
+    explode (norm above `explode`)."""
+
+
+@dataclass
+class GradientHealth:
+    """Gradient-health settings for `fit(..., health=...)`.
+
+    vanish / explode: per-layer gradient-norm thresholds (on the epoch's root-mean-square
+    over batches of ||dL/d(W, b)||, what history["grad_norm"] records); patience: epochs
+    in a row below `vanish` before warning.
+    sample_rows: training rows the end-of-epoch diagnostic pass (dead ReLU units,
+    saturated sigmoid/tanh units, the training metric) runs on.
+    """
+
+    vanish: float = 1e-7
+    explode: float = 1e4
+    patience: int = 3
+    sample_rows: int = 2048
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `monitor` ("val_loss" when there is validation data, else "loss"; also
+    "accuracy"/"r2" and their "val_" versions, which must rise) has not improved by more
+    than `min_delta` for `patience` epochs; with restore_best_weights the model ends
+    with the weights of its best epoch."""
+
+    patience: int = 10
+    min_delta: float = 0.0
+    monitor: str | None = None
+    restore_best_weights: bool = True
+
+
+class History:
+    """What `fit` records. ``history`` maps a name to one value per epoch: "loss",
+    "val_loss", the metric ("accuracy" or "r2", and "val_" versions), "lr", "grad_norm"
+    (per epoch, a list with one norm per layer), "dead_relu" and "saturated" (per epoch,
+    one fraction per layer, None where the layer's activation has no such failure mode).
+    ``epoch`` lists the epoch numbers; ``stopped_early`` and ``best_epoch`` say how it
+    ended."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+        self.stopped_early = False
+        self.best_epoch: int | None = None
+
+    def append(self, epoch: int, logs: dict[str, Any]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+@dataclass
+class EpochPlan:
+    """Everything one epoch needs; the contract between `fit` and an epoch runner.
+
+    layers: per layer (W, b, activation spec, a, b), W and b views into `params`, (a, b)
+    the activation's encoded parameters as the backend kernels take them; the last layer
+    has the identity activation (the loss takes logits).
+    grads: the flat gradient buffer, layer k's slice `layer_slices[k]` (its W then b).
+    X, T: this epoch's (shuffled) inputs (N, D) and targets (N, K), C-contiguous, the
+    model's dtype; batches are consecutive rows, the last one possibly shorter.
+    The runner trains batch after batch with `optimizer.step(params, grads, lr)` (or its
+    own fused equivalent: PyTorch's formulas, state in the optimizer's arrays, steps
+    counted in optimizer.steps), after clipping the gradients by value then by global norm
+    when clip_value / clip_norm are set. It fills batch_loss[i] (the batch's mean loss)
+    and grad_sq[i, k] (layer k's squared gradient norm, before clipping), and returns the
+    number of batches completed: fewer than n_batches when batch i = the return value had
+    a non-finite loss or gradient, in which case that batch made no update. A runner may
+    set last_good to the parameters before its last update (fit restores them, else the
+    epoch's starting parameters, when the current ones are not finite).
+    """
+
+    layers: list[tuple]
+    params: np.ndarray
+    grads: np.ndarray
+    layer_slices: list[slice]
+    X: np.ndarray
+    T: np.ndarray
+    batch_size: int
+    loss: LossSpec
+    optimizer: Optimizer
+    lr: float
+    clip_norm: float | None
+    clip_value: float | None
+    backend: str | None
+    batch_loss: np.ndarray = field(default=None)
+    grad_sq: np.ndarray = field(default=None)
+    last_good: np.ndarray | None = None
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.X) // self.batch_size)
+
+
+def dense_forward(backend, a: np.ndarray, W: np.ndarray, b: np.ndarray, spec, act_a: float,
+                  act_b: float, want_pre: bool = False):
+    """(y, pre) of one dense layer through the backend's kernel; pre is None unless
+    want_pre. Arrays must already be what the kernel expects (C-contiguous, one dtype):
+    the trainer validates its data once per fit instead of once per call."""
+    out = np.empty((a.shape[0], W.shape[1]), a.dtype)
+    pre = np.empty_like(out) if want_pre else None
+    backend.linear_forward(a, W, b, out, pre, spec, act_a, act_b)
+    return out, pre
+
+
+def forward_backward(layers: list[tuple], xb: np.ndarray, tb: np.ndarray, loss: LossSpec,
+                     grad_W: list[np.ndarray], grad_b: list[np.ndarray],
+                     backend: str | None = None,
+                     loss_kernels: tuple[Callable, Callable] | None = None) -> float:
+    """One batch through the network and back: returns the batch's mean loss and writes
+    dL/dW_k, dL/db_k into grad_W[k], grad_b[k]. layers as in EpochPlan; loss_kernels, the
+    backend's (loss_forward, loss_backward), looked up when not given.
+
+    Calls the backend object's dense-layer kernels directly (the interface in
+    fastgrad.backends): every array here is C-contiguous in the model's dtype by
+    construction, so the functional layer's per-call checks would only add overhead.
+    """
+    be = get_backend(backend)
+    if loss_kernels is None:
+        loss_kernels = (get_kernel("loss_forward", backend),
+                        get_kernel("loss_backward", backend))
+    inputs, saved = [xb], []
+    a = xb
+    for W, b, spec, pa, pb in layers:
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=spec.needs == "x")
+        saved.append(pre if spec.needs == "x" else a if spec.needs == "y" else None)
+        inputs.append(a)
+    value = loss_kernels[0](loss, a, tb)
+    g = np.empty_like(a)
+    loss_kernels[1](loss, a, tb, g)
+    for k in range(len(layers) - 1, -1, -1):
+        W, b, spec, pa, pb = layers[k]
+        g, gW, gb = be.linear_backward(g, inputs[k], W, saved[k], spec, pa, pb, k > 0)
+        grad_W[k][...] = gW
+        grad_b[k][...] = gb
+    return value
+
+
+def _grad_views(plan_layers, grads, layer_slices):
+    views = [grads[s] for s in layer_slices]
+    grad_W = [g[:W.size].reshape(W.shape) for g, (W, *_rest) in zip(views, plan_layers)]
+    grad_b = [g[W.size:] for g, (W, *_rest) in zip(views, plan_layers)]
+    return views, grad_W, grad_b
+
+
+def train_epoch_layers(plan: EpochPlan) -> int:
+    """The layer-by-layer epoch runner: per batch, linear_forward through the layers, the
+    loss kernel, linear_backward back, one optimizer kernel call on the flat buffer."""
+    X, T, B = plan.X, plan.T, plan.batch_size
+    params, grads, opt = plan.params, plan.grads, plan.optimizer
+    views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
+    kernels = (get_kernel("loss_forward", plan.backend),
+               get_kernel("loss_backward", plan.backend))
+    prev = params.copy()  # weights before the last update: the fallback if it broke them
+    plan.last_good = prev
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite value is reported
+        for i in range(plan.n_batches):
+            rows = slice(i * B, (i + 1) * B)
+            plan.batch_loss[i] = forward_backward(plan.layers, X[rows], T[rows], plan.loss,
+                                                  grad_W, grad_b, plan.backend, kernels)
+            for k, view in enumerate(views):
+                sq = np.dot(view, view)
+                if not math.isfinite(sq):  # float32 squares overflow first: redo in float64
+                    v64 = view.astype(np.float64)
+                    sq = np.dot(v64, v64)
+                plan.grad_sq[i, k] = sq
+            if not (math.isfinite(plan.batch_loss[i])
+                    and (np.isfinite(plan.grad_sq[i]).all() or np.isfinite(grads).all())):
+                return i
+            clip_gradients(grads, plan.clip_value, plan.clip_norm)
+            np.copyto(prev, params)
+            opt.step(params, grads, plan.lr)
+    return plan.n_batches
+
+
+def batch_gradient(model: Sequential, X: Any, y: Any) -> tuple[float, np.ndarray]:
+    """(mean loss, flat gradient) of a fitted (or output-fixed) model on one batch, with
+    the training code path; y as for fit. The gradient is laid out like model.params."""
+    X = model._check_X(X)
+    T, _ = prepare_targets(model, y, len(X))
+    grads = np.zeros_like(model.params)
+    layers = _plan_layers(model)
+    _, grad_W, grad_b = _grad_views(layers, grads, model.layer_slices)
+    value = forward_backward(layers, X, T, model.loss_spec, grad_W, grad_b, model.backend)
+    return value, grads
+
+
+def clip_gradients(grads: np.ndarray, clip_value: float | None,
+                   clip_norm: float | None) -> None:
+    """In place: clamp each element to [-clip_value, clip_value], then scale all by
+    clip_norm / ||grads|| when the global L2 norm exceeds clip_norm."""
+    if clip_value is not None:
+        np.clip(grads, -clip_value, clip_value, out=grads)
+    if clip_norm is not None:
+        norm = math.sqrt(float(np.dot(grads.astype(np.float64, copy=False),
+                                      grads.astype(np.float64, copy=False))))
+        if norm > clip_norm:
+            grads *= grads.dtype.type(clip_norm / norm)
+
+
+# --- diagnostics ---------------------------------------------------------------------
+
+def _diagnose(model: Sequential, X: np.ndarray):
+    """One forward pass over X: the logits, and per layer the fraction of dead ReLU units
+    (never positive on X) and of saturated sigmoid/tanh activations (|derivative| < 2%:
+    sigmoid outside [0.01, 0.99], |tanh| > 0.99); None where not applicable."""
+    dead, saturated = [], []
+    a = X
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=True)
+        last = k == len(model.layers) - 1
+        dead.append(float(np.mean(np.all(pre <= 0, axis=0)))
+                    if spec.name == "relu" and not last else None)
+        if spec.name == "sigmoid" and not last:
+            saturated.append(float(np.mean((a < 0.01) | (a > 0.99))))
+        elif spec.name == "tanh" and not last:
+            saturated.append(float(np.mean(np.abs(a) > 0.99)))
+        else:
+            saturated.append(None)
+    return a, dead, saturated
+
+
+def _first_nonfinite_layer(model: Sequential, X: np.ndarray) -> int | None:
+    a = X
+    be = get_backend(model.backend)
+    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
+        a, _ = dense_forward(be, a, W, b, spec, pa, pb)
+        if not np.isfinite(a).all():
+            return k
+    return None
+
+
+def _plan_layers(model: Sequential) -> list[tuple]:
+    out = []
+    for k, layer in enumerate(model.layers):
+        spec, params = model.hidden_activation(k)
+        out.append((layer.W, layer.b, spec, *spec.encoded(params)))
+    return out
+
+
+class _HealthMonitor:
+    def __init__(self, config: GradientHealth, model: Sequential) -> None:
+        self.config, self.model = config, model
+        self.low = [0] * len(model.layers)
+        self.warned: set[tuple[str, int]] = set()
+
+    def check(self, epoch: int, norms: list[float]) -> None:
+        for k, norm in enumerate(norms):
+            name = f"layer {k} ({self.model.layers[k]!r})"
+            self.low[k] = self.low[k] + 1 if norm < self.config.vanish else 0
+            if self.low[k] >= self.config.patience and ("vanish", k) not in self.warned:
+                self.warned.add(("vanish", k))
+                warnings.warn(f"vanishing gradients in {name}: norm {norm:.3g} < "
+                              f"{self.config.vanish:g} for {self.low[k]} epochs (epoch "
+                              f"{epoch})", GradientHealthWarning, stacklevel=4)
+            if norm > self.config.explode and ("explode", k) not in self.warned:
+                self.warned.add(("explode", k))
+                warnings.warn(f"exploding gradients in {name}: norm {norm:.3g} > "
+                              f"{self.config.explode:g} at epoch {epoch}; consider "
+                              "clip_norm= or a lower lr", GradientHealthWarning,
+                              stacklevel=4)
+
+
+# --- fit -----------------------------------------------------------------------------------
+
+def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool) -> Callable:
+    """The single door for fused training: the backend's `train_epoch` when it has one
+    that supports this plan and no callback needs Python between batches; otherwise the
+    layer-by-layer runner."""
+    backend = get_backend(model.backend)
+    fused = getattr(backend, "train_epoch", None)
+    supports = getattr(backend, "supports_train_epoch", None)
+    if fused is not None and not batch_callbacks and (supports is None or supports(plan)):
+        return fused
+    return train_epoch_layers
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _progress(verbose: int, epochs: int):
+    if verbose == 1:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=epochs, unit="epoch", leave=False, file=sys.stderr)
+    return None
+
+
+def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int = 32,
+        optimizer: str | Optimizer = "adam", lr: float | None = None,
+        validation_split: float | None = None, validation_data: tuple | None = None,
+        shuffle: bool = True, early_stopping: EarlyStopping | int | dict | None = None,
+        callbacks: Sequence[Callable] | None = None, verbose: int = 1,
+        lr_schedule: Schedule | Callable[[int, float], float] | None = None,
+        clip_norm: float | None = None, clip_value: float | None = None,
+        health: GradientHealth | bool | None = True, classes: Any = None,
+        **optimizer_params: Any) -> History:
+    """Train `model` on X (N, n_features) and y for `epochs` epochs of mini-batches.
+
+    y: labels of any type (classification: classes_ = sorted unique labels, or `classes`
+    when given) or float targets (N,) / (N, K) (regression). The task and the output
+    activation are inferred from y on the first fit unless the model's output was given.
+    optimizer: "sgd", "adam", "adamw", "rmsprop" (with lr and **optimizer_params, e.g.
+    momentum=0.9, weight_decay=1e-4) or an Optimizer instance (its state carries over
+    between fits). lr_schedule: e.g. fastgrad.optim.CosineLR(epochs), applied per epoch.
+    validation_split: fraction of (X, y) held out at random (seeded by the model), or
+    validation_data=(X_val, y_val). early_stopping: an EarlyStopping, a patience (int) or
+    its keywords (dict). callbacks: callables cb(epoch, logs) or objects with
+    on_epoch_end(epoch, logs); returning True stops training. clip_norm / clip_value:
+    gradient clipping. health: GradientHealth settings (True: defaults; False: no
+    diagnostics). verbose: 0 silent, 1 a tqdm progress bar (when tqdm is installed),
+    2 a line per epoch.
+    Returns the History (also model.history_). Raises NonFiniteError on a NaN/inf loss or
+    gradient (the model keeps its last finite weights).
+    """
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+            raise ValueError(f"{name} must be a positive number or None, got {v!r}")
+    opt = make_optimizer(optimizer, lr, **optimizer_params)
+    fresh = model.task is None
+    X = model._check_X(X)
+    n = len(X)
+    T, labels = prepare_targets(model, y, n, classes)
+    if fresh and model.task == "regression":
+        # Start the output at the targets' mean: raw targets far from 0 otherwise take
+        # many epochs of steps of size ~lr just to shift the output bias.
+        model.layers[-1].b[...] = T.mean(axis=0)
+
+    if validation_data is not None and validation_split is not None:
+        raise ValueError("give validation_split or validation_data, not both")
+    Xv = Tv = labels_v = None
+    if validation_split is not None:
+        if not (isinstance(validation_split, float) and 0 < validation_split < 1):
+            raise ValueError(f"validation_split must be a float in (0, 1), got "
+                             f"{validation_split!r}")
+        n_val = int(math.ceil(validation_split * n))
+        if n_val >= n:
+            raise ValueError(f"validation_split={validation_split} leaves no training "
+                             f"sample out of {n}")
+        perm = model._rng.permutation(n)
+        val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        Xv, Tv = X[val], T[val]
+        labels_v = None if labels is None else labels[val]
+        X, T = X[train], T[train]
+        labels = None if labels is None else labels[train]
+        n = len(X)
+    elif validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        Xv = model._check_X(validation_data[0])
+        Tv, labels_v = prepare_targets(model, validation_data[1], len(Xv))
+
+    stopper = _early_stopping(early_stopping, Xv is not None)
+    health_cfg = GradientHealth() if health is True else (health or None)
+    monitor = _HealthMonitor(health_cfg, model) if health_cfg is not None else None
+    callbacks = list(callbacks or [])
+    schedule = lr_schedule
+    opt.bind(model.params, model.backend)
+    loss_kernel = get_kernel("loss_forward", model.backend)
+    history = History()
+    model.history_ = history
+    layers = _plan_layers(model)
+    n_layers = len(layers)
+    best, wait, best_params = math.inf, 0, None
+    bar = _progress(verbose, epochs)
+    runner = None
+    diag_rows = X[:health_cfg.sample_rows] if health_cfg else X[:2048]
+    diag_labels = None if labels is None else labels[:len(diag_rows)]
+    try:
+        for epoch in range(epochs):
+            epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
+            if shuffle:
+                perm = model._rng.permutation(n)
+                Xs, Ts = X[perm], T[perm]
+            else:
+                Xs, Ts = X, T
+            plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, Xs, Ts,
+                             batch_size, model.loss_spec, opt, epoch_lr, clip_norm,
+                             clip_value, model.backend)
+            plan.batch_loss = np.zeros(plan.n_batches)
+            plan.grad_sq = np.zeros((plan.n_batches, n_layers))
+            if runner is None:
+                runner = _epoch_runner(model, plan, batch_callbacks=False)
+            snapshot = model.params.copy()
+            done = runner(plan)
+            if done < plan.n_batches:
+                _raise_nonfinite(model, plan, epoch, done, snapshot)
+            sizes = np.full(plan.n_batches, batch_size, np.float64)
+            sizes[-1] = n - batch_size * (plan.n_batches - 1)
+            logs: dict[str, Any] = {"loss": float(np.dot(plan.batch_loss, sizes) / n)}
+            norms = np.sqrt(np.mean(plan.grad_sq, axis=0))
+            metric = "r2" if model.task == "regression" else "accuracy"
+            logits, dead, saturated = _diagnose(model, diag_rows)
+            logs[metric] = score_logits(model, logits, T[:len(diag_rows)], diag_labels)
+            if Xv is not None:
+                zv = model._logits(Xv)
+                logs["val_loss"] = loss_kernel(model.loss_spec, zv, Tv)
+                logs["val_" + metric] = score_logits(model, zv, Tv, labels_v)
+            logs["lr"] = epoch_lr
+            logs["grad_norm"] = norms.tolist()
+            logs["dead_relu"], logs["saturated"] = dead, saturated
+            history.append(epoch, logs)
+            if monitor is not None:
+                monitor.check(epoch, logs["grad_norm"])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", **{metric: f"{logs[metric]:.4g}"})
+            elif verbose >= 1:
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in logs.items()
+                                  if isinstance(v, float))
+                print(f"epoch {epoch + 1}/{epochs}  {shown}")
+            stop = False
+            if stopper is not None:
+                if stopper.monitor not in logs:
+                    raise ValueError(f"early stopping monitors {stopper.monitor!r}, which "
+                                     f"this {model.task} model does not log")
+                # losses fall, metrics (accuracy, r2) rise: compare on a falling scale
+                sign = 1.0 if stopper.monitor.endswith("loss") else -1.0
+                value = sign * logs[stopper.monitor]
+                if value < best - stopper.min_delta:
+                    best, wait, history.best_epoch = value, 0, epoch
+                    if stopper.restore_best_weights:
+                        best_params = model.params.copy()
+                else:
+                    wait += 1
+                    stop = wait >= stopper.patience
+            for cb in callbacks:
+                hook = getattr(cb, "on_epoch_end", cb)
+                if hook(epoch, logs):
+                    stop = True
+            if stop:
+                history.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best_params is not None:
+        model.params[...] = best_params
+    return history
+
+
+def _early_stopping(spec, has_validation: bool) -> EarlyStopping | None:
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, bool):
+        stopper = EarlyStopping()
+    elif isinstance(spec, (int, np.integer)):
+        stopper = EarlyStopping(patience=int(spec))
+    elif isinstance(spec, dict):
+        stopper = EarlyStopping(**spec)
+    elif isinstance(spec, EarlyStopping):
+        stopper = EarlyStopping(**vars(spec))
+    else:
+        raise TypeError(f"early_stopping must be an EarlyStopping, a patience (int), a "
+                        f"dict or None, got {type(spec).__name__}")
+    if stopper.monitor is None:
+        stopper.monitor = "val_loss" if has_validation else "loss"
+    if stopper.monitor.startswith("val_") and not has_validation:
+        raise ValueError(f"early stopping monitors {stopper.monitor!r} but there is no "
+                         "validation data (give validation_split or validation_data)")
+    known = ("loss", "accuracy", "r2")
+    if stopper.monitor not in known + tuple("val_" + k for k in known):
+        raise ValueError(f"early stopping can monitor loss, accuracy or r2 (with val_ "
+                         f"for the validation data), got {stopper.monitor!r}")
+    return stopper
+
+
+def _raise_nonfinite(model: Sequential, plan: EpochPlan, epoch: int, batch: int,
+                     snapshot: np.ndarray) -> None:
+    B = plan.batch_size
+    xb = plan.X[batch * B:(batch + 1) * B]
+    loss_value = plan.batch_loss[batch]
+    row = plan.grad_sq[batch]
+    if math.isfinite(loss_value):
+        bad = [k for k in range(len(row)) if not np.isfinite(
+            plan.grads[plan.layer_slices[k]]).all()]
+        layer = max(bad) if bad else None  # backprop runs from the last layer down
+        what, detail = "gradient", "a NaN or infinite gradient"
+    else:
+        layer = _first_nonfinite_layer(model, xb)
+        what, detail = "loss", f"a non-finite loss ({loss_value})"
+    if not np.isfinite(model.params).all():  # the last update broke them: roll it back
+        for fallback in (plan.last_good, snapshot):
+            if fallback is not None and np.isfinite(fallback).all():
+                model.params[...] = fallback
+                break
+    where = "" if layer is None else f", layer {layer} ({model.layers[layer]!r})"
+    raise NonFiniteError(
+        f"training stopped at epoch {epoch}, batch {batch} (counted from 0){where}: "
+        f"{detail}. The model keeps its last finite weights; lower lr, set clip_norm=, "
+        f"or check the data's scale.", epoch, batch, layer, what)
