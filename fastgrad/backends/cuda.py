@@ -474,6 +474,213 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
 
 
 # ---------------------------------------------------------------------------------------
+# Losses and optimizer updates (fastgrad.losses, fastgrad.optim). Math in float64 whatever
+# the arrays' dtype, as on the CPU backends. Device arrays are used in place; host arrays
+# are staged through the device (and arrays the kernel writes copied back).
+
+
+def _staged(*arrays):
+    """(device views, copy_back): host arrays copied to the device; copy_back(i) writes
+    device array i back into its host original (a no-op for device input)."""
+    dev = [a if a is None or is_device_array(a) else to_device(a) for a in arrays]
+    dev = [a if a is None or getattr(a, "__cuda_ndarray__", False) else as_device(a)
+           for a in dev]
+
+    def copy_back(*indices):
+        for i in indices:
+            if arrays[i] is not None and not is_device_array(arrays[i]):
+                arrays[i][...] = to_host(dev[i]).reshape(arrays[i].shape)
+    return dev, copy_back
+
+
+def loss_kernels(name: str, threads: int):
+    """Kernels of one loss. Elementwise (mse, BCE): forward(p, t, partial) writes one
+    float64 partial sum per block (a shared-memory tree of `threads`, a power of two),
+    backward(p, t, out, scale) over flat arrays. cross_entropy: one block per row,
+    forward(z, t, rowloss) writes each row's sum_k t_k (lse - z_k), backward(z, t, out,
+    scale) writes (softmax(z) - t) * scale."""
+    def build():
+        from ..losses import LOSSES
+
+        spec = LOSSES[name]
+        NT = threads
+        f64 = nb_float64
+        if not spec.rowwise:
+            jit = cuda.jit(device=True)
+            value = compile_scalar(spec.scalar_value, jit)
+            grad = compile_scalar(spec.scalar_grad, jit)
+
+            @cuda.jit
+            def forward(p, t, partial):
+                sh = cuda.shared.array(NT, f64)
+                total = f64(0)
+                for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+                    total += value(f64(p[i]), f64(t[i]))
+                total = _block_sum(sh, total)
+                if cuda.threadIdx.x == 0:
+                    partial[cuda.blockIdx.x] = total
+
+            @cuda.jit
+            def backward(p, t, out, scale):
+                for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+                    out[i] = grad(f64(p[i]), f64(t[i])) * scale
+
+            return forward, backward
+
+        @cuda.jit(device=True)
+        def row_lse(z, i, sh):
+            """(row max, sum exp(z - max)) of row i, in float64."""
+            m = f64(-math.inf)
+            for j in range(cuda.threadIdx.x, z.shape[1], NT):
+                v = f64(z[i, j])
+                if v > m or v != v:
+                    m = v
+            m = _block_max(sh, m)
+            total = f64(0)
+            for j in range(cuda.threadIdx.x, z.shape[1], NT):
+                total += math.exp(f64(z[i, j]) - m)
+            return m, _block_sum(sh, total)
+
+        @cuda.jit
+        def ce_forward(z, t, rowloss):
+            sh = cuda.shared.array(NT, f64)
+            i = cuda.blockIdx.x
+            m, s = row_lse(z, i, sh)
+            lse = m + math.log(s)
+            total = f64(0)
+            for j in range(cuda.threadIdx.x, z.shape[1], NT):
+                if t[i, j] != 0:  # classes without target weight never meet lse - z = inf
+                    total += f64(t[i, j]) * (lse - f64(z[i, j]))
+            total = _block_sum(sh, total)
+            if cuda.threadIdx.x == 0:
+                rowloss[i] = total
+
+        @cuda.jit
+        def ce_backward(z, t, out, scale):
+            sh = cuda.shared.array(NT, f64)
+            i = cuda.blockIdx.x
+            m, s = row_lse(z, i, sh)
+            inv = 1.0 / s
+            for j in range(cuda.threadIdx.x, z.shape[1], NT):
+                out[i, j] = (math.exp(f64(z[i, j]) - m) * inv - f64(t[i, j])) * scale
+
+        return ce_forward, ce_backward
+    return _cached(("loss", name, threads), build)
+
+
+def _pow2_threads(limit: int) -> int:
+    """The largest power of two <= limit (block reductions need one)."""
+    t = 1
+    while t * 2 <= limit:
+        t *= 2
+    return t
+
+
+@_simulator_quiet
+def loss_forward(spec, pred, target) -> float:
+    (p, t), _ = _staged(pred, target)
+    rows, k = p.shape
+    if spec.rowwise:
+        threads = _row_threads(k)
+        rowloss = empty((rows,), np.float64)
+        loss_kernels(spec.name, threads)[0][rows, threads](p, t, rowloss)
+        return float(to_host(rowloss).sum() / rows)
+    n = rows * k
+    threads = _pow2_threads(THREADS)
+    blocks = min(-(-n // threads), MAX_BLOCKS)
+    partial = empty((blocks,), np.float64)
+    loss_kernels(spec.name, threads)[0][blocks, threads](p.reshape(n), t.reshape(n),
+                                                         partial)
+    return float(to_host(partial).sum() / n)
+
+
+@_simulator_quiet
+def loss_backward(spec, pred, target, out) -> None:
+    (p, t, o), copy_back = _staged(pred, target, out)
+    rows, k = p.shape
+    if spec.rowwise:
+        threads = _row_threads(k)
+        loss_kernels(spec.name, threads)[1][rows, threads](p, t, o, 1.0 / rows)
+    else:
+        n = rows * k
+        blocks, threads = _grid_1d(n)
+        loss_kernels(spec.name, _pow2_threads(THREADS))[1][blocks, threads](
+            p.reshape(n), t.reshape(n), o.reshape(n), 1.0 / n)
+    copy_back(2)
+
+
+@cuda.jit
+def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * nb_float64(p[i])
+        if momentum != 0.0:
+            v = momentum * vel[i] + gi
+            vel[i] = v
+            gi = gi + momentum * v if nesterov else v
+        p[i] = p[i] - lr * gi
+
+
+@cuda.jit
+def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
+    # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0; bias corrections hoisted
+    # (step_size = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2)), as in the numba backend.
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        pi = nb_float64(p[i]) * shrink
+        gi = g[i] + l2 * pi
+        mi = beta1 * m[i] + (1.0 - beta1) * gi
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@cuda.jit
+def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * nb_float64(p[i])
+        s = alpha * sq[i] + (1.0 - alpha) * gi * gi
+        sq[i] = s
+        step = gi / (math.sqrt(s) + eps)
+        if momentum != 0.0:
+            step = momentum * buf[i] + step
+            buf[i] = step
+        p[i] = p[i] - lr * step
+
+
+def _launch_update(kernel, arrays, written, *scalars) -> None:
+    dev, copy_back = _staged(*arrays)
+    n = dev[0].size
+    if n:
+        blocks, threads = _grid_1d(n)
+        kernel[blocks, threads](*dev, *scalars)
+    copy_back(*written)
+
+
+@_simulator_quiet
+def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
+    _launch_update(_sgd_kernel, (param, grad, velocity), (0, 2), float(lr), float(momentum),
+                   float(weight_decay), bool(nesterov))
+
+
+@_simulator_quiet
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step) -> None:
+    wd = float(weight_decay)
+    shrink, l2 = (1.0 - lr * wd, 0.0) if decoupled else (1.0, wd)
+    _launch_update(_adam_kernel, (param, grad, m, v), (0, 2, 3), float(beta1), float(beta2),
+                   float(eps), float(shrink), l2, lr / (1.0 - beta1**step),
+                   1.0 / math.sqrt(1.0 - beta2**step))
+
+
+@_simulator_quiet
+def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight_decay,
+                   momentum) -> None:
+    _launch_update(_rmsprop_kernel, (param, grad, square_avg, momentum_buf), (0, 2, 3),
+                   float(lr), float(alpha), float(eps), float(weight_decay),
+                   float(momentum))
+
+
+# ---------------------------------------------------------------------------------------
 # Device arrays: what the functional layer uses to move data (no copies of device input)
 
 
@@ -558,4 +765,18 @@ def compile_targets(dtype) -> list[tuple[str, object, tuple]]:
     for name, (fwd, bwd) in row_kernels(dtype, ROW_THREADS).items():
         targets += [(f"{name}_forward", fwd, (mat, mat)),
                     (f"{name}_backward", bwd, (mat, mat, mat))]
+    from ..losses import LOSSES
+
+    f64 = nb_float64
+    for name, spec in LOSSES.items():
+        threads = ROW_THREADS if spec.rowwise else _pow2_threads(THREADS)
+        fwd, bwd = loss_kernels(name, threads)
+        arr, out = (mat, f64[::1]) if spec.rowwise else (vec, f64[::1])
+        targets += [(f"loss {name} forward", fwd, (arr, arr, out)),
+                    (f"loss {name} backward", bwd, (arr, arr, arr, f64))]
+    targets += [
+        ("sgd_update", _sgd_kernel, (vec, vec, vec, f64, f64, f64, types.boolean)),
+        ("adam_update", _adam_kernel, (vec,) * 4 + (f64,) * 7),
+        ("rmsprop_update", _rmsprop_kernel, (vec,) * 4 + (f64,) * 5),
+    ]
     return targets

@@ -191,3 +191,68 @@ def test_cuda_elementwise_grid_stride_covers_every_element(rng, monkeypatch):
     out = cuda.to_device(np.full(37, np.nan))
     fg.elu_forward(cuda.to_device(x), out=out, backend="cuda")
     assert_close(out.copy_to_host(), fg.elu_forward(x, backend="numpy"), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_losses_match_the_reference(dtype, rng):
+    from fastgrad.losses import LOSSES
+
+    ref = fg.get_backend("numpy")
+    for spec in LOSSES.values():
+        for shape in ((5, 3), (37, 1), (2, 21)):  # 37 > THREADS x MAX_BLOCKS: grid stride
+            pred = (rng.standard_normal(shape) * 3).astype(dtype)
+            if spec.rowwise:
+                target = np.eye(shape[1], dtype=dtype)[rng.integers(0, shape[1], shape[0])]
+            else:
+                target = rng.random(shape).astype(dtype)
+            want = ref.loss_forward(spec, pred, target)
+            for p, t in ((pred, target), (cuda.to_device(pred), cuda.to_device(target))):
+                got = cuda_backend.loss_forward(spec, p, t)
+                assert isinstance(got, float)
+                np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=spec.name)
+            want_g = np.empty_like(pred)
+            ref.loss_backward(spec, pred, target, want_g)
+            out = cuda.to_device(np.full(shape, np.nan, dtype))  # poisoned
+            cuda_backend.loss_backward(spec, cuda.to_device(pred), cuda.to_device(target), out)
+            assert_close(out.copy_to_host(), want_g, dtype, True, spec.name)
+            host_out = np.full(shape, np.nan, dtype)  # host arrays are staged and copied back
+            cuda_backend.loss_backward(spec, pred, target, host_out)
+            assert_close(host_out, want_g, dtype, True, spec.name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_optimizer_updates_match_the_reference(dtype, rng):
+    ref = fg.get_backend("numpy")
+    n = 37
+    cases = [
+        ("sgd_update", 1, (0.1, 0.9, 0.01, True)),
+        ("sgd_update", 1, (0.1, 0.0, 0.0, False)),
+        ("adam_update", 2, (1e-2, 0.9, 0.999, 1e-8, 0.01, False, 3)),
+        ("adam_update", 2, (1e-2, 0.9, 0.999, 1e-8, 0.01, True, 1)),
+        ("rmsprop_update", 2, (1e-2, 0.99, 1e-8, 0.01, 0.9)),
+    ]
+    for kernel, n_state, hyper in cases:
+        arrays = [rng.standard_normal(n).astype(dtype) for _ in range(2)]
+        arrays += [np.abs(rng.standard_normal(n)).astype(dtype) for _ in range(n_state)]
+        want = [a.copy() for a in arrays]
+        getattr(ref, kernel)(*want, *hyper)
+        on_device = [cuda.to_device(a) for a in arrays]
+        getattr(cuda_backend, kernel)(*on_device, *hyper)
+        host = [a.copy() for a in arrays]
+        getattr(cuda_backend, kernel)(*host, *hyper)
+        for i, w in enumerate(want):
+            if i == 1:
+                continue  # the gradient is read-only
+            assert_close(on_device[i].copy_to_host(), w, dtype, False, f"{kernel}[{i}]")
+            assert_close(host[i], w, dtype, False, f"{kernel}[{i}] host")
+
+
+def test_cuda_loss_through_the_public_api(rng):
+    pred = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, 6)
+    want = fg.loss("cross_entropy", pred, labels, backend="numpy")
+    assert fg.loss("cross_entropy", pred, labels, backend="cuda") == pytest.approx(want,
+                                                                                   rel=1e-12)
+    assert_close(fg.loss_grad("cross_entropy", pred, labels, backend="cuda"),
+                 fg.loss_grad("cross_entropy", pred, labels, backend="numpy"), np.float64,
+                 True)
