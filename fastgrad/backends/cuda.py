@@ -12,11 +12,13 @@ Kernels (every one compiled lazily, once per dtype and launch shape parameter):
   the backward products grad_x = g W^T and grad_W = x^T g read their transposed operand
   in place (no transposed copies; the loads stay coalesced by swapping the thread roles
   when filling the shared tile); the activation's backward fused with the grad_b column
-  reduction.
+  reduction;
+- losses (elementwise ones from their scalar formulas, cross-entropy one block per row)
+  and optimizer updates (SGD, Adam/AdamW, RMSprop), math in float64 as on the CPU.
 
 Kernels take and return device arrays; moving host arrays in and out is the functional
 layer's job (`fastgrad.functional`), through the helpers at the end of this module.
-Works with numba's built-in CUDA target (numba <= 0.6x) and the `numba-cuda` package,
+Works with numba's built-in CUDA target (numba 0.68, deprecated) and the `numba-cuda` package,
 which keeps the `numba.cuda` namespace. Under numba's CUDA simulator
 (NUMBA_ENABLE_CUDASIM=1) the backend is available and runs the kernels as Python: slow,
 for tests only.
@@ -313,9 +315,10 @@ def row_kernels(dtype, threads: int):
             total = nbt(0)
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
                 total += math.exp(x[i, j] - m)
-            shift = m + math.log(_block_sum(sh, total))
+            lse = math.log(_block_sum(sh, total))
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
-                out[i, j] = x[i, j] - shift
+                # (x - m) - lse, not x - (m + lse): m + lse rounds away lse when |m| >> 1.
+                out[i, j] = (x[i, j] - m) - lse
 
         @cuda.jit
         def softmax_backward(y, g, out):

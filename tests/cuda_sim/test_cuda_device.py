@@ -177,6 +177,9 @@ def test_cuda_row_kernels_stride_over_long_rows(n, rng):
         want = fg.forward(name, x, backend="numpy")
         assert_close(y, want, np.float64, True, name)
         assert np.isnan(y[1]).all()
+        big = np.full((1, n), 2.1990233e12, np.float32)  # equal huge logits: -log n
+        assert_close(fg.forward(name, big, backend="cuda"),
+                     fg.forward(name, big, backend="numpy"), np.float32, True, f"{name} big")
         fine = x[[0, 3]]
         yf = fg.forward(name, fine, backend="numpy")
         assert_close(fg.backward(name, g[[0, 3]], y=yf, backend="cuda"),
