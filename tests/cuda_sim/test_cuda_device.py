@@ -259,3 +259,49 @@ def test_cuda_loss_through_the_public_api(rng):
     assert_close(fg.loss_grad("cross_entropy", pred, labels, backend="cuda"),
                  fg.loss_grad("cross_entropy", pred, labels, backend="numpy"), np.float64,
                  True)
+
+
+def _mlp_step(backend, device, rng_seed):
+    """One SGD step of a 5-6-3 tanh MLP with cross-entropy, through the kernels of
+    `backend`; with device=True every array stays on the device (numba device arrays)."""
+    from fastgrad.losses import LOSSES
+
+    rng = np.random.default_rng(rng_seed)
+    x = rng.standard_normal((8, 5))
+    target = np.eye(3)[rng.integers(0, 3, 8)]
+    params = [rng.standard_normal((5, 6)) * 0.5, rng.standard_normal(6) * 0.1,
+              rng.standard_normal((6, 3)) * 0.5, rng.standard_normal(3) * 0.1]
+    move = cuda.to_device if device else (lambda a: a)
+    x, target = move(x), move(target)
+    W1, b1, W2, b2 = (move(p) for p in params)
+    kernels = fg.get_backend(backend)
+    ce = LOSSES["cross_entropy"]
+    h = fg.linear_forward(x, W1, b1, activation="tanh", backend=backend)
+    logits = fg.linear_forward(h, W2, b2, backend=backend)
+    loss = kernels.loss_forward(ce, logits, target)
+    g = cuda.device_array((8, 3)) if device else np.empty((8, 3))
+    kernels.loss_backward(ce, logits, target, g)
+    gh, gW2, gb2 = fg.linear_backward(g, h, W2, backend=backend)
+    _, gW1, gb1 = fg.linear_backward(gh, x, W1, activation="tanh", y=h, need_grad_x=False,
+                                     backend=backend)
+    for p, grad in zip((W1, b1, W2, b2), (gW1, gb1, gW2, gb2)):
+        velocity = move(np.zeros(p.size))
+        kernels.sgd_update(p.reshape(-1), grad.reshape(-1), velocity, 0.5, 0.9, 1e-3, False)
+    host = (lambda a: a.copy_to_host()) if device else (lambda a: a)
+    return loss, [host(p) for p in (W1, b1, W2, b2)]
+
+
+def test_cuda_mlp_training_step_matches_the_cpu(rng, monkeypatch):
+    seed = int(rng.integers(1 << 31))
+    want_loss, want = _mlp_step("numpy", False, seed)
+    # Once the data is on the device, only the loss value crosses back (one small copy).
+    copies = []
+    for name in ("to_device", "to_host"):
+        original = getattr(cuda_backend, name)
+        monkeypatch.setattr(cuda_backend, name,
+                            lambda a, _f=original, _n=name: copies.append(_n) or _f(a))
+    got_loss, got = _mlp_step("cuda", True, seed)
+    assert copies == ["to_host"]
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    for name, a, w in zip(("W1", "b1", "W2", "b2"), got, want):
+        assert_close(a, w, np.float64, True, name)
