@@ -55,5 +55,22 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 
 def contiguous(arr: np.ndarray) -> np.ndarray:
-    """C-contiguous view or copy: the layout every backend kernel assumes."""
+    """C-contiguous view or copy: the layout every backend kernel assumes. Device arrays
+    pass through (`check_device_array` has refused non-contiguous ones)."""
+    if not isinstance(arr, np.ndarray) and hasattr(arr, "is_c_contiguous"):
+        return arr
     return np.ascontiguousarray(arr)
+
+
+def check_device_array(arr: Any, name: str, dtype: np.dtype | None = None) -> None:
+    """A device array (numba DeviceNDArray) must be float32/float64 - device arrays are
+    never converted - of `dtype` when given, and C-contiguous."""
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} is a device array of dtype {arr.dtype}, expected float32 "
+                        "or float64 (device arrays are not converted)")
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{name} has dtype {arr.dtype}, expected {np.dtype(dtype)} "
+                        f"(the dtype of the other inputs)")
+    if not arr.is_c_contiguous():
+        raise ValueError(f"{name} is a device array with strides {tuple(arr.strides)} and "
+                         f"shape {tuple(arr.shape)}, expected a C-contiguous one")

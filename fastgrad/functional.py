@@ -4,6 +4,13 @@ Every function here checks its arguments (dtype, shape, `out=`), brings arrays t
 C-contiguous layout the backends assume, picks the backend (`backend=`, the one set by
 `set_backend`/`use_backend`, else the fastest available) and calls its kernel. Backends
 never validate again.
+
+Device backends (``cuda``, whose module sets ``DEVICE = True``) take device arrays: numba
+device arrays and any object exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch
+CUDA tensors) are used in place, without copies, and the results are numba device arrays;
+host (NumPy) input is validated as usual, copied to the device, and the results copied
+back to NumPy arrays. A call with any device array among its array inputs returns device
+arrays; ``out=`` may be a device array or a NumPy array.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array, check_out, check_shape, contiguous
+from ._validation import as_float_array, check_device_array, check_out, check_shape, contiguous
 from .activations import ACTIVATIONS, ActivationSpec, get_activation
 from .backends import get_backend, get_kernel
 from .losses import LossSpec, get_loss
@@ -20,9 +27,50 @@ from .losses import LossSpec, get_loss
 ArrayLike = Any
 
 
-def _result_buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype):
+def _device_backend(backend: str | None):
+    """The backend module when its kernels take device arrays (cuda), else None."""
+    module = get_backend(backend)
+    return module if getattr(module, "DEVICE", False) else None
+
+
+def _any_device(dev, *values: Any) -> bool:
+    """Whether any of `values` is a device array (then results stay on the device)."""
+    return dev is not None and any(dev.is_device_array(v) for v in values if v is not None)
+
+
+def _array(value: Any, name: str, dev, dtype: np.dtype | None = None):
+    """`as_float_array`, or on a device backend a C-contiguous float device array: device
+    input wrapped without a copy, host input validated and then copied to the device."""
+    if dev is None:
+        return as_float_array(value, name, dtype)
+    if dev.is_device_array(value):
+        arr = dev.as_device(value)
+        check_device_array(arr, name, dtype)
+        return arr
+    arr = as_float_array(value, name, dtype)
+    return dev.to_device(contiguous(arr).reshape(arr.shape))  # 0-d stays 0-d
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype, dev):
+    return np.empty(shape, dtype) if dev is None else dev.empty(shape, dtype)
+
+
+def _result_buffer(out: Any, shape: tuple[int, ...], dtype: np.dtype, dev=None,
+                   on_device: bool = False):
     """(buffer the kernel writes, array to return): `out` itself when it is C-contiguous,
-    else a fresh buffer copied into `out` afterwards."""
+    else a fresh buffer copied into `out` afterwards. On a device backend the buffer is a
+    device array; the array to return is None when a new host array is wanted."""
+    if dev is not None:
+        if out is None:
+            buf = dev.empty(shape, dtype)
+            return buf, (buf if on_device else None)
+        if dev.is_device_array(out):
+            buf = dev.as_device(out)
+            check_device_array(buf, "out", dtype)
+            check_shape(buf, "out", shape, f"dtype {np.dtype(dtype)}")
+            return buf, out
+        check_out(out, shape, dtype)
+        return dev.empty(shape, dtype), out
     if out is None:
         buf = np.empty(shape, dtype)
         return buf, buf
@@ -32,16 +80,32 @@ def _result_buffer(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dty
     return np.empty(shape, dtype), out
 
 
-def _finish(buf: np.ndarray, result: np.ndarray) -> np.ndarray:
-    if buf is not result:
-        result[...] = buf
+def _finish(buf: Any, result: Any, dev=None) -> Any:
+    if buf is result:
+        return result
+    if dev is not None:
+        if result is None:
+            return dev.to_host(buf)
+        if dev.is_device_array(result):  # buf is a view of it
+            return result
+        result[...] = dev.to_host(buf)
+        return result
+    result[...] = buf
     return result
+
+
+def _to_host(arr: Any, dev, on_device: bool) -> Any:
+    """A device result copied back to the host unless the call was given device arrays."""
+    if dev is None or on_device or arr is None:
+        return arr
+    return dev.to_host(arr)
 
 
 def _kernel_view(arr: np.ndarray, spec: ActivationSpec) -> np.ndarray:
     """Flat for elementwise kernels; (rows, last axis) for row-wise ones (0-d: one row)."""
     if spec.rowwise:
-        n = arr.shape[-1] if arr.ndim else 1
+        # tuple(): the CUDA simulator's device-array shapes refuse negative indices
+        n = tuple(arr.shape)[-1] if arr.ndim else 1
         return arr.reshape(_rows(arr.shape[:-1]), n)
     return arr.reshape(-1)
 
@@ -51,16 +115,19 @@ def forward(name: str, x: ArrayLike, *, out: np.ndarray | None = None,
     """y = f(x) for the activation `name` (any name or alias in fastgrad.ACTIVATIONS).
 
     x: any shape, float32 or float64 (integers become float64); y has x's shape and dtype.
-    Row-wise activations (softmax, log_softmax) act along the last axis.
+    Row-wise activations (softmax, log_softmax) act along the last axis. With a device
+    backend x may be a device array (see the module docstring).
     """
     spec = get_activation(name)
     a, b = spec.encoded(params, func=f"{spec.name}_forward")
-    x = as_float_array(x, "x")
-    buf, result = _result_buffer(out, x.shape, x.dtype)
+    dev = _device_backend(backend)
+    on_device = _any_device(dev, x)
+    x = _array(x, "x", dev)
+    buf, result = _result_buffer(out, x.shape, x.dtype, dev, on_device)
     xc = contiguous(x)
     get_backend(backend).activation_forward(spec, _kernel_view(xc, spec),
                                             _kernel_view(buf, spec), a, b)
-    return _finish(buf, result)
+    return _finish(buf, result, dev)
 
 
 def backward(name: str, grad_out: ArrayLike, *, x: ArrayLike | None = None,
@@ -75,44 +142,47 @@ def backward(name: str, grad_out: ArrayLike, *, x: ArrayLike | None = None,
     spec = get_activation(name)
     func = f"{spec.name}_backward"
     a, b = spec.encoded(params, func=func)
-    g = as_float_array(grad_out, "grad_out")
+    dev = _device_backend(backend)
+    on_device = _any_device(dev, grad_out, x, y)
+    g = _array(grad_out, "grad_out", dev)
     saved = None
     if spec.needs == "x":
         if x is None:
             raise ValueError(f"{func} needs x (the forward input); got "
                              f"{'only y' if y is not None else 'neither x nor y'}")
-        saved = as_float_array(x, "x", g.dtype)
+        saved = _array(x, "x", dev, g.dtype)
         check_shape(saved, "x", g.shape, "the shape of grad_out")
     elif spec.needs == "y":
         if y is not None:
-            saved = as_float_array(y, "y", g.dtype)
+            saved = _array(y, "y", dev, g.dtype)
             check_shape(saved, "y", g.shape, "the shape of grad_out")
         elif x is not None:
-            xs = as_float_array(x, "x", g.dtype)
+            xs = _array(x, "x", dev, g.dtype)
             check_shape(xs, "x", g.shape, "the shape of grad_out")
             saved = forward(spec, xs, backend=backend, **params)
         else:
             raise ValueError(f"{func} needs y (the forward output) or x; got neither")
-    buf, result = _result_buffer(out, g.shape, g.dtype)
+    buf, result = _result_buffer(out, g.shape, g.dtype, dev, on_device)
     view = _kernel_view
     saved_view = None if saved is None else view(contiguous(saved), spec)
     get_backend(backend).activation_backward(spec, view(contiguous(g), spec), saved_view,
                                              view(buf, spec), a, b)
-    return _finish(buf, result)
+    return _finish(buf, result, dev)
 
 
-def _check_linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None):
-    x = as_float_array(x, "x")
+def _check_linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None, dev=None):
+    x = _array(x, "x", dev)
     if x.ndim == 0:
         raise ValueError("x must have at least 1 dimension (..., D_in), got a 0-d array")
-    W = as_float_array(W, "W", x.dtype)
+    W = _array(W, "W", dev, x.dtype)
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (D_in, D_out), got shape {W.shape}")
-    if x.shape[-1] != W.shape[0]:
-        raise ValueError(f"x has shape {x.shape} and W has shape {W.shape}: x's last axis "
-                         f"({x.shape[-1]}) must equal W's first (D_in = {W.shape[0]})")
+    d_in = tuple(x.shape)[-1]  # tuple(): see _kernel_view
+    if d_in != W.shape[0]:
+        raise ValueError(f"x has shape {tuple(x.shape)} and W has shape {tuple(W.shape)}: "
+                         f"x's last axis ({d_in}) must equal W's first (D_in = {W.shape[0]})")
     if b is not None:
-        b = as_float_array(b, "b", x.dtype)
+        b = _array(b, "b", dev, x.dtype)
         check_shape(b, "b", (W.shape[1],), "(D_out,)")
     return x, W, b
 
@@ -123,9 +193,12 @@ def _rows(lead: tuple[int, ...]) -> int:
     return int(np.prod(lead, dtype=np.int64))
 
 
-def _backend_for(shape: tuple[int, ...], backend: str | None):
+def _backend_for(shape: tuple[int, ...], backend: str | None, dev=None):
     # Zero-size dense layers (an empty batch, D_in or D_out of 0) are answered by the
-    # reference: BLAS and the compiled loops gain nothing there.
+    # reference: BLAS and the compiled loops gain nothing there. Device backends keep
+    # their arrays (their kernels handle zero sizes).
+    if dev is not None:
+        return dev
     return get_backend("numpy") if 0 in shape else get_backend(backend)
 
 
@@ -141,17 +214,21 @@ def linear_forward(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None, *,
     """
     spec = get_activation(activation)
     a, p2 = spec.encoded(params, func="linear_forward")
-    x, W, b = _check_linear(x, W, b)
+    dev = _device_backend(backend)
+    on_device = _any_device(dev, x, W, b)
+    x, W, b = _check_linear(x, W, b, dev)
     d_in, d_out = W.shape
     lead = x.shape[:-1]
-    buf, result = _result_buffer(out, (*lead, d_out), x.dtype)
+    buf, result = _result_buffer(out, (*lead, d_out), x.dtype, dev, on_device)
     x2 = contiguous(x).reshape(_rows(lead), d_in)
-    pre = np.empty((x2.shape[0], d_out), x.dtype) if return_pre else None
-    kernel = _backend_for((x2.shape[0], d_in, d_out), backend).linear_forward
+    pre = _empty((x2.shape[0], d_out), x.dtype, dev) if return_pre else None
+    kernel = _backend_for((x2.shape[0], d_in, d_out), backend, dev).linear_forward
     kernel(x2, contiguous(W), None if b is None else contiguous(b),
            buf.reshape(x2.shape[0], d_out), pre, spec, a, p2)
-    result = _finish(buf, result)
-    return (result, pre.reshape(*lead, d_out)) if return_pre else result
+    result = _finish(buf, result, dev)
+    if return_pre:
+        return result, _to_host(pre.reshape(*lead, d_out), dev, on_device)
+    return result
 
 
 def linear_backward(grad_y: ArrayLike, x: ArrayLike, W: ArrayLike, *,
@@ -167,23 +244,25 @@ def linear_backward(grad_y: ArrayLike, x: ArrayLike, W: ArrayLike, *,
     """
     spec = get_activation(activation)
     a, p2 = spec.encoded(params, func="linear_backward")
-    x, W, _ = _check_linear(x, W, None)
+    dev = _device_backend(backend)
+    on_device = _any_device(dev, grad_y, x, W, y, pre)
+    x, W, _ = _check_linear(x, W, None, dev)
     d_in, d_out = W.shape
-    g = as_float_array(grad_y, "grad_y", x.dtype)
+    g = _array(grad_y, "grad_y", dev, x.dtype)
     check_shape(g, "grad_y", (*x.shape[:-1], d_out), "x's leading dimensions + (D_out,)")
     saved = None
     if spec.needs == "x":
         if pre is None:
             raise ValueError(f"linear_backward with activation {spec.name!r} needs pre "
                              "(x @ W + b, from linear_forward(..., return_pre=True))")
-        saved = as_float_array(pre, "pre", x.dtype)
+        saved = _array(pre, "pre", dev, x.dtype)
         check_shape(saved, "pre", g.shape, "the shape of grad_y")
     elif spec.needs == "y":
         if y is not None:
-            saved = as_float_array(y, "y", x.dtype)
+            saved = _array(y, "y", dev, x.dtype)
             check_shape(saved, "y", g.shape, "the shape of grad_y")
         elif pre is not None:
-            p = as_float_array(pre, "pre", x.dtype)
+            p = _array(pre, "pre", dev, x.dtype)
             check_shape(p, "pre", g.shape, "the shape of grad_y")
             saved = forward(spec, p, backend=backend, **params)
         else:
@@ -193,12 +272,12 @@ def linear_backward(grad_y: ArrayLike, x: ArrayLike, W: ArrayLike, *,
     g2 = contiguous(g).reshape(n, d_out)
     x2 = contiguous(x).reshape(n, d_in)
     saved2 = None if saved is None else contiguous(saved).reshape(n, d_out)
-    kernel = _backend_for((x2.shape[0], d_in, d_out), backend).linear_backward
+    kernel = _backend_for((x2.shape[0], d_in, d_out), backend, dev).linear_backward
     grad_x, grad_W, grad_b = kernel(g2, x2, contiguous(W), saved2, spec, a, p2,
                                     bool(need_grad_x))
     if grad_x is not None:
         grad_x = grad_x.reshape(x.shape)
-    return grad_x, grad_W, grad_b
+    return tuple(_to_host(arr, dev, on_device) for arr in (grad_x, grad_W, grad_b))
 
 
 def _make_pair(spec: ActivationSpec, public: str):

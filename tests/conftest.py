@@ -21,6 +21,15 @@ REQUIRED_BACKENDS = ("numba", "cython")
 BACKENDS = [b for b in fg.available_backends() if b != "cuda" or os.environ.get(
     "FASTGRAD_TEST_CUDA")]
 DTYPES = (np.float32, np.float64)
+
+# tests/cuda_sim/ runs only in the simulator invocation (tests/test_cuda.py starts it).
+collect_ignore = [] if os.environ.get("FASTGRAD_TEST_CUDA") else ["cuda_sim"]
+if "cuda" in BACKENDS:
+    # The simulator runs each GPU thread as a Python thread: small blocks and grids keep
+    # it fast (and make the elementwise kernels' grid-stride loops go round), and 4x4
+    # tiles put the tile edges inside the tests' small matrices.
+    _cuda = fg.get_backend("cuda")
+    _cuda.TILE, _cuda.ROW_THREADS, _cuda.THREADS, _cuda.MAX_BLOCKS = 4, 8, 32, 4
 SPECS = list(ACTIVATIONS.values())
 SPEC_IDS = [s.name for s in SPECS]
 

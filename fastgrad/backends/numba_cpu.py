@@ -127,9 +127,10 @@ def log_softmax_forward_rows(x, out):
         total = 0.0
         for j in range(x.shape[1]):
             total += math.exp(x[i, j] - m)
-        shift = m + math.log(total)
+        lse = math.log(total)
         for j in range(x.shape[1]):
-            out[i, j] = x[i, j] - shift
+            # (x - m) - lse, not x - (m + lse): m + lse rounds away lse when |m| >> 1.
+            out[i, j] = (x[i, j] - m) - lse
 
 
 @njit(parallel=True, **_JIT)
