@@ -134,7 +134,7 @@ _CONSTANTS = {
 }
 for _dtype, _c in _CONSTANTS.items():
     _c.update(LOG2E=1.4426950408889634, MAGIC=1.5 * 2.0 ** (np.finfo(_dtype).nmant),
-              INF=math.inf, NAN=math.nan)
+              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0))
 
 
 # --- The implementations, written once; `retype` makes the float32 and float64 copies ----
@@ -206,10 +206,24 @@ def log1p_impl(x):
 
 
 def tanh_impl(x):
-    # tanh|x| = -t / (t + 2), t = expm1(-2|x|) in (-1, 0]: never overflows, no
-    # cancellation near 0, exactly 1 once t rounds to -1; the sign back by copysign.
-    t = expm1(-2.0 * abs(x))  # noqa: F821  (the overloaded expm1 below)
-    return math.copysign(-t / (t + 2.0), x)
+    # From e = exp(-2|x|) and t = expm1(-2|x|) = e - 1, sharing one reduction (both
+    # arguments <= 0: no overflow, +-inf give exactly +-1):
+    #   |x| < ln(3)/2: tanh|x| = -t / (t + 2)  (no cancellation near 0);
+    #   above:         tanh|x| = 1 - 2e / (1 + e)  (2e/(1 + e) <= 1/2, so the subtraction
+    #                  loses nothing, where -t/(t + 2) would carry t + 2's rounding).
+    # One division for both: the numerator and denominator are selected first.
+    v = -2.0 * abs(x)
+    vc = EXPM1_LO if v < EXPM1_LO else v  # noqa: F821
+    n, r = _reduce(vc)
+    p = _expm1_poly(r)
+    s = _pow2(n)
+    sp = s * p
+    small = v > TANH_SPLIT  # noqa: F821
+    num = -(sp + (s - 1.0)) if small else 2.0 * (sp + s)
+    den = (sp + (s + 1.0)) if small else (1.0 + (sp + s))
+    q = num / den
+    y = q if small else 1.0 - q
+    return math.copysign(x if x == 0.0 else y, x)  # tanh(-0.0) = -0.0
 
 
 # --- Bare-name entry points: math's in Python, the dtype's implementation when compiled --
