@@ -2,6 +2,8 @@
 
     python bench/numba_math_speed.py [--log2n 24] [--repeat 7]
 
+(from the repository root; with fastgrad not installed, as PYTHONPATH=. python ...).
+
 float32, 2^log2n elements, into a preallocated output. "before": the same loops compiled
 with libm's scalar math.* and Python-float (float64) literals, as the backend was before
 numba_math; "after": the backend's kernels (vectorizable math, float32 constants). Each
