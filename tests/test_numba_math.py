@@ -18,21 +18,24 @@ import re
 import numpy as np
 import pytest
 from numba import njit, types
+from scipy import special
 
 from fastgrad.activations import ACTIVATIONS
 from fastgrad.backends import numba_cpu, numba_math
 from fastgrad.scalar_math import compile_scalar
 
 NAMES = ("exp", "expm1", "log1p", "tanh")
+# erfc: vectorized in float32 only (float64 calls libm's): float32 tests only.
+F32_NAMES = (*NAMES, "erfc")
 F32_MAX = float(np.finfo(np.float32).max)
 
 # Sweep ranges (float32): past where each result saturates (exp: overflow and underflow to
 # 0; expm1: -1; tanh: +-1), so the saturation is checked too.
 F32_RANGE = {"exp": (-104.5, 89.0), "expm1": (-104.5, 89.0), "log1p": (-1.0, F32_MAX),
-             "tanh": (-20.0, 20.0)}
+             "tanh": (-20.0, 20.0), "erfc": (-10.5, 10.5)}
 # Allowed max error in ulps: what the implementations reach (see the report printed by
 # -s) plus a little margin, far below the tests' tolerance of the activations.
-MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5},
+MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5, "erfc": 5.0},
            np.float64: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5}}
 STRIDE = 1 if os.environ.get("FASTGRAD_EXHAUSTIVE") else 61
 CHUNK = 1 << 22
@@ -105,10 +108,10 @@ def _report(name, dtype, err, x):
           f"({err.size} inputs)")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", F32_NAMES)
 def test_float32_sweep_within_ulps(name):
     worst, worst_x, count = 0.0, None, 0
-    f64 = getattr(np, name)
+    f64 = special.erfc if name == "erfc" else getattr(np, name)
     for x in _float32_bits(*F32_RANGE[name], STRIDE):
         got = vmath(name, x)
         assert got.dtype == np.float32
@@ -163,11 +166,13 @@ EDGES = {
               (-1.5, NAN), (-2.0, NAN), (1e-30, 1e-30), (-1e-30, -1e-30)],
     "tanh": [(NAN, NAN), (INF, 1.0), (-INF, -1.0), (0.0, 0.0), (-0.0, -0.0), (30.0, 1.0),
              (-30.0, -1.0), (1e-30, 1e-30), (-1e-30, -1e-30)],
+    "erfc": [(NAN, NAN), (INF, 0.0), (-INF, 2.0), (0.0, 1.0), (-0.0, 1.0), (30.0, 0.0),
+             (-30.0, 2.0), (1e-30, 1.0), (-1e-30, 1.0)],
 }
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", F32_NAMES)
 def test_special_values_exact(name, dtype):
     x = np.array([e[0] for e in EDGES[name]], dtype)
     want = np.array([e[1] for e in EDGES[name]], dtype)

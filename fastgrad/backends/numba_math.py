@@ -1,4 +1,4 @@
-"""Vectorizable exp, expm1, log1p and tanh for the numba backend, in float32 and float64.
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba.
 
 Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
 into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
@@ -11,12 +11,15 @@ straight-line vector body.
 Use them by bare name inside compiled code (``exp(x)``): an `overload` picks the float32
 or float64 implementation from the argument's type, so float32 stays float32 (constants
 in the argument's dtype, see `fastgrad.scalar_math.retype`). Called from plain Python they
-fall back to `math`'s. Accuracy, measured by tests/test_numba_math.py over every float32 in
-the relevant ranges and a dense float64 sample: within 2 ulp of the correctly rounded
-result for exp and log1p, within 3 for expm1 and tanh (the test records the maxima).
+fall back to `math`'s. Accuracy, measured by tests/test_numba_math.py over every 61st
+float32 in each range (all of them with FASTGRAD_EXHAUSTIVE=1) and a dense float64
+sample against long double: max 1.0 ulp (exp), 1.7 (expm1), 1.5 (log1p), 1.9 (tanh) in
+both dtypes; the tests allow 1.5, 2.5, 2, 2.5.
 
-erfc is not here: it stays libm's (a scalar call), so gelu with approximate='none' does
-not vectorize on this backend.
+erfc is vectorized in float32 only (max 4.6 ulp, allowed 5): exp(-x^2) with x^2 split
+into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
+and erf's Taylor series below |x| = 1/2. float64 erfc stays libm's (a scalar call), so
+float64 gelu(approximate='none') does not vectorize.
 
 Polynomials: Taylor coefficients 1/k! (expm1) and 2/(2k+1) (log via atanh, the fdlibm
 reduction), with enough terms that truncation stays below 0.25 ulp on the reduced range
@@ -106,6 +109,13 @@ def _expm1_coefficients(degree: int) -> tuple[float, ...]:
     return tuple(1.0 / math.factorial(k) for k in range(degree, 1, -1))
 
 
+def _erf_coefficients(terms: int) -> tuple[float, ...]:
+    """erf(x)/x = 2/sqrt(pi) sum_k (-1)^k x^2k / (k! (2k + 1)), k = terms..0 (Horner's
+    order in x^2). On |x| < 1/2 the truncation is below 1e-9 relative for terms = 6."""
+    return tuple(2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1))
+                 for k in range(terms, -1, -1))
+
+
 def _atanh_coefficients(terms: int) -> tuple[float, ...]:
     """2/(2 terms + 1), ..., 2/5, 2/3: Horner's order for R(z)/z, z = s^2, where
     log((1 + s)/(1 - s)) = 2 s + s R(s^2)."""
@@ -125,6 +135,15 @@ _CONSTANTS = {
         "LN2_HI": 0.693359375, "LN2_LO": -2.12194440e-4,
         "EXP_HI": 89.0, "EXP_LO": -104.5, "EXPM1_LO": -30.0, "MAX_EXP": 127.0,
         "EXPM1_C": _expm1_coefficients(8), "ATANH_C": _atanh_coefficients(4),
+        # erfcx(a) ~ t * ERFC_C(t - ERFC_TC), t = 1/(1 + a/2), a in [0, ERFC_HI]: fitted
+        # here (docs/numba_math.md derives and checks them), max relative error 8.9e-9.
+        # Past ERFC_HI, erfc rounds to 0 in float32.
+        "ERF_CUT": 0.5, "ERF_C": _erf_coefficients(6),
+        "ERFC_HI": 10.125, "ERFC_TC": 0.5824742268041238, "ERFC_ROUND": 1.5 * 2.0 ** 15,
+        "ERFC_C": (0.03844106859884669, 0.017940550475184388, -0.07503744494876134,
+                   0.002434713886243055, 0.11424204333830365, -0.049902416528983924,
+                   -0.2039864295821392, 0.08313014556839793, 0.5874786182699611,
+                   0.7819244189713578, 0.5713397843871513),
     },
     np.float64: {
         "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
@@ -158,17 +177,20 @@ def _expm1_poly(r):
     return r + r * r * _horner(r, EXPM1_C)  # noqa: F821
 
 
+def _scale(p, n):
+    """p * 2**n, 2**n in two halves, each a normal number, so that the result can round
+    gradually into the subnormals (one rounding, in the last product) or overflow."""
+    h = np.floor(0.5 * n)
+    return p * _pow2(h) * _pow2(n - h)
+
+
 def exp_impl(x):
     # NaN passes the clamps (comparisons are false) and stays NaN through the arithmetic;
     # +inf and -inf clamp to a point where the result overflows / rounds to 0.
     xc = EXP_HI if x > EXP_HI else x  # noqa: F821
     xc = EXP_LO if xc < EXP_LO else xc  # noqa: F821
     n, r = _reduce(xc)
-    p = 1.0 + _expm1_poly(r)
-    # 2**n in two halves, each a normal number, so that the result can round gradually
-    # into the subnormals (one rounding, in the last product) or overflow to inf.
-    h = np.floor(0.5 * n)
-    return p * _pow2(h) * _pow2(n - h)
+    return _scale(1.0 + _expm1_poly(r), n)
 
 
 def expm1_impl(x):
@@ -226,6 +248,31 @@ def tanh_impl(x):
     return math.copysign(x if x == 0.0 else y, x)  # tanh(-0.0) = -0.0
 
 
+def erfc_impl(x):
+    # erfc|x| = exp(-x^2) erfcx|x| (float32 only; float64 keeps libm's erfc). x^2 would
+    # carry a rounding error that exp amplifies x^2-fold (100 ulp at |x| = 10), so
+    # x^2 = hi^2 + (|x| - hi)(|x| + hi), hi = |x| rounded to 2^-8: hi^2 is exact and the
+    # small rest goes into exp's reduced argument. erfc(-a) = 2 - erfc(a).
+    a = abs(x)
+    a = ERFC_HI if a > ERFC_HI else a  # noqa: F821  (NaN passes)
+    t = 1.0 / (1.0 + 0.5 * a)
+    q = t * _horner(t - ERFC_TC, ERFC_C)  # noqa: F821
+    hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
+    h = -(hi * hi)
+    n, r = _reduce(h)
+    e = _scale(1.0 + _expm1_poly(r - (a - hi) * (a + hi)), n)
+    y = e * q
+    y = 2.0 - y if x < 0 else y
+    # Near 0, 1 - erf(x) with erf's Taylor series is more accurate (t's rounding error
+    # would be amplified there).
+    small = 1.0 - x * _horner(x * x, ERF_C)  # noqa: F821
+    return small if a < ERF_CUT else y  # noqa: F821
+
+
+def erfc_libm(x):
+    return math.erfc(x)
+
+
 # --- Bare-name entry points: math's in Python, the dtype's implementation when compiled --
 
 def exp(x):
@@ -248,8 +295,15 @@ def tanh(x):
     return math.tanh(x)
 
 
-_HELPERS = {"_horner": _horner, "_reduce": _reduce, "_expm1_poly": _expm1_poly}
-_IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl}
+def erfc(x):
+    """1 - erf(x) (vectorizable in float32; libm's in float64)."""
+    return math.erfc(x)
+
+
+_HELPERS = {"_horner": _horner, "_reduce": _reduce, "_expm1_poly": _expm1_poly,
+            "_scale": _scale}
+_IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
+          erfc: {np.float32: erfc_impl, np.float64: erfc_libm}}
 
 
 def _build(dtype) -> dict:
@@ -258,7 +312,8 @@ def _build(dtype) -> dict:
     namespace = cast_floats({**globals(), **_CONSTANTS[dtype]}, dtype)
     for name, fn in _HELPERS.items():  # one shared namespace: helpers see each other
         namespace[name] = njit(**_JIT_OPTIONS)(retype(fn, namespace, dtype))
-    return {stub: retype(fn, namespace, dtype) for stub, fn in _IMPLS.items()}
+    return {stub: retype(fn[dtype] if isinstance(fn, dict) else fn, namespace, dtype)
+            for stub, fn in _IMPLS.items()}
 
 
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
@@ -274,5 +329,5 @@ def _register(stub: pytypes.FunctionType) -> None:
 for _stub in _IMPLS:
     _register(_stub)
 
-VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh}
+VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
