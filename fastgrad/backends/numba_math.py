@@ -159,10 +159,36 @@ for _dtype, _c in _CONSTANTS.items():
 # --- The implementations, written once; `retype` makes the float32 and float64 copies ----
 
 def _horner(r, coefficients):
+    """sum c[k] r^(n-1-k): Horner's scheme (compiled through the overload below)."""
     acc = coefficients[0]
-    for i in range(1, len(coefficients)):  # a constant trip count: LLVM unrolls it
-        acc = acc * r + coefficients[i]
+    for c in coefficients[1:]:
+        acc = acc * r + c
     return acc
+
+
+_HORNER_CODE: dict[int, pytypes.FunctionType] = {}
+
+
+def _unrolled_horner(n: int) -> pytypes.FunctionType:
+    """Horner's scheme for n coefficients written out with constant indices. A loop over
+    the tuple would index it at run time, which Numba bounds-checks (an IndexError
+    path); when LLVM does not unroll it, that path keeps the caller from inlining and
+    vectorizing (it did for erfc's 11 coefficients)."""
+    if n not in _HORNER_CODE:
+        lines = ["def horner(r, coefficients):", "    acc = coefficients[0]"]
+        lines += [f"    acc = acc * r + coefficients[{k}]" for k in range(1, n)]
+        lines.append("    return acc")
+        scope: dict = {}
+        exec("\n".join(lines), scope)  # noqa: S102  (trusted, generated above)
+        _HORNER_CODE[n] = scope["horner"]
+    return _HORNER_CODE[n]
+
+
+@overload(_horner, jit_options=_JIT_OPTIONS)
+def _horner_typed(r, coefficients):
+    if isinstance(r, types.Float) and isinstance(coefficients, types.UniTuple):
+        return _unrolled_horner(coefficients.count)
+    return None
 
 
 def _reduce(x):
@@ -248,24 +274,36 @@ def tanh_impl(x):
     return math.copysign(x if x == 0.0 else y, x)  # tanh(-0.0) = -0.0
 
 
+def _erfcx(a):
+    """exp(a^2) erfc(a) for 0 <= a <= ERFC_HI (the fitted polynomial)."""
+    t = 1.0 / (1.0 + 0.5 * a)
+    return t * _horner(t - ERFC_TC, ERFC_C)  # noqa: F821
+
+
+def _exp_neg_square(a):
+    """exp(-a^2) for 0 <= a < 2^14. a^2 rounded would carry an error that exp amplifies
+    a^2-fold (100 ulp at a = 10): a^2 = hi^2 + (a - hi)(a + hi), hi = a rounded to 2^-8,
+    has hi^2 exact and the small rest goes into exp's reduced argument."""
+    hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
+    n, r = _reduce(-(hi * hi))
+    return _scale(1.0 + _expm1_poly(r - (a - hi) * (a + hi)), n)
+
+
+def _erf_series(x):
+    return x * _horner(x * x, ERF_C)  # noqa: F821
+
+
 def erfc_impl(x):
-    # erfc|x| = exp(-x^2) erfcx|x| (float32 only; float64 keeps libm's erfc). x^2 would
-    # carry a rounding error that exp amplifies x^2-fold (100 ulp at |x| = 10), so
-    # x^2 = hi^2 + (|x| - hi)(|x| + hi), hi = |x| rounded to 2^-8: hi^2 is exact and the
-    # small rest goes into exp's reduced argument. erfc(-a) = 2 - erfc(a).
+    # erfc|x| = exp(-x^2) erfcx|x| (float32 only: float64 keeps libm's erfc); erfc(-a) =
+    # 2 - erfc(a); below |x| = ERF_CUT, 1 - erf(x) by erf's series is more accurate (t's
+    # rounding is amplified there). Inlined into the caller at Numba's level (see
+    # _register): the helpers, each compiled with this module's flags, stay small enough
+    # for LLVM to inline into a loop and vectorize, which the whole was not.
     a = abs(x)
     a = ERFC_HI if a > ERFC_HI else a  # noqa: F821  (NaN passes)
-    t = 1.0 / (1.0 + 0.5 * a)
-    q = t * _horner(t - ERFC_TC, ERFC_C)  # noqa: F821
-    hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
-    h = -(hi * hi)
-    n, r = _reduce(h)
-    e = _scale(1.0 + _expm1_poly(r - (a - hi) * (a + hi)), n)
-    y = e * q
+    y = _exp_neg_square(a) * _erfcx(a)
     y = 2.0 - y if x < 0 else y
-    # Near 0, 1 - erf(x) with erf's Taylor series is more accurate (t's rounding error
-    # would be amplified there).
-    small = 1.0 - x * _horner(x * x, ERF_C)  # noqa: F821
+    small = 1.0 - _erf_series(x)
     return small if a < ERF_CUT else y  # noqa: F821
 
 
@@ -300,8 +338,9 @@ def erfc(x):
     return math.erfc(x)
 
 
-_HELPERS = {"_horner": _horner, "_reduce": _reduce, "_expm1_poly": _expm1_poly,
-            "_scale": _scale}
+_HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
+            "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
+            "_erf_series": _erf_series}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
           erfc: {np.float32: erfc_impl, np.float64: erfc_libm}}
 
@@ -320,7 +359,7 @@ _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)
 
 
 def _register(stub: pytypes.FunctionType) -> None:
-    @overload(stub, jit_options=_JIT_OPTIONS)
+    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub is erfc else "never")
     def _typed(x):
         impls = _BY_TYPE.get(x)
         return None if impls is None else impls[stub]
