@@ -11,10 +11,12 @@ straight-line vector body.
 Use them by bare name inside compiled code (``exp(x)``): an `overload` picks the float32
 or float64 implementation from the argument's type, so float32 stays float32 (constants
 in the argument's dtype, see `fastgrad.scalar_math.retype`). Called from plain Python they
-fall back to `math`'s. Accuracy, measured by tests/test_numba_math.py over every 61st
-float32 in each range (all of them with FASTGRAD_EXHAUSTIVE=1) and a dense float64
-sample against long double: max 1.0 ulp (exp), 1.7 (expm1), 1.5 (log1p), 1.9 (tanh) in
-both dtypes; the tests allow 1.5, 2.5, 2, 2.5.
+fall back to `math`'s. Accuracy (tests/test_numba_math.py), max error in ulps against a
+far more precise reference, over all float32 in each range (FASTGRAD_EXHAUSTIVE=1; the run
+by default takes every 61st) and a dense float64 sample against long double:
+
+    float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
+    float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
 
 erfc is vectorized in float32 only (max 4.6 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
