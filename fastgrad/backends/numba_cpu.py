@@ -17,6 +17,7 @@ from numba import njit, prange
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES
 from ..scalar_math import compile_scalar
+from .numba_math import VECTOR_MATH, exp
 from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this backend)
     EpochStats,
     FusedConfig,
@@ -37,12 +38,22 @@ region costs ~1.5 µs; memory-bound loops pay above 2^14-2^16 elements)."""
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
-def _make_elementwise(spec: ActivationSpec):
-    """Serial and parallel forward/backward loops over flat arrays, plus the fused
-    dense-layer passes, all from the spec's scalar formulas."""
+def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool = True):
+    """Serial and parallel forward/backward loops over flat arrays of `dtype`, plus the
+    fused dense-layer passes, all from the spec's scalar formulas, compiled with the
+    vectorizable transcendentals of numba_math and constants in `dtype` (float32 stays
+    float32, so the loops run 16 lanes wide on AVX-512 rather than 8).
+
+    vector_math=False builds them as they were before numba_math (libm's scalar math.*,
+    float64 literals): bench/numba_math_speed.py compares the two.
+    """
     jit = njit(inline="always", **_JIT)
-    fwd = compile_scalar(spec.scalar_forward, jit)
-    bwd = compile_scalar(spec.scalar_backward, jit)
+    if vector_math:
+        fwd = compile_scalar(spec.scalar_forward, jit, VECTOR_MATH, dtype.type)
+        bwd = compile_scalar(spec.scalar_backward, jit, VECTOR_MATH, dtype.type)
+    else:
+        fwd = compile_scalar(spec.scalar_forward, jit)
+        bwd = compile_scalar(spec.scalar_backward, jit)
 
     @njit(**_JIT)
     def forward_serial(x, out, a, b):
@@ -98,48 +109,77 @@ def _make_elementwise(spec: ActivationSpec):
 
 @njit(**_JIT)
 def _row_max(x, i):
-    m = -np.inf
-    for j in range(x.shape[1]):
+    # Starts from the row's first element (rows are non-empty here), so the max, and
+    # every exp(x - max) after it, keeps the array's dtype.
+    m = x[i, 0]
+    for j in range(1, x.shape[1]):
         v = x[i, j]
         if v > m or v != v:  # NaN wins, so a NaN row gives NaN
             m = v
     return m
 
 
+# Row sums with reassociation allowed (and only that, plus FMA contraction): a running
+# sum is otherwise a serial chain of additions, 4 cycles each, that LLVM may not reorder
+# into vector lanes. Summing in float64 keeps float32 rows accurate whatever the order.
+_SUM_JIT = {**_JIT, "fastmath": {"reassoc", "contract"}}
+
+
+@njit(**_SUM_JIT)
+def _row_sum(a, i):
+    total = 0.0
+    for j in range(a.shape[1]):
+        total += a[i, j]
+    return total
+
+
+@njit(**_SUM_JIT)
+def _row_dot(a, b, i):
+    total = 0.0
+    for j in range(a.shape[1]):
+        total += np.float64(a[i, j]) * b[i, j]
+    return total
+
+
+@njit(**_SUM_JIT)
+def _row_sum_exp(x, i, m):
+    total = 0.0
+    for j in range(x.shape[1]):
+        total += exp(x[i, j] - m)
+    return total
+
+
 @njit(parallel=True, **_JIT)
 def softmax_forward_rows(x, out):
+    if x.shape[1] == 0:
+        return
     for i in prange(x.shape[0]):
         m = _row_max(x, i)
-        total = 0.0
-        for j in range(x.shape[1]):
-            e = math.exp(x[i, j] - m)
-            out[i, j] = e
-            total += e
-        inv = 1.0 / total
+        for j in range(x.shape[1]):  # vectorized exp, then the sum in its own pass
+            out[i, j] = exp(x[i, j] - m)
+        inv = 1.0 / _row_sum(out, i)
         for j in range(x.shape[1]):
             out[i, j] *= inv
 
 
 @njit(parallel=True, **_JIT)
 def log_softmax_forward_rows(x, out):
+    if x.shape[1] == 0:
+        return
     for i in prange(x.shape[0]):
         m = _row_max(x, i)
-        total = 0.0
+        shift = math.log(_row_sum_exp(x, i, m))
+        # (x - m) - shift, not x - (m + shift): the latter loses log's digits when |m| is
+        # large (m = 2e12 in float64 keeps only 11 fraction bits of log 2).
         for j in range(x.shape[1]):
-            total += math.exp(x[i, j] - m)
-        lse = math.log(total)
-        for j in range(x.shape[1]):
-            # (x - m) - lse, not x - (m + lse): m + lse rounds away lse when |m| >> 1.
-            out[i, j] = (x[i, j] - m) - lse
+            out[i, j] = (x[i, j] - m) - shift
 
 
 @njit(parallel=True, **_JIT)
 def softmax_backward_rows(y, g, out):
     # grad_x = y * (g - sum(g * y)), the Jacobian diag(y) - y y^T applied to g.
     for i in prange(y.shape[0]):
-        dot = 0.0
-        for j in range(y.shape[1]):
-            dot += g[i, j] * y[i, j]
+        dot = _row_dot(g, y, i)
         for j in range(y.shape[1]):
             out[i, j] = y[i, j] * (g[i, j] - dot)
 
@@ -148,11 +188,9 @@ def softmax_backward_rows(y, g, out):
 def log_softmax_backward_rows(y, g, out):
     # grad_x = g - exp(y) * sum(g)
     for i in prange(y.shape[0]):
-        total = 0.0
+        total = _row_sum(g, i)
         for j in range(y.shape[1]):
-            total += g[i, j]
-        for j in range(y.shape[1]):
-            out[i, j] = g[i, j] - math.exp(y[i, j]) * total
+            out[i, j] = g[i, j] - exp(y[i, j]) * total
 
 
 _ROWS = {
@@ -160,13 +198,14 @@ _ROWS = {
     "log_softmax": (log_softmax_forward_rows, log_softmax_backward_rows),
 }
 
-_KERNELS: dict[str, dict] = {}
+_KERNELS: dict[tuple[str, np.dtype], dict] = {}
 
 
-def _kernels(spec: ActivationSpec) -> dict:
-    k = _KERNELS.get(spec.name)
+def _kernels(spec: ActivationSpec, dtype) -> dict:
+    key = (spec.name, np.dtype(dtype))
+    k = _KERNELS.get(key)
     if k is None:
-        k = _KERNELS[spec.name] = _make_elementwise(ACTIVATIONS[spec.name])
+        k = _KERNELS[key] = _make_elementwise(ACTIVATIONS[spec.name], key[1])
     return k
 
 
@@ -180,7 +219,7 @@ def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None
     if spec.rowwise:
         _ROWS[spec.name][0](x, out)
         return
-    serial, parallel = _kernels(spec)["forward"]
+    serial, parallel = _kernels(spec, x.dtype)["forward"]
     kernel = parallel if x.size >= PARALLEL_THRESHOLD else serial
     kernel(x, out, *_scalars(x.dtype, a, b))
 
@@ -191,19 +230,19 @@ def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: flo
         return
     if saved is None:  # identity / binary_step: the formula ignores it
         saved = grad
-    serial, parallel = _kernels(spec)["backward"]
+    serial, parallel = _kernels(spec, grad.dtype)["backward"]
     kernel = parallel if grad.size >= PARALLEL_THRESHOLD else serial
     kernel(saved, grad, out, *_scalars(grad.dtype, a, b))
 
 
 def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: float) -> None:
     if spec.rowwise:
-        identity = _kernels(ACTIVATIONS["identity"])["linear_forward"]
+        identity = _kernels(ACTIVATIONS["identity"], x.dtype)["linear_forward"]
         z = out if pre is None else pre
         identity(x, W, *_bias_args(bias, out), z, z, *_scalars(x.dtype, a, b))
         _ROWS[spec.name][0](z, out)
         return
-    kernel = _kernels(spec)["linear_forward"]
+    kernel = _kernels(spec, x.dtype)["linear_forward"]
     kernel(x, W, *_bias_args(bias, out), out if pre is None else pre, out,
            *_scalars(x.dtype, a, b))
 
@@ -226,7 +265,7 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
         _ROWS[spec.name][1](saved, grad_y, g)
         spec, saved = ACTIVATIONS["identity"], g
         grad_y = g
-    kernel = _kernels(spec)["linear_backward"]
+    kernel = _kernels(spec, dtype)["linear_backward"]
     g = np.empty_like(grad_y)
     kernel(grad_y, x, W, grad_y if saved is None else saved, g, grad_x, grad_W, grad_b,
            need_grad_x, *_scalars(dtype, a, b))
