@@ -106,7 +106,6 @@ class Oracle:
 
     def update(self, grads):
         cfg = self.cfg
-        L = len(self.W)
         if cfg.clip_value > 0:
             grads = [np.clip(g, -cfg.clip_value, cfg.clip_value) for g in grads]
         if cfg.clip_norm > 0:

@@ -210,7 +210,8 @@ class EpochStats:
     """What one epoch reports.
 
     loss: the batches' mean losses (see Conventions) averaged over the samples of the
-    batches whose update was applied, each batch weighted by its rows (nan when none was). grad_sq: (L,) per layer, mean over applied batches of
+    batches whose update was applied, each batch weighted by its rows (nan when none was).
+    grad_sq: (L,) per layer, mean over applied batches of
     ||dW||^2 + ||db||^2 of the data gradient (before clipping and weight decay).
     active / saturated: per hidden layer, (d_l,) int64 counts of samples where the unit's
     pre-activation was > 0 / its output saturated (sigmoid y < 0.01 or > 0.99, tanh
