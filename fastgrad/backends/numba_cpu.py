@@ -507,7 +507,7 @@ def train_epoch(plan, *args, **kwargs):
     opt = plan.optimizer
     opt_name, state_arrays, hyper = _optimizer_state(opt)
     ad = _adapter(plan, opt_name, state_arrays)
-    ws, state = ad.ws, ad.state
+    ws = ad.ws
     _nt._configure(
         ws, plan.loss.name, opt_name, plan.batch_size, False,
         (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
