@@ -134,6 +134,43 @@ def test_non_finite_error_is_the_same(rng, dtype, lr):
     np.testing.assert_allclose(params[0], params[1], **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype, x0, w0, lr", [("float32", 1e25, 1e-12, 1e5),
+                                               ("float64", 1e200, 1e-100, 1e10)])
+def test_an_update_that_breaks_the_weights_is_rolled_back_the_same(rng, dtype, x0, w0, lr):
+    """Batch 1 holds one row whose gradient is finite but whose update (lr * g) overflows:
+    batch 2 then meets non-finite weights; both runners report epoch 0, batch 2 and leave
+    the model with the weights from before batch 1's update (the fused runner replays the
+    epoch to get them)."""
+    X = rng.standard_normal((12, 3))
+    X[:, 0] = 0
+    X[4] = (x0, 0, 0)  # batch 1 (batch_size 4, no shuffle)
+    y = rng.standard_normal(12)
+    results = []
+    for fused in (True, False):
+        m = fg.MLP([3, 1], dtype=dtype, backend="numba", seed=0)
+        m.layers[0].W[0, 0] = w0  # keeps batch 1's output (and loss) finite
+        with pytest.raises(fg.NonFiniteError) as info:
+            m.fit(X, y, epochs=1, batch_size=4, shuffle=False, optimizer="sgd", lr=lr,
+                  verbose=0, fused=fused)
+        e = info.value
+        results.append(((e.epoch, e.batch, e.layer, e.what), m.params.copy()))
+        assert np.all(np.isfinite(m.params))
+        assert m.history_.runner == ("fused" if fused else "layers")
+    assert results[0][0] == results[1][0] and results[0][0][:2] == (0, 2)
+    assert_close(results[0][1], results[1][1], dtype, "last finite weights")
+    assert results[0][1][0] == np.asarray(w0, dtype), "W[0, 0] before batch 1's update"
+
+
+def test_hyper_parameters_outside_the_dtype_fall_back(rng):
+    X, y = rng.standard_normal((16, 3)), np.arange(16) % 2
+    m = fg.MLP([3, 4, 2], backend="numba", seed=0)
+    assert m.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0).runner == "layers"
+    with pytest.raises(ValueError, match="eps=1e-50 is not representable in float32"):
+        m.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0, fused=True)
+    m64 = fg.MLP([3, 4, 2], backend="numba", seed=0, dtype="float64")
+    assert m64.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0).runner == "fused"
+
+
 def test_nan_weights_name_the_same_layer(rng):
     X, y, d_out, output = problem(rng, "cross_entropy")
     reports = []

@@ -419,9 +419,17 @@ def train_epoch_reason(plan) -> str | None:
     if plan.optimizer.__dict__.get("_size") is None:
         return "the optimizer is not bound to the parameters"
     try:
-        _optimizer_state(plan.optimizer)
+        _name, _state, hyper = _optimizer_state(plan.optimizer)
     except (ValueError, AttributeError) as exc:
         return str(exc)
+    # The kernel computes in the arrays' dtype: a hyper-parameter that overflows or
+    # flushes to zero in it would train differently from the float64 optimizer kernels.
+    finfo = np.finfo(dtype)
+    for name, v in (("lr", plan.lr), ("weight_decay", plan.optimizer.weight_decay),
+                    ("clip_norm", plan.clip_norm), ("clip_value", plan.clip_value),
+                    *((k, v) for k, v in hyper.items() if k != "nesterov")):
+        if v is not None and v != 0 and not (finfo.tiny <= abs(v) <= finfo.max):
+            return f"{name}={v!r} is not representable in {dtype}"
     for name, arr in (("X", plan.X), ("T", plan.T)):
         if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != 2:
             return f"{name} is not a C-contiguous 2-D {dtype} array"
