@@ -347,10 +347,13 @@ def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool,
 
 BLAS_SINGLE_THREAD_FLOPS = 2e7
 """fit limits BLAS to one thread while it trains when one batch's matmuls (forward and
-backward, 6 * batch * sum of d_in * d_out) take fewer FLOPs than this. Measured on the
-2-core machine (DESIGN.md §5, docs/training.md): the 64-64-10 net at batch 32 (0.9 MFLOP a
-batch) loses throughput with 2 threads, collapsing when the machine is loaded, while
-784-256-128-10 at batch 128 (181 MFLOP) gains ~1.7x from the second thread."""
+backward, 6 * batch * sum of d_in * d_out) take fewer FLOPs than this, or when the machine
+has no idle core (`machine_busy`). Why (2-core machine, DESIGN.md §5 and
+docs/training.md): the 64-64-10 net at batch 32 (0.9 MFLOP a batch) gains nothing from a
+second thread, while 784-256-128-10 at batch 128 (181 MFLOP) runs ~1.7x faster with two
+on an idle machine; the threshold sits between the two, near their geometric mean. On a
+loaded machine two OpenBLAS threads wait on each other for a core: the medium net fell
+from ~200-400 to 20-40 steps/s with two threads (measured 2026-11-28, load ~4)."""
 
 
 def batch_matmul_flops(layers: Sequence[tuple], batch_size: int) -> int:
@@ -358,14 +361,26 @@ def batch_matmul_flops(layers: Sequence[tuple], batch_size: int) -> int:
     return 6 * batch_size * sum(int(W.size) for W, *_rest in layers)
 
 
+def machine_busy() -> bool:
+    """True when the 1-minute load average leaves no idle core for a second BLAS thread
+    (load > cores - 0.5); False where the load average is unavailable."""
+    import os
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load > (os.cpu_count() or 1) - 0.5
+
+
 def blas_thread_limit(layers: Sequence[tuple], batch_size: int):
     """A context manager for fit's training loop: one BLAS thread when the batch's matmuls
-    are below BLAS_SINGLE_THREAD_FLOPS, through threadpoolctl (an optional dependency:
-    without it, a no-op), restoring every library's previous limit on exit. Imports
-    scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls, is loaded and
-    limited along with NumPy's."""
+    are below BLAS_SINGLE_THREAD_FLOPS or the machine is busy, through threadpoolctl (an
+    optional dependency: without it, a no-op), restoring every library's previous limit on
+    exit. Imports scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls, is
+    loaded and limited along with NumPy's."""
     from contextlib import nullcontext
-    if batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS:
+    if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
+            and not machine_busy()):
         return nullcontext()
     try:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
@@ -418,7 +433,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     compiled runner when it supports the model (numba), else layer by layer; False forces
     the layer-by-layer runner; True requires the fused one (ValueError saying why not).
     history.runner names the runner used ("fused" or "layers"). BLAS runs on one thread
-    while training nets whose batches are small (see BLAS_SINGLE_THREAD_FLOPS).
+    while training nets whose batches are small, or on a busy machine (see
+    BLAS_SINGLE_THREAD_FLOPS).
     Returns the History (also model.history_). Raises NonFiniteError on a NaN/inf loss or
     gradient (the model keeps its last finite weights).
     """

@@ -278,7 +278,7 @@ def _blas_threads():
                   if i["user_api"] == "blas")
 
 
-def test_blas_limited_to_one_thread_for_small_batches_and_restored():
+def test_blas_limited_to_one_thread_for_small_batches_and_restored(monkeypatch):
     pytest.importorskip("threadpoolctl", reason="threadpoolctl is an optional dependency")
     import scipy.linalg  # noqa: F401  (so SciPy's OpenBLAS, numba's, is listed)
     from threadpoolctl import threadpool_limits
@@ -286,6 +286,7 @@ def test_blas_limited_to_one_thread_for_small_batches_and_restored():
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((64, 8)), np.arange(64) % 3
     seen = []
+    monkeypatch.setattr(train, "machine_busy", lambda: False)
     with threadpool_limits(limits=2, user_api="blas"):
         before = _blas_threads()
         assert before and max(n for _, n in before) == 2, before
@@ -304,8 +305,30 @@ def test_blas_limited_to_one_thread_for_small_batches_and_restored():
             Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0,
             callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
         assert seen == [before]
+        # ... unless the machine is busy
+        monkeypatch.setattr(train, "machine_busy", lambda: True)
+        seen.clear()
+        fg.MLP([256, 256, 3], backend="numba", seed=0).fit(
+            Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0,
+            callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
+        assert all(n == 1 for _, n in seen[0]) and _blas_threads() == before
     assert train.batch_matmul_flops([(np.zeros((8, 16)),), (np.zeros((16, 3)),)], 16) == \
         6 * 16 * (8 * 16 + 16 * 3)
+
+
+def test_machine_busy_reads_the_load_average(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 0.0, 0.0))
+    assert train.machine_busy()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.0, 0.0))
+    assert not train.machine_busy()
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert not train.machine_busy()
 
 
 def test_blas_policy_without_threadpoolctl(monkeypatch):
