@@ -380,7 +380,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
 from . import numba_train as _nt  # noqa: E402  (the section's own import)
 
 
-def _optimizer_state(opt) -> tuple[str, tuple, tuple, dict]:
+def _optimizer_state(opt) -> tuple[str, tuple, dict]:
     """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
     for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
     from ..optim import SGD, Adam, AdamW, RMSprop
@@ -407,7 +407,8 @@ def train_epoch_reason(plan) -> str | None:
         return f"dtype {dtype} (float32 or float64 only)"
     hidden = {(spec.name, a, b) for _W, _b, spec, a, b in plan.layers[:-1]}
     if len(hidden) > 1:
-        return f"mixed hidden activations {sorted(h[0] for h in hidden)}"
+        return (f"mixed hidden activations (or parameters) "
+                f"{sorted(str(h) for h in hidden)}")
     for name, _a, _b in hidden:
         spec = ACTIVATIONS[name]
         if spec.rowwise or spec.scalar_forward is None:
