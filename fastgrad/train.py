@@ -492,9 +492,10 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     bar = _progress(verbose, epochs)
     runner = None
     cache = model.__dict__.setdefault("_runner_cache", {})
-    threads = blas_thread_limit(layers, batch_size)
     diag_rows = X[:health_cfg.sample_rows] if health_cfg else X[:2048]
     diag_labels = None if labels is None else labels[:len(diag_rows)]
+    # threadpoolctl applies its limits when the limiter is made: make it right here
+    threads = blas_thread_limit(layers, batch_size)
     threads.__enter__()
     try:
         for epoch in range(epochs):
