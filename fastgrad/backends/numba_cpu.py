@@ -26,7 +26,6 @@ from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this b
     fused_supports,
     make_state,
     make_workspace,
-    train_epoch,
 )
 
 NAME = "numba"
@@ -411,3 +410,185 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
                    momentum) -> None:
     _rmsprop_kernel(param, grad, square_avg, momentum_buf, float(lr), float(alpha),
                     float(eps), float(weight_decay), float(momentum))
+
+
+# =========================================================================================
+# The trainer's fused epoch runner: an adapter from `fastgrad.train.EpochPlan` to the
+# compiled epoch of numba_train. Kept apart from the kernels above on purpose.
+# =========================================================================================
+
+from . import numba_train as _nt  # noqa: E402  (the section's own import)
+
+
+def _optimizer_state(opt) -> tuple[str, tuple, dict]:
+    """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
+    for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
+    from ..optim import SGD, Adam, AdamW, RMSprop
+    kind = type(opt)  # exact types: a subclass may change the update
+    if kind is SGD:
+        return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
+                                                      "nesterov": opt.nesterov}
+    if kind in (Adam, AdamW):
+        return kind.name, (opt.m, opt.v), {"beta1": opt.beta1, "beta2": opt.beta2,
+                                           "eps": opt.eps}
+    if kind is RMSprop:
+        return "rmsprop", (opt.momentum_buf, opt.square_avg), {
+            "alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
+    raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
+
+
+def train_epoch_reason(plan) -> str | None:
+    """Why the fused runner cannot run `plan` (a fastgrad.train.EpochPlan), or None when it
+    can: one elementwise hidden activation (same parameters in every hidden layer), logits
+    out of the last layer, a loss and an optimizer (exact type) the kernel implements, X and
+    T C-contiguous in the parameters' dtype."""
+    dtype = plan.params.dtype
+    if dtype not in (np.float32, np.float64):
+        return f"dtype {dtype} (float32 or float64 only)"
+    hidden = {(spec.name, a, b) for _W, _b, spec, a, b in plan.layers[:-1]}
+    if len(hidden) > 1:
+        return (f"mixed hidden activations (or parameters) "
+                f"{sorted(str(h) for h in hidden)}")
+    for name, _a, _b in hidden:
+        spec = ACTIVATIONS[name]
+        if spec.rowwise or spec.scalar_forward is None:
+            return f"hidden activation {name!r} is not elementwise"
+    if plan.layers[-1][2].name != "identity":
+        return f"the last layer applies {plan.layers[-1][2].name!r}, not logits"
+    if plan.loss.name not in _nt.LOSSES:
+        return f"loss {plan.loss.name!r}"
+    if plan.optimizer.__dict__.get("_size") is None:
+        return "the optimizer is not bound to the parameters"
+    try:
+        _name, _state, hyper = _optimizer_state(plan.optimizer)
+    except (ValueError, AttributeError) as exc:
+        return str(exc)
+    # The kernel computes in the arrays' dtype: a hyper-parameter that overflows or
+    # flushes to zero in it would train differently from the float64 optimizer kernels.
+    finfo = np.finfo(dtype)
+    for name, v in (("lr", plan.lr), ("weight_decay", plan.optimizer.weight_decay),
+                    ("clip_norm", plan.clip_norm), ("clip_value", plan.clip_value),
+                    *((k, v) for k, v in hyper.items() if k != "nesterov")):
+        if v is not None and v != 0 and not (finfo.tiny <= abs(v) <= finfo.max):
+            return f"{name}={v!r} is not representable in {dtype}"
+    for name, arr in (("X", plan.X), ("T", plan.T)):
+        if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != 2:
+            return f"{name} is not a C-contiguous 2-D {dtype} array"
+    if len(plan.X) >= 2**31:
+        return f"{len(plan.X)} rows per epoch (fewer than 2**31)"
+    return None
+
+
+def supports_train_epoch(plan) -> bool:
+    """Whether `train_epoch(plan)` runs this plan (see `train_epoch_reason`)."""
+    return train_epoch_reason(plan) is None
+
+
+class _FitAdapter:
+    """What the fused runner keeps per model between epochs and fits: the per-layer views
+    the kernel takes (weights, biases, gradients into the model's flat buffers; optimizer
+    state into the optimizer's flat arrays, so switching runners or fitting again continues
+    the same state), the workspace, and epoch-start copies for the non-finite replay."""
+
+    def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
+        self.key = self.key_of(plan, state_arrays)
+        dtype = plan.params.dtype
+        Ws = tuple(W for W, *_ in plan.layers)
+        bs = tuple(b for _W, b, *_ in plan.layers)
+        self.Ws, self.bs = Ws, bs
+        sizes = (Ws[0].shape[0], *(W.shape[1] for W in Ws))
+        ws = _nt.make_workspace(sizes, plan.batch_size, dtype)
+        # the gradients land in the trainer's flat buffer (W then b per layer), so fit's
+        # diagnosis of a non-finite gradient reads them where the layer runner leaves them
+        ws.dW = tuple(plan.grads[s][:W.size].reshape(W.shape)
+                      for s, W in zip(plan.layer_slices, Ws))
+        ws.db = tuple(plan.grads[s][W.size:] for s, W in zip(plan.layer_slices, Ws))
+        self.ws = ws
+
+        def views(flat):
+            return (tuple(flat[s][:W.size].reshape(W.shape) for s, W in zip(plan.layer_slices, Ws)),
+                    tuple(flat[s][W.size:] for s, W in zip(plan.layer_slices, Ws)))
+
+        m_W, m_b = views(state_arrays[0])
+        v_W, v_b = views(state_arrays[1])
+        self.state = _nt.OptimizerState(opt_name, m_W, m_b, v_W, v_b, np.zeros(1, np.int64))
+        self.state_arrays = state_arrays
+        self.start_params = np.empty_like(plan.params)
+        self.start_state = tuple(np.empty_like(a) for a in state_arrays)
+        self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
+        self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
+        spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
+        self.kernel = _nt._epoch_kernel(spec)
+        self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
+
+    @staticmethod
+    def key_of(plan, state_arrays) -> tuple:
+        # Identities of every buffer the views point into (the adapter holds them, so an
+        # id cannot be reused while it lives), and what the workspace is sized for.
+        hidden = plan.layers[0][2:] if len(plan.layers) > 1 else None
+        return (id(plan.params), id(plan.grads), plan.batch_size, hidden,
+                tuple(id(a) for a in state_arrays), tuple(W.shape for W, *_ in plan.layers))
+
+
+def _adapter(plan, opt_name: str, state_arrays: tuple) -> _FitAdapter:
+    cache = plan.cache if plan.cache is not None else {}
+    adapter = cache.get("numba.train_epoch")
+    if adapter is None or adapter.key != _FitAdapter.key_of(plan, state_arrays):
+        adapter = cache["numba.train_epoch"] = _FitAdapter(plan, opt_name, state_arrays)
+    return adapter
+
+
+def train_epoch(plan, *args, **kwargs):
+    """The fused epoch runner for `fastgrad.train.fit`: the whole epoch of `plan` (a
+    fastgrad.train.EpochPlan) in one compiled call of numba_train's kernel, with the
+    trainer's conventions (PyTorch's losses and updates, the optimizer's own state arrays
+    and step count). Fills plan.batch_loss and plan.grad_sq and returns the number of
+    batches completed, as train_epoch_layers does; on a non-finite batch whose previous
+    update left non-finite weights, it replays the epoch up to that update (deterministic,
+    from epoch-start copies) to hand fit the weights before it in plan.last_good, as the
+    layer-by-layer runner does, at no cost to the epochs that stay finite.
+
+    Called with the fused kernel's own arguments ``(X, Y, order, weights, biases, state,
+    config, workspace=None)``, it is numba_train.train_epoch, the standalone API of
+    docs/fused.md, and returns its EpochStats."""
+    if args or kwargs:
+        return _nt.train_epoch(plan, *args, **kwargs)
+    opt = plan.optimizer
+    opt_name, state_arrays, hyper = _optimizer_state(opt)
+    ad = _adapter(plan, opt_name, state_arrays)
+    ws = ad.ws
+    _nt._configure(
+        ws, plan.loss.name, opt_name, plan.batch_size, False,
+        (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+         hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+         plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
+        hyper.get("nesterov", False))
+    start_step = opt.steps
+    np.copyto(ad.start_params, plan.params)
+    for saved, arr in zip(ad.start_state, state_arrays):
+        np.copyto(saved, arr)
+    done = _run(ad, plan, 0, len(plan.X), start_step)
+    if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
+        # The update of batch done-1 broke the weights: replay to just before it.
+        np.copyto(plan.params, ad.start_params)
+        for saved, arr in zip(ad.start_state, state_arrays):
+            np.copyto(arr, saved)
+        cut = (done - 1) * plan.batch_size
+        if cut:
+            _run(ad, plan, 0, cut, start_step)
+        plan.last_good = plan.params.copy()
+        _run(ad, plan, cut, len(plan.X), opt.steps)
+    else:
+        plan.last_good = None
+    return done
+
+
+def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
+    """Rows lo:hi of the epoch (lo a multiple of the batch size) through the kernel from
+    optimizer step `step`; returns the number of batches it completed (offset by lo's)."""
+    ad.state.step[0] = step
+    k0 = lo // plan.batch_size
+    _nt._launch(ad.kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
+                ad.Ws, ad.bs, ad.state, ad.ws, plan.batch_loss[k0:], plan.grad_sq[k0:])
+    plan.optimizer.steps = int(ad.state.step[0])
+    return k0 + int(ad.ws.result[0])
