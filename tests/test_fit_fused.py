@@ -222,6 +222,15 @@ def test_fit_on_numba_uses_the_fused_runner(rng, monkeypatch):
     assert m.fit(X, X[:, 0], epochs=1, verbose=0).runner == "fused"
 
 
+def test_default_backend_trains_with_the_fused_runner(rng):
+    """backend=None: the default backend (cython, fastest for single kernels) has no fused
+    runner, so fit takes numba's fused epoch; an explicit backend is kept as given."""
+    X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
+    assert fg.MLP([5, 8, 3], seed=0).fit(X, y, epochs=1, verbose=0).runner == "fused"
+    explicit = fg.MLP([5, 8, 3], backend="cython", seed=0).fit(X, y, epochs=1, verbose=0)
+    assert explicit.runner == "layers"
+
+
 def test_the_adapter_is_built_once_per_model(rng, monkeypatch):
     built = []
     real = numba_cpu._FitAdapter.__init__
