@@ -18,6 +18,7 @@ writes out of bounds, whatever it is given.
 
 cimport numpy as cnp
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -87,12 +88,12 @@ cdef extern from "_kernels_simd.h" nogil:
                            int nesterov)
     void fg_adam_update_f32(float *param, const float *grad, float *m, float *v,
                             Py_ssize_t n, double lr, double beta1, double beta2,
-                            double eps, double weight_decay, int decoupled, double bc1,
-                            double bc2)
+                            double eps, double weight_decay, int decoupled,
+                            double step_size, double inv_sqrt_bc2)
     void fg_adam_update_f64(double *param, const double *grad, double *m, double *v,
                             Py_ssize_t n, double lr, double beta1, double beta2,
-                            double eps, double weight_decay, int decoupled, double bc1,
-                            double bc2)
+                            double eps, double weight_decay, int decoupled,
+                            double step_size, double inv_sqrt_bc2)
     void fg_rmsprop_update_f32(float *param, const float *grad, float *square_avg,
                                float *momentum_buf, Py_ssize_t n, double lr, double alpha,
                                double eps, double weight_decay, double momentum)
@@ -683,7 +684,9 @@ def adam_update(param, grad, m, v, double lr, double beta1, double beta2, double
     """Adam (decoupled=False: g += weight_decay p) or AdamW (decoupled=True: p *=
     1 - lr weight_decay) step `step` (from 1) in place: m = beta1 m + (1 - beta1) g;
     v = beta2 v + (1 - beta2) g^2; p -= lr (m / (1 - beta1^step)) /
-    (sqrt(v / (1 - beta2^step)) + eps). param, grad, m, v: 1-D, one dtype and size.
+    (sqrt(v / (1 - beta2^step)) + eps), evaluated as PyTorch does with the bias
+    corrections hoisted (one sqrt and one division per element). param, grad, m, v: 1-D,
+    one dtype and size.
     """
     if step < 1:
         raise ValueError(f"step must be >= 1 (the count of updates, bias correction "
@@ -691,20 +694,24 @@ def adam_update(param, grad, m, v, double lr, double beta1, double beta2, double
     cdef cnp.ndarray pa, ga, ma, va
     pa, ga, ma, va = _update_arrays(param, grad, (("m", m), ("v", v)))
     cdef Py_ssize_t n = cnp.PyArray_SIZE(pa)
-    # Python's float ** int, as the reference computes them (the same libm pow).
+    # Python's float ** int, as the reference computes them (the same libm pow); the bias
+    # corrections hoisted out of the loop as PyTorch's Adam does.
     cdef double bc1 = 1.0 - float(beta1) ** step, bc2 = 1.0 - float(beta2) ** step
+    cdef double step_size = lr / bc1, inv_sqrt_bc2 = 1.0 / sqrt(bc2)
     if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
         with nogil:
             fg_adam_update_f32(<float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
                                <float *>cnp.PyArray_DATA(ma), <float *>cnp.PyArray_DATA(va),
-                               n, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2)
+                               n, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+                               inv_sqrt_bc2)
     else:
         with nogil:
             fg_adam_update_f64(<double *>cnp.PyArray_DATA(pa),
                                <double *>cnp.PyArray_DATA(ga),
                                <double *>cnp.PyArray_DATA(ma),
                                <double *>cnp.PyArray_DATA(va),
-                               n, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2)
+                               n, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+                               inv_sqrt_bc2)
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buf, double lr, double alpha,

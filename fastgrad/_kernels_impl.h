@@ -433,9 +433,10 @@ static void FG(fg_loss_backward)(int k, const T *p, const T *t, T *out, ptrdiff_
 }
 
 /* ---- optimizer updates: one pass over a flat parameter vector, in place ----------------
- * PyTorch's formulas exactly as fastgrad/backends/reference.py evaluates them: each
- * element promoted to double, the operations in the same order, the new state and
- * parameter rounded once to T (the parameter from the unrounded double state). Every
+ * PyTorch's formulas as fastgrad/backends/reference.py evaluates them: each element
+ * promoted to double, the operations in the same order (but for Adam's hoisted bias
+ * corrections), the new state and parameter rounded once to T (the parameter from the
+ * unrounded double state). Every
  * element reads all its inputs before it writes: an array may be passed twice (grad may
  * be an output), never partially overlap another. Serial (the update sits between the
  * gemms of a training step, where OpenMP threads would spin beside BLAS's pool). */
@@ -461,12 +462,16 @@ static FG_CLONES void FG(fg_sgd_update)(T *param, const T *grad, T *velocity, pt
     }
 }
 
-/* bc1 = 1 - beta1^step, bc2 = 1 - beta2^step; decoupled (AdamW): p *= 1 - lr wd, else
- * g += wd p. */
+/* decoupled (AdamW): p *= 1 - lr wd, else g += wd p. The bias corrections are hoisted
+ * as PyTorch's own Adam does (step_size = lr / (1 - beta1^t), and 1 / sqrt(1 - beta2^t)
+ * here as a factor): lr (m / bc1) / (sqrt(v / bc2) + eps) becomes
+ * step_size m / (sqrt(v) inv_sqrt_bc2 + eps), one sqrt and one division per element
+ * instead of three divisions (which made the loop compute-bound, ~1.6x slower); the
+ * parameter is then within an ulp or two of the reference's, m and v are its bits. */
 static FG_CLONES void FG(fg_adam_update)(T *param, const T *grad, T *m, T *v, ptrdiff_t n,
                                          double lr, double beta1, double beta2, double eps,
-                                         double weight_decay, int decoupled, double bc1,
-                                         double bc2) {
+                                         double weight_decay, int decoupled,
+                                         double step_size, double inv_sqrt_bc2) {
     double shrink = 1.0 - lr * weight_decay;
     FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) {
         double p = param[i], g = grad[i];
@@ -476,8 +481,7 @@ static FG_CLONES void FG(fg_adam_update)(T *param, const T *grad, T *m, T *v, pt
         double vi = beta2 * (double)v[i] + (1.0 - beta2) * g * g;
         m[i] = (T)mi;
         v[i] = (T)vi;
-        double m_hat = mi / bc1, v_hat = vi / bc2;
-        param[i] = (T)(p - lr * m_hat / (sqrt(v_hat) + eps));
+        param[i] = (T)(p - step_size * mi / (sqrt(vi) * inv_sqrt_bc2 + eps));
     }
 }
 
