@@ -32,37 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # checksum of every result. Small shapes: only compilation costs time here.
 _REPORT = r"""
 import json
-import numba
 import fastgrad
-from fastgrad.backends import numba_cpu, numba_train
+from fastgrad.backends import numba_cpu
 
-def dispatchers():
-    # Every dispatcher of the backend: module-level ones, the specialized kernels built so
-    # far, and the dispatchers these bind as globals (formulas, the epoch's callees).
-    seen, visited = {}, set()
-    def visit(obj):
-        if id(obj) in visited:
-            return
-        visited.add(id(obj))
-        if isinstance(obj, (tuple, list)):
-            for o in obj:
-                visit(o)
-        elif isinstance(obj, dict):
-            for o in obj.values():
-                visit(o)
-        elif isinstance(obj, numba.core.registry.CPUDispatcher):
-            f = obj.py_func
-            seen[f"{f.__module__}.{f.__qualname__}"] = obj
-    visit([vars(numba_cpu), vars(numba_train), numba_cpu._KERNELS, numba_train._EPOCHS])
-    for d in list(seen.values()):
-        visit(d.py_func.__globals__)
-    return seen
-
-stats = {}
-for name, d in dispatchers().items():
-    hits, misses = sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())
-    if hits or misses:
-        stats[name] = {"hits": hits, "misses": misses}
+stats = numba_cpu.cache_report()
 print("REPORT " + json.dumps({"stats": stats, "results": RESULTS,
                               "file": fastgrad.__file__}))
 """
@@ -200,3 +173,46 @@ def test_editing_an_inlined_formula_invalidates_the_cached_kernel(tmp_path):
     after = _run(_RELU + _REPORT, tmp_path, cache)
     assert after["results"] == [0.0, 3.0], "the stale cached kernel was loaded"
     assert _find(after["stats"], _RELU_KERNEL) == {"hits": 0, "misses": 1}
+
+
+def test_source_tag_follows_the_inlined_files(tmp_path):
+    from fastgrad.backends._specialize import INLINED_SOURCES, SOURCE_TAG, source_tag
+
+    package = ROOT / "fastgrad"
+    assert source_tag(package) == SOURCE_TAG
+    for rel in INLINED_SOURCES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(package / rel, tmp_path / rel)
+    assert source_tag(tmp_path) == SOURCE_TAG
+    with open(tmp_path / "backends" / "numba_math.py", "a") as f:
+        f.write("\n# edited\n")
+    assert source_tag(tmp_path) != SOURCE_TAG
+
+
+def _template(x):
+    return x + _OFFSET  # noqa: F821  (bound by the namespace given to specialize)
+
+
+def test_specialize_binds_globals_and_names_the_copy():
+    from fastgrad.backends._specialize import SOURCE_TAG, specialize
+
+    namespace = {"__name__": __name__, "_OFFSET": 2.0}
+    kernel = specialize(_template, namespace, "two", cache=False)
+    assert kernel.py_func.__qualname__ == f"_template__two__{SOURCE_TAG}"
+    assert kernel(1.0) == 3.0
+
+
+def test_specialize_refuses_what_would_not_cache():
+    from fastgrad.backends._specialize import specialize
+
+    offset = 1.0
+
+    def closure(x):
+        return x + offset
+
+    with pytest.raises(TypeError, match="closure"):
+        specialize(closure, {"__name__": __name__}, "t")
+    with pytest.raises(ValueError, match="tag"):
+        specialize(_template, {"__name__": __name__}, "a-b")
+    with pytest.raises(ValueError, match="__name__"):
+        specialize(_template, {"__name__": "not_a_module_anywhere"}, "t")

@@ -91,3 +91,38 @@ def njit_tagged(**jit_options: Any) -> Callable[[types.FunctionType], Callable]:
         fn.__qualname__ = f"{fn.__qualname__}__{SOURCE_TAG}"
         return njit(**jit_options)(fn)
     return decorate
+
+
+def cache_stats(*roots: Any) -> dict[str, dict[str, int]]:
+    """Disk-cache hits and misses (a miss is a compile) of every Numba dispatcher found in
+    `roots` (module namespaces, dicts, tuples and lists of them, searched recursively) and
+    in the globals of those found (the formulas and callees a specialized kernel binds),
+    by ``module.qualname``; only those used in this process (hits + misses > 0)."""
+    from numba.core.dispatcher import Dispatcher
+
+    found: dict[str, Dispatcher] = {}
+    visited: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in visited:
+            return
+        visited.add(id(obj))
+        if isinstance(obj, (tuple, list)):
+            for item in obj:
+                visit(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                visit(item)
+        elif isinstance(obj, Dispatcher):
+            found[f"{obj.py_func.__module__}.{obj.py_func.__qualname__}"] = obj
+
+    visit(list(roots))
+    for dispatcher in list(found.values()):
+        visit(dispatcher.py_func.__globals__)
+    stats = {}
+    for name, dispatcher in sorted(found.items()):
+        hits = sum(dispatcher.stats.cache_hits.values())
+        misses = sum(dispatcher.stats.cache_misses.values())
+        if hits or misses:
+            stats[name] = {"hits": hits, "misses": misses}
+    return stats
