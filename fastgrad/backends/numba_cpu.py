@@ -1,10 +1,12 @@
 """The `numba` backend: @njit kernels built from the scalar formulas in scalar_math.
 
-Each elementwise activation gets its loops from one factory (serial, and parallel with
-prange above PARALLEL_THRESHOLD elements); softmax and log_softmax have row kernels; the
+Each elementwise activation gets its loops from module-level templates specialized per
+(activation, dtype) by `_specialize.specialize` (serial, and parallel with prange above
+PARALLEL_THRESHOLD elements); softmax and log_softmax have row kernels; the
 dense layer calls BLAS through np.dot and fuses bias + activation (forward) and the
 activation's backward + the bias reduction into single passes around the matmuls.
-Kernels compile lazily, once per dtype, and are cached on disk (cache=True).
+Kernels compile lazily, once per dtype, and are cached on disk (cache=True) so that a new
+process loads them rather than compiling (tests/test_numba_cache.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from numba import njit, prange
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES
 from ..scalar_math import compile_scalar
+from . import numba_train
+from ._specialize import cache_stats, njit_tagged, specialize
 from .numba_math import VECTOR_MATH, exp
 from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this backend)
     EpochStats,
@@ -35,6 +39,61 @@ PARALLEL_THRESHOLD = 1 << 16
 region costs ~1.5 µs; memory-bound loops pay above 2^14-2^16 elements)."""
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+# Module-level kernels inline code of other files (numba_math's exp, the loss formulas):
+# njit_tagged keys their cache entries on those files too.
+_jit = njit_tagged(**_JIT)
+_parallel_jit = njit_tagged(parallel=True, **_JIT)
+
+
+# Templates of the elementwise kernels, never compiled themselves: `_make_elementwise`
+# compiles copies whose globals bind _fwd and _bwd to one activation's scalar formulas
+# (globals, not a closure, so that Numba's disk cache hits in the next process: see
+# _specialize).
+_fwd = _bwd = None
+
+
+def _t_forward_serial(x, out, a, b):
+    for i in range(x.size):
+        out[i] = _fwd(x[i], a, b)
+
+
+def _t_forward_parallel(x, out, a, b):
+    for i in prange(x.size):
+        out[i] = _fwd(x[i], a, b)
+
+
+def _t_backward_serial(s, g, out, a, b):
+    for i in range(g.size):
+        out[i] = _bwd(s[i], g[i], a, b)
+
+
+def _t_backward_parallel(s, g, out, a, b):
+    for i in prange(g.size):
+        out[i] = _bwd(s[i], g[i], a, b)
+
+
+def _t_linear_forward(x, W, bias, has_bias, pre, out, a, b):
+    # pre may alias out: each element is read once before it is written.
+    np.dot(x, W, pre)
+    n, m = pre.shape
+    for i in range(n):
+        for j in range(m):
+            z = pre[i, j] + bias[j] if has_bias else pre[i, j]
+            pre[i, j] = z
+            out[i, j] = _fwd(z, a, b)
+
+
+def _t_linear_backward(grad_y, x, W, saved, g, grad_x, grad_W, grad_b, need_grad_x, a, b):
+    n, m = grad_y.shape
+    grad_b[:] = 0
+    for i in range(n):
+        for j in range(m):
+            v = _bwd(saved[i, j], grad_y[i, j], a, b)
+            g[i, j] = v
+            grad_b[j] += v
+    np.dot(x.T, g, grad_W)
+    if need_grad_x:
+        np.dot(g, W.T, grad_x)
 
 
 def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool = True):
@@ -46,6 +105,7 @@ def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool =
     vector_math=False builds them as they were before numba_math (libm's scalar math.*,
     float64 literals): bench/numba_math_speed.py compares the two.
     """
+    dtype = np.dtype(dtype)
     jit = njit(inline="always", **_JIT)
     if vector_math:
         fwd = compile_scalar(spec.scalar_forward, jit, VECTOR_MATH, dtype.type)
@@ -53,60 +113,21 @@ def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool =
     else:
         fwd = compile_scalar(spec.scalar_forward, jit)
         bwd = compile_scalar(spec.scalar_backward, jit)
+    namespace = {**globals(), "_fwd": fwd, "_bwd": bwd}
+    tag = f"{spec.name}_{dtype.name}{'' if vector_math else '_libm'}"
 
-    @njit(**_JIT)
-    def forward_serial(x, out, a, b):
-        for i in range(x.size):
-            out[i] = fwd(x[i], a, b)
-
-    @njit(parallel=True, **_JIT)
-    def forward_parallel(x, out, a, b):
-        for i in prange(x.size):
-            out[i] = fwd(x[i], a, b)
-
-    @njit(**_JIT)
-    def backward_serial(s, g, out, a, b):
-        for i in range(g.size):
-            out[i] = bwd(s[i], g[i], a, b)
-
-    @njit(parallel=True, **_JIT)
-    def backward_parallel(s, g, out, a, b):
-        for i in prange(g.size):
-            out[i] = bwd(s[i], g[i], a, b)
-
-    @njit(**_JIT)
-    def linear_forward(x, W, bias, has_bias, pre, out, a, b):
-        # pre may alias out: each element is read once before it is written.
-        np.dot(x, W, pre)
-        n, m = pre.shape
-        for i in range(n):
-            for j in range(m):
-                z = pre[i, j] + bias[j] if has_bias else pre[i, j]
-                pre[i, j] = z
-                out[i, j] = fwd(z, a, b)
-
-    @njit(**_JIT)
-    def linear_backward(grad_y, x, W, saved, g, grad_x, grad_W, grad_b, need_grad_x, a, b):
-        n, m = grad_y.shape
-        grad_b[:] = 0
-        for i in range(n):
-            for j in range(m):
-                v = bwd(saved[i, j], grad_y[i, j], a, b)
-                g[i, j] = v
-                grad_b[j] += v
-        np.dot(x.T, g, grad_W)
-        if need_grad_x:
-            np.dot(g, W.T, grad_x)
+    def build(template, **options):
+        return specialize(template, namespace, tag, **_JIT, **options)
 
     return {
-        "forward": (forward_serial, forward_parallel),
-        "backward": (backward_serial, backward_parallel),
-        "linear_forward": linear_forward,
-        "linear_backward": linear_backward,
+        "forward": (build(_t_forward_serial), build(_t_forward_parallel, parallel=True)),
+        "backward": (build(_t_backward_serial), build(_t_backward_parallel, parallel=True)),
+        "linear_forward": build(_t_linear_forward),
+        "linear_backward": build(_t_linear_backward),
     }
 
 
-@njit(**_JIT)
+@_jit
 def _row_max(x, i):
     # Starts from the row's first element (rows are non-empty here), so the max, and
     # every exp(x - max) after it, keeps the array's dtype.
@@ -121,10 +142,10 @@ def _row_max(x, i):
 # Row sums with reassociation allowed (and only that, plus FMA contraction): a running
 # sum is otherwise a serial chain of additions, 4 cycles each, that LLVM may not reorder
 # into vector lanes. Summing in float64 keeps float32 rows accurate whatever the order.
-_SUM_JIT = {**_JIT, "fastmath": {"reassoc", "contract"}}
+_sum_jit = njit_tagged(**_JIT, fastmath={"reassoc", "contract"})
 
 
-@njit(**_SUM_JIT)
+@_sum_jit
 def _row_sum(a, i):
     total = 0.0
     for j in range(a.shape[1]):
@@ -132,7 +153,7 @@ def _row_sum(a, i):
     return total
 
 
-@njit(**_SUM_JIT)
+@_sum_jit
 def _row_dot(a, b, i):
     total = 0.0
     for j in range(a.shape[1]):
@@ -140,7 +161,7 @@ def _row_dot(a, b, i):
     return total
 
 
-@njit(**_SUM_JIT)
+@_sum_jit
 def _row_sum_exp(x, i, m):
     total = 0.0
     for j in range(x.shape[1]):
@@ -148,7 +169,7 @@ def _row_sum_exp(x, i, m):
     return total
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def softmax_forward_rows(x, out):
     if x.shape[1] == 0:
         return
@@ -161,7 +182,7 @@ def softmax_forward_rows(x, out):
             out[i, j] *= inv
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def log_softmax_forward_rows(x, out):
     if x.shape[1] == 0:
         return
@@ -174,7 +195,7 @@ def log_softmax_forward_rows(x, out):
             out[i, j] = (x[i, j] - m) - shift
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def softmax_backward_rows(y, g, out):
     # grad_x = y * (g - sum(g * y)), the Jacobian diag(y) - y y^T applied to g.
     for i in prange(y.shape[0]):
@@ -183,7 +204,7 @@ def softmax_backward_rows(y, g, out):
             out[i, j] = y[i, j] * (g[i, j] - dot)
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def log_softmax_backward_rows(y, g, out):
     # grad_x = g - exp(y) * sum(g)
     for i in prange(y.shape[0]):
@@ -206,6 +227,13 @@ def _kernels(spec: ActivationSpec, dtype) -> dict:
     if k is None:
         k = _KERNELS[key] = _make_elementwise(ACTIVATIONS[spec.name], key[1])
     return k
+
+
+def cache_report() -> dict[str, dict[str, int]]:
+    """How this process got each numba kernel it has run: ``{"module.qualname": {"hits":
+    loaded from the disk cache, "misses": compiled}}`` per kernel (the fused epoch
+    included). On a warm cache every miss count is 0."""
+    return cache_stats(globals(), vars(numba_train), _KERNELS, numba_train._EPOCHS)
 
 
 def _scalars(dtype, a: float, b: float):
@@ -273,9 +301,9 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
 
 # --- losses: pred and target (N, K); math in float64 whatever the arrays' dtype --------
 
-# The elementwise losses' scalar formulas, compiled once at module level: kernels that
-# call module-level dispatchers are cached on disk by numba (cache=True), where kernels
-# made in a factory closing over them are recompiled in every process.
+# The elementwise losses' scalar formulas, compiled once at module level and read by the
+# kernels below as globals (a closure over them would miss the disk cache, see
+# _specialize).
 _ELEMENTWISE_LOSSES = ("mse", "binary_cross_entropy")
 _inline = njit(inline="always", **_JIT)
 _mse_value = compile_scalar(LOSSES["mse"].scalar_value, _inline)
@@ -284,7 +312,7 @@ _bce_value = compile_scalar(LOSSES["binary_cross_entropy"].scalar_value, _inline
 _bce_grad = compile_scalar(LOSSES["binary_cross_entropy"].scalar_grad, _inline)
 
 
-@njit(**_JIT)
+@_jit
 def elementwise_loss_forward(p, t, kind):
     # kind indexes _ELEMENTWISE_LOSSES; the branch is loop-invariant (LLVM unswitches it).
     total = 0.0
@@ -295,7 +323,7 @@ def elementwise_loss_forward(p, t, kind):
     return total / (p.shape[0] * p.shape[1])
 
 
-@njit(**_JIT)
+@_jit
 def elementwise_loss_backward(p, t, out, scale, kind):
     for i in range(p.shape[0]):
         for j in range(p.shape[1]):
@@ -303,7 +331,7 @@ def elementwise_loss_backward(p, t, out, scale, kind):
             out[i, j] = (_mse_grad(a, b) if kind == 0 else _bce_grad(a, b)) * scale
 
 
-@njit(**_JIT)
+@_jit
 def _row_logsumexp(z, i):
     """(row max, log sum exp(z - max)) of row i."""
     m = -np.inf
@@ -317,7 +345,7 @@ def _row_logsumexp(z, i):
     return m, total
 
 
-@njit(**_JIT)
+@_jit
 def cross_entropy_forward(z, t):
     total = 0.0
     for i in range(z.shape[0]):
@@ -329,7 +357,7 @@ def cross_entropy_forward(z, t):
     return total / z.shape[0]
 
 
-@njit(**_JIT)
+@_jit
 def cross_entropy_backward(z, t, out, scale):
     for i in range(z.shape[0]):
         m, s = _row_logsumexp(z, i)
@@ -354,7 +382,7 @@ def loss_backward(spec, pred, target, out) -> None:
 
 # --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
 
-@njit(**_JIT)
+@_jit
 def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
     for i in range(p.size):
         gi = g[i] + wd * np.float64(p[i])
@@ -365,7 +393,7 @@ def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
         p[i] = p[i] - lr * gi
 
 
-@njit(**_JIT)
+@_jit
 def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
     # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
     # lr (m / bc1) / (sqrt(v / bc2) + eps) with the bias corrections hoisted:
@@ -380,7 +408,7 @@ def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_
         p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
-@njit(**_JIT)
+@_jit
 def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
     for i in range(p.size):
         gi = g[i] + wd * np.float64(p[i])

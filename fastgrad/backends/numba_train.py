@@ -75,7 +75,6 @@ of the small net, 4-10x).
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +85,7 @@ from numba import njit
 from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
+from ._specialize import njit_tagged, specialize
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -442,7 +442,7 @@ _softplus = compile_scalar(scalar_math.softplus_forward, _scalar)
 _sigmoid = compile_scalar(scalar_math.sigmoid_forward, _scalar)
 
 
-@njit(**_JIT)
+@njit_tagged(**_JIT)  # inlines scalar_math's formulas: cache keyed on that file too
 def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, start):
     """Adds the bias to the logits z (r, k) and computes, in one pass per row, the batch's
     mean loss, g = dloss/dz (the trainer's reduction: divided by r for cross-entropy, by
@@ -515,7 +515,8 @@ def _saturation_kind(spec: ActivationSpec) -> int:
 # copies. Globals, not closures: Numba's cache key hashes a closure's cells, and a cell
 # holding a compiled function pickles differently in every process (a cache miss and a
 # full recompile each time); globals are frozen at compile time instead. Each copy gets
-# its own __qualname__ (so its own cache entry). These placeholders are never compiled.
+# its own __qualname__ (so its own cache entry): see _specialize. These placeholders are
+# never compiled.
 _fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = None
 _SAT = _SAT_NONE
 _SAVED_Y = False
@@ -735,14 +736,9 @@ def _build_epoch(spec: ActivationSpec):
         _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
     )
 
-    def specialize(template):
-        fn = types.FunctionType(template.__code__, namespace, template.__name__)
-        fn.__qualname__ = f"{template.__name__}_{spec.name}"
-        return njit(**_JIT)(fn)
-
     for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
-        namespace[name] = specialize(globals()[f"_t{name}"])
-    return specialize(_t_epoch)
+        namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
+    return specialize(_t_epoch, namespace, spec.name, **_JIT)
 
 
 _EPOCHS: dict[str, Any] = {}
