@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPECS
+from conftest import SPECS, subprocess_env
 
 import fastgrad as fg
 from fastgrad import _kernels, scalar_math
@@ -232,19 +232,18 @@ _THREAD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_with_threads(n: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n),
-               PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, cwd=ROOT,
+def _run_with_threads(n: int, cwd) -> dict:
+    env = subprocess_env(OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n))
+    proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def test_omp_num_threads_1_and_2_agree():
+def test_omp_num_threads_1_and_2_agree(tmp_path):
     """Sizes above the thread thresholds: elementwise and row kernels bit-identical with 1
     and 2 threads; the dense layer (BLAS sums) within the reduction tolerance."""
-    one, two = _run_with_threads(1), _run_with_threads(2)
+    one, two = _run_with_threads(1, tmp_path), _run_with_threads(2, tmp_path)
     assert one.pop("threads") == 1
     assert two.pop("threads") == (2 if _kernels.OPENMP else 1)
     for key in one:
