@@ -133,6 +133,14 @@ def test_one_fit_call_per_fit(iris, monkeypatch):
             clf = MLPClassifier(max_iter=7, random_state=0, **extra).fit(X, y)
         assert calls == [7] and clf.n_iter_ == 7
         assert clf._model.history_.runner == "fused"
+    calls.clear()
+    reg = MLPRegressor(max_iter=3, random_state=0, early_stopping=True, solver="sgd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, X[:, 0] - X[:, 1])
+    assert calls == [3] and reg._model.history_.runner == "fused"
+    binary = MLPClassifier(max_iter=1, random_state=0).partial_fit(X, y > 0, classes=[False, True])
+    assert calls == [3, 1] and binary._model.history_.runner == "fused"
 
 
 # --- acceptance on scikit-learn's bundled datasets --------------------------------------
