@@ -18,6 +18,14 @@ g is the gradient, p the parameter, t the step count from 1:
 - RMSprop: g += wd p; s = alpha s + (1 - alpha) g^2; u = g / (sqrt(s) + eps);
   with momentum: b = mu b + u, u = b; p -= lr u.
 
+Weight decay has two conventions, chosen by ``decay``: "pytorch" (the default, above: wd p
+on every parameter, weights and biases, no penalty in the loss) and "sklearn"
+(scikit-learn's MLP L2 penalty, not for AdamW): g_W += wd W / r on the weight matrices
+only, r the rows of the batch (the last batch of an epoch may be shorter), and the penalty
+0.5 wd sum_k ||W_k||^2 / r joins the batch loss. Only the epoch runners know a batch's rows
+and which parameters are weights, so with "sklearn" they apply it (`Optimizer.penalize`,
+or the fused kernel's own equivalent) and `step` adds no decay itself.
+
 Schedules map (epoch, base_lr) -> lr, epoch counted from 0; the trainer applies them at
 the start of every epoch.
 """
@@ -57,9 +65,14 @@ class Optimizer:
     default_lr = 1e-3
     kernel = ""
 
-    def __init__(self, lr: float | None = None, weight_decay: float = 0.0) -> None:
+    def __init__(self, lr: float | None = None, weight_decay: float = 0.0,
+                 decay: str = "pytorch") -> None:
         self.lr = _nonneg("lr", self.default_lr if lr is None else lr, positive=True)
         self.weight_decay = _nonneg("weight_decay", weight_decay)
+        if decay not in DECAYS:
+            raise ValueError(f"decay must be one of {', '.join(map(repr, DECAYS))}, got "
+                             f"{decay!r}")
+        self.decay = decay
         self.steps = 0
         self._size: int | None = None
         self._update = None
@@ -77,6 +90,28 @@ class Optimizer:
 
     def _allocate(self, params: np.ndarray) -> None:
         raise NotImplementedError
+
+    @property
+    def _step_decay(self) -> float:
+        """The weight decay `step` applies itself (none with decay="sklearn")."""
+        return self.weight_decay if self.decay == "pytorch" else 0.0
+
+    def penalize(self, params: np.ndarray, grads: np.ndarray, rows: int,
+                 weight_slices: list[slice]) -> float:
+        """decay="sklearn": add wd * W / rows to the gradient of every weight matrix
+        (weight_slices: their places in the flat params / grads) and return the batch's
+        penalty 0.5 * wd * sum ||W||^2 / rows, from the weights before the update; the
+        epoch runners call it once per batch, before `step`. decay="pytorch": 0.0, nothing
+        changed (step applies that decay)."""
+        if self.decay != "sklearn" or not self.weight_decay:
+            return 0.0
+        scale = grads.dtype.type(self.weight_decay / rows)
+        sq = 0.0
+        for s in weight_slices:
+            w = params[s]
+            sq += float(np.dot(w, w))
+            grads[s] += scale * w
+        return 0.5 * self.weight_decay * sq / rows
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float | None = None) -> None:
         """One update of `params` in place from `grads` (same shape and dtype)."""
@@ -96,6 +131,9 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+DECAYS = ("pytorch", "sklearn")  # weight-decay conventions (module docstring)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay."""
 
@@ -104,8 +142,9 @@ class SGD(Optimizer):
     kernel = "sgd_update"
 
     def __init__(self, lr: float | None = None, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+                 nesterov: bool = False, weight_decay: float = 0.0,
+                 decay: str = "pytorch") -> None:
+        super().__init__(lr, weight_decay, decay)
         self.momentum = _nonneg("momentum", momentum, upper=1.0, open_upper=True)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
@@ -115,7 +154,7 @@ class SGD(Optimizer):
         self.velocity = np.zeros_like(params)
 
     def _apply(self, params, grads, lr):
-        self._update(params, grads, self.velocity, lr, self.momentum, self.weight_decay,
+        self._update(params, grads, self.velocity, lr, self.momentum, self._step_decay,
                      self.nesterov)
 
 
@@ -127,8 +166,11 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 0.0, decay: str = "pytorch") -> None:
+        super().__init__(lr, weight_decay, decay)
+        if self.decoupled and decay != "pytorch":
+            raise ValueError("AdamW's weight decay is decoupled (p *= 1 - lr wd): "
+                             "decay='sklearn' needs Adam, SGD or RMSprop")
         self.beta1 = _nonneg("beta1", beta1, upper=1.0, open_upper=True)
         self.beta2 = _nonneg("beta2", beta2, upper=1.0, open_upper=True)
         self.eps = _nonneg("eps", eps, positive=True)
@@ -139,7 +181,7 @@ class Adam(Optimizer):
 
     def _apply(self, params, grads, lr):
         self._update(params, grads, self.m, self.v, lr, self.beta1, self.beta2, self.eps,
-                     self.weight_decay, self.decoupled, self.steps)
+                     self._step_decay, self.decoupled, self.steps)
 
 
 class AdamW(Adam):
@@ -149,8 +191,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        super().__init__(lr, beta1, beta2, eps, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 1e-2, decay: str = "pytorch") -> None:
+        super().__init__(lr, beta1, beta2, eps, weight_decay, decay)
 
 
 class RMSprop(Optimizer):
@@ -161,8 +203,9 @@ class RMSprop(Optimizer):
     kernel = "rmsprop_update"
 
     def __init__(self, lr: float | None = None, alpha: float = 0.99, eps: float = 1e-8,
-                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+                 momentum: float = 0.0, weight_decay: float = 0.0,
+                 decay: str = "pytorch") -> None:
+        super().__init__(lr, weight_decay, decay)
         self.alpha = _nonneg("alpha", alpha, upper=1.0)
         self.eps = _nonneg("eps", eps, positive=True)
         self.momentum = _nonneg("momentum", momentum, upper=1.0, open_upper=True)
@@ -173,7 +216,7 @@ class RMSprop(Optimizer):
 
     def _apply(self, params, grads, lr):
         self._update(params, grads, self.square_avg, self.momentum_buf, lr, self.alpha,
-                     self.eps, self.weight_decay, self.momentum)
+                     self.eps, self._step_decay, self.momentum)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop)}

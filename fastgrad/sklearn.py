@@ -3,9 +3,11 @@
 They take scikit-learn's MLP parameters with its names, defaults and meanings
 (``sklearn.neural_network.MLPClassifier`` / ``MLPRegressor``) plus fastgrad's own
 ``backend`` and ``dtype``, and train a `fastgrad.MLP` with `fastgrad.SGD` / `fastgrad.Adam`
-one epoch per ``MLP.fit`` call, so scikit-learn's per-epoch logic (convergence by ``tol``
-over ``n_iter_no_change`` epochs, early stopping on a validation score, the 'invscaling'
-and 'adaptive' learning rates, ``ConvergenceWarning``) wraps the compiled training step.
+in ONE ``MLP.fit`` call of up to max_iter epochs: scikit-learn's per-epoch logic
+(convergence by ``tol`` over ``n_iter_no_change`` epochs, early stopping on a validation
+score, the 'invscaling' and 'adaptive' learning rates) runs as fit's epoch callback, so
+every configuration trains on fit's fused compiled epoch runner where the backend has one
+(numba: all of them, ``_model.history_.runner == "fused"``), layer by layer elsewhere.
 
 Conventions kept from scikit-learn (so a model trained here and one trained there on the
 same data behave alike):
@@ -17,7 +19,8 @@ same data behave alike):
 - Loss: log-loss (sigmoid + binary cross-entropy for two classes, softmax + cross-entropy
   for more) or half the mean squared error, plus the L2 penalty on the weights only (not
   the biases): per batch of n_b samples, 0.5 * alpha * sum_k ||W_k||^2 / n_b, gradient
-  alpha * W_k / n_b. ``loss_curve_`` records the epoch's sample-weighted mean of the
+  alpha * W_k / n_b (the optimizers' ``decay="sklearn"`` convention, which both of
+  fit's epoch runners implement). ``loss_curve_`` records the epoch's sample-weighted mean of the
   batch losses, penalty included, exactly as scikit-learn does.
 - Optimizers: the update formulas are PyTorch's (see fastgrad.optim); with a constant
   learning rate they equal scikit-learn's (Adam differs only in where epsilon sits).
@@ -45,7 +48,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils import shuffle as _shuffle_indices
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
@@ -68,63 +70,6 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _SKLEARN_ACTIVATION = {"sigmoid": "logistic"}  # fastgrad name -> scikit-learn's, where they differ
 _FLOAT_DTYPES = (np.float64, np.float32)
-
-
-class _L2Penalized(Optimizer):
-    """scikit-learn's L2 penalty on the weights around another optimizer.
-
-    Before each step it adds alpha * W / n_b to the gradient of every weight matrix (the
-    biases are not penalized), n_b the size of the batch being applied (batches are
-    consecutive rows of the epoch, the last one possibly shorter, so the batch sizes
-    follow from the step count), and accumulates the penalty's share of the epoch loss,
-    sum over batches of 0.5 * alpha * ||W||^2 (each batch's 0.5 * alpha * ||W||^2 / n_b
-    weighted by n_b), in `penalty`. The state (moments, steps) lives in `inner`.
-    """
-
-    name = "l2_penalized"
-
-    def __init__(self, inner: Optimizer, alpha: float, weight_slices: list[slice]) -> None:
-        super().__init__(lr=inner.lr)
-        self.inner = inner
-        self.alpha = float(alpha)
-        self.weight_slices = weight_slices
-        self.penalty = 0.0
-        self._sizes: list[int] = []
-
-    def begin_epoch(self, n_samples: int, batch_size: int) -> None:
-        """Announce an epoch of n_samples rows in batches of batch_size."""
-        full, rest = divmod(n_samples, batch_size)
-        self._sizes = [batch_size] * full + ([rest] if rest else [])
-        self._batch = 0
-        self.penalty = 0.0
-
-    def bind(self, params: np.ndarray, backend: str | None = None) -> None:
-        self.inner.bind(params, backend)
-
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float | None = None) -> None:
-        self.steps += 1
-        n_b = self._sizes[self._batch]
-        self._batch += 1
-        if self.alpha:
-            scale = grads.dtype.type(self.alpha / n_b)
-            for s in self.weight_slices:
-                w = params[s]
-                self.penalty += 0.5 * self.alpha * float(np.dot(w, w))
-                grads[s] += scale * w
-        self.inner.step(params, grads, self.lr if lr is None else lr)
-
-    def set_lr(self, lr: float) -> None:
-        """Change the learning rate the way scikit-learn's SGD does. It keeps the rate
-        inside its velocity (v = mu v - lr g; p += v), PyTorch's formula outside it
-        (v = mu v + g; p -= lr v): scaling v by old / new when the rate changes keeps the
-        two updates identical after the change too."""
-        velocity = getattr(self.inner, "velocity", None)
-        if velocity is not None and lr != self.lr:
-            velocity *= velocity.dtype.type(self.lr / lr)
-        self.lr = self.inner.lr = float(lr)
-
-    def config(self) -> dict[str, Any]:
-        return {"inner": self.inner, "alpha": self.alpha}
 
 
 # --- parameter validation (in fit, never in __init__, as scikit-learn requires) -----------
@@ -342,18 +287,29 @@ class _BaseMLP(BaseEstimator):
         if "_model" in self.__dict__:  # pickled views came back as copies: re-link
             self._link_parameters()
 
-    def _make_optimizer(self, params: dict) -> _L2Penalized:
-        lr = params["learning_rate_init"]
+    def _make_optimizer(self, params: dict) -> Optimizer:
+        """SGD or Adam with scikit-learn's L2 penalty (decay="sklearn": alpha * W / n_b on
+        the weights only, its penalty in the loss)."""
+        lr, alpha = params["learning_rate_init"], params["alpha"]
         if self.solver == "sgd":
             momentum = params["momentum"]
-            inner: Optimizer = SGD(lr=lr, momentum=momentum,
-                                   nesterov=bool(self.nesterovs_momentum) and momentum > 0)
-        else:
-            inner = Adam(lr=lr, beta1=params["beta_1"], beta2=params["beta_2"],
-                         eps=params["epsilon"])
-        weights = [slice(s.start, s.start + layer.W.size)
-                   for s, layer in zip(self._model.layer_slices, self._model.layers)]
-        return _L2Penalized(inner, params["alpha"], weights)
+            return SGD(lr=lr, momentum=momentum,
+                       nesterov=bool(self.nesterovs_momentum) and momentum > 0,
+                       weight_decay=alpha, decay="sklearn")
+        return Adam(lr=lr, beta1=params["beta_1"], beta2=params["beta_2"],
+                    eps=params["epsilon"], weight_decay=alpha, decay="sklearn")
+
+    def _set_lr(self, lr: float) -> None:
+        """Change the learning rate the way scikit-learn's SGD does. It keeps the rate
+        inside its velocity (v = mu v - lr g; p += v), PyTorch's formula outside it
+        (v = mu v + g; p -= lr v): scaling v by old / new when the rate changes keeps the
+        two updates identical after the change too. In place, so the fused runner's views
+        of the velocity see it."""
+        opt = self._optimizer
+        velocity = getattr(opt, "velocity", None)
+        if velocity is not None and lr != opt.lr:
+            velocity *= velocity.dtype.type(opt.lr / lr)
+        opt.lr = float(lr)
 
     def _fit_stochastic(self, X: np.ndarray, targets: np.ndarray, params: dict,
                         incremental: bool) -> None:
@@ -379,50 +335,60 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                               "It is going to be clipped", stacklevel=4)
             batch_size = min(self.batch_size, n)
-        fit_kwargs = dict(epochs=1, batch_size=batch_size, optimizer=self._optimizer,
-                          shuffle=False, verbose=0, health=False)
-        if is_classifier(self):
-            fit_kwargs["classes"] = np.arange(len(self.classes_))
         order = np.arange(n)
-        max_iter = params["max_iter"]
+
+        def shuffle(epoch: int) -> np.ndarray:
+            # scikit-learn reshuffles the previous epoch's order from random_state:
+            # sklearn.utils.shuffle(order, random_state=rs), whose draw is exactly this
+            # (tested), without its ~1 ms of argument checks per epoch
+            nonlocal order
+            perm = np.arange(n)
+            self._random_state.shuffle(perm)
+            order = order[perm]
+            return order
+
+        stopped = False
+
+        def end_epoch(epoch: int, logs: dict) -> bool:
+            """scikit-learn's end of an iteration; True stops training."""
+            nonlocal stopped
+            self.n_iter_ += 1
+            self.loss_ = logs["loss"]  # the runners add the L2 penalty (decay="sklearn")
+            self.t_ += n
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+            self._update_no_improvement_count(early, X_val, T_val, params["tol"])
+            self._iteration_ends(params)
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if early else "Training loss"
+                msg = (f"{what} did not improve more than tol={params['tol']:f} for "
+                       f"{self.n_iter_no_change} consecutive epochs.")
+                if self._trigger_stopping(msg):
+                    stopped = True
+                    return True
+                self._no_improvement_count = 0
+            return False
+
+        max_iter = 1 if incremental else params["max_iter"]
+        self.n_iter_ = 0
         try:
-            self.n_iter_ = 0
-            for _ in range(max_iter):
-                if self.shuffle:
-                    order = _shuffle_indices(order, random_state=self._random_state)
-                    Xb, Tb = X_train[order], T_train[order]
-                else:
-                    Xb, Tb = X_train, T_train
-                self._optimizer.begin_epoch(n, batch_size)
-                try:
-                    history = self._model.fit(Xb, Tb, **fit_kwargs)
-                except NonFiniteError as err:
-                    raise ValueError(f"Solver produced non-finite values ({err}). The input "
-                                     "data may contain large values and need to be "
-                                     "preprocessed.") from err
-                self.n_iter_ += 1
-                self.loss_ = history.history["loss"][0] + self._optimizer.penalty / n
-                self.t_ += n
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-                self._update_no_improvement_count(early, X_val, T_val, params["tol"])
-                self._iteration_ends(params)
-                if self._no_improvement_count > self.n_iter_no_change:
-                    what = "Validation score" if early else "Training loss"
-                    msg = (f"{what} did not improve more than tol={params['tol']:f} for "
-                           f"{self.n_iter_no_change} consecutive epochs.")
-                    if self._trigger_stopping(msg):
-                        break
-                    self._no_improvement_count = 0
-                if incremental:
-                    break
-                if self.n_iter_ == max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({max_iter}) "
-                                  "reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning, stacklevel=4)
+            self._model.fit(
+                X_train, T_train, epochs=max_iter, batch_size=batch_size,
+                optimizer=self._optimizer, shuffle=shuffle if self.shuffle else False,
+                verbose=0, health=False, callbacks=[end_epoch],
+                classes=np.arange(len(self.classes_)) if is_classifier(self) else None)
+        except NonFiniteError as err:
+            raise ValueError(f"Solver produced non-finite values ({err}). The input "
+                             "data may contain large values and need to be "
+                             "preprocessed.") from err
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
+        else:
+            if not stopped and not incremental and self.n_iter_ == max_iter:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({max_iter}) "
+                              "reached and the optimization hasn't converged yet.",
+                              ConvergenceWarning, stacklevel=4)
         if early:
             self._model.params[...] = self._best_params
 
@@ -451,8 +417,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's 'invscaling' schedule: lr = lr_init / (t_ + 1) ** power_t, t_ the
         samples seen so far (sgd only; adam keeps its learning rate)."""
         if self.solver == "sgd" and self.learning_rate == "invscaling":
-            self._optimizer.set_lr(params["learning_rate_init"]
-                                   / (self.t_ + 1) ** params["power_t"])
+            self._set_lr(params["learning_rate_init"] / (self.t_ + 1) ** params["power_t"])
 
     def _trigger_stopping(self, msg: str) -> bool:
         """Stop, or with sgd and learning_rate='adaptive' divide the learning rate by 5
@@ -465,7 +430,7 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print(msg + " Learning rate too small. Stopping.")
             return True
-        self._optimizer.set_lr(self._optimizer.lr / 5.0)
+        self._set_lr(self._optimizer.lr / 5.0)
         if self.verbose:
             print(msg + f" Setting learning rate to {self._optimizer.lr:f}")
         return False

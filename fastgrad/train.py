@@ -78,7 +78,9 @@ class History:
     """What `fit` records. ``history`` maps a name to one value per epoch: "loss",
     "val_loss", the metric ("accuracy" or "r2", and "val_" versions), "lr", "grad_norm"
     (per epoch, a list with one norm per layer), "dead_relu" and "saturated" (per epoch,
-    one fraction per layer, None where the layer's activation has no such failure mode).
+    one fraction per layer, None where the layer's activation has no such failure mode);
+    with fit(..., health=False) the training metric, "dead_relu" and "saturated" are not
+    recorded (no end-of-epoch pass runs) unless early stopping monitors the metric.
     ``epoch`` lists the epoch numbers; ``stopped_early`` and ``best_epoch`` say how it
     ended; ``runner`` which epoch runner trained ("fused": the backend's compiled epoch,
     "layers": layer by layer)."""
@@ -115,7 +117,9 @@ class EpochPlan:
     The runner trains batch after batch with `optimizer.step(params, grads, lr)` (or its
     own fused equivalent: PyTorch's formulas, state in the optimizer's arrays, steps
     counted in optimizer.steps), after clipping the gradients by value then by global norm
-    when clip_value / clip_norm are set. It fills batch_loss[i] (the batch's mean loss)
+    when clip_value / clip_norm are set, then (optimizer.decay == "sklearn") adding
+    scikit-learn's L2 penalty to the weights' gradients (`Optimizer.penalize`). It fills
+    batch_loss[i] (the batch's mean loss, plus that penalty with decay="sklearn")
     and grad_sq[i, k] (layer k's squared gradient norm, before clipping), and returns the
     number of batches completed: fewer than n_batches when batch i = the return value had
     a non-finite loss or gradient, in which case that batch made no update. A runner may
@@ -208,6 +212,8 @@ def train_epoch_layers(plan: EpochPlan) -> int:
     views, grad_W, grad_b = _grad_views(plan.layers, grads, plan.layer_slices)
     kernels = (get_kernel("loss_forward", plan.backend),
                get_kernel("loss_backward", plan.backend))
+    weight_slices = [slice(s.start, s.start + W.size)
+                     for s, (W, *_rest) in zip(plan.layer_slices, plan.layers)]
     prev = params.copy()  # weights before the last update: the fallback if it broke them
     plan.last_good = prev
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite value is reported
@@ -225,6 +231,11 @@ def train_epoch_layers(plan: EpochPlan) -> int:
                     and (np.isfinite(plan.grad_sq[i]).all() or np.isfinite(grads).all())):
                 return i
             clip_gradients(grads, plan.clip_value, plan.clip_norm)
+            penalty = opt.penalize(params, grads, min(B, len(X) - i * B), weight_slices)
+            if penalty:
+                plan.batch_loss[i] += penalty
+                if not math.isfinite(plan.batch_loss[i]):
+                    return i
             np.copyto(prev, params)
             opt.step(params, grads, plan.lr)
     return plan.n_batches
@@ -388,12 +399,28 @@ def blas_thread_limit(layers: Sequence[tuple], batch_size: int):
     if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
             and not machine_busy()):
         return nullcontext()
-    try:
-        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    controller = _blas_controller()
+    if controller is None:
         return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
+
+
+_CONTROLLER: list = []  # the process's threadpoolctl controller, made on first use
+
+
+def _blas_controller():
+    """A threadpoolctl ThreadpoolController made once per process (None without
+    threadpoolctl): finding the loaded libraries reads /proc/self/maps, ~8 ms, too much to
+    repeat for every fit of a small model (scikit-learn-style estimators fit often). The
+    BLAS libraries are loaded before it is made (NumPy's by import, SciPy's here)."""
+    if not _CONTROLLER:
+        try:
+            import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -415,7 +442,8 @@ def _progress(verbose: int, epochs: int):
 def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int = 32,
         optimizer: str | Optimizer = "adam", lr: float | None = None,
         validation_split: float | None = None, validation_data: tuple | None = None,
-        shuffle: bool = True, early_stopping: EarlyStopping | int | dict | None = None,
+        shuffle: bool | Callable[[int], np.ndarray] = True,
+        early_stopping: EarlyStopping | int | dict | None = None,
         callbacks: Sequence[Callable] | None = None, verbose: int = 1,
         lr_schedule: Schedule | Callable[[int, float], float] | None = None,
         clip_norm: float | None = None, clip_value: float | None = None,
@@ -432,12 +460,18 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     validation_split: fraction of (X, y) held out at random (seeded by the model), or
     validation_data=(X_val, y_val). early_stopping: an EarlyStopping, a patience (int) or
     its keywords (dict). callbacks: callables cb(epoch, logs) or objects with
-    on_epoch_end(epoch, logs); returning True stops training. clip_norm / clip_value:
+    on_epoch_end(epoch, logs); returning True stops training. shuffle: True reshuffles the
+    training rows every epoch from the model's seed; a callable shuffle(epoch) returns
+    that epoch's row order (a permutation of range(n_train): a caller's own random stream,
+    as scikit-learn's estimators draw theirs). clip_norm / clip_value:
     gradient clipping. health: GradientHealth settings (True: defaults; False: no
-    diagnostics). verbose: 0 silent, 1 a tqdm progress bar (when tqdm is installed),
-    2 a line per epoch. fused: None (default) runs each epoch in the backend's fused
-    compiled runner when it supports the model (numba), else layer by layer; False forces
-    the layer-by-layer runner; True requires the fused one (ValueError saying why not).
+    diagnostics, and no end-of-epoch pass over the training rows: "dead_relu",
+    "saturated" and the training metric ("accuracy" / "r2") are then not logged, unless
+    early stopping monitors that metric). verbose: 0 silent, 1 a tqdm progress bar (when
+    tqdm is installed), 2 a line per epoch. fused: None (default) runs each epoch in the
+    backend's fused compiled runner when it supports the model (numba), else layer by
+    layer; False forces the layer-by-layer runner; True requires the fused one
+    (ValueError saying why not).
     history.runner names the runner used ("fused" or "layers"). BLAS runs on one thread
     while training nets whose batches are small, or on a busy machine (see
     BLAS_SINGLE_THREAD_FLOPS).
@@ -500,6 +534,10 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     cache = model.__dict__.setdefault("_runner_cache", {})
     diag_rows = X[:health_cfg.sample_rows] if health_cfg else X[:2048]
     diag_labels = None if labels is None else labels[:len(diag_rows)]
+    metric = "r2" if model.task == "regression" else "accuracy"
+    # The end-of-epoch pass over diag_rows (a forward of up to 2048 rows) costs as much as
+    # several batches of a small net: run it only when something reads what it gives.
+    diagnose = health_cfg is not None or (stopper is not None and stopper.monitor == metric)
     # threadpoolctl applies its limits when the limiter is made: make it right here
     threads = blas_thread_limit(layers, batch_size)
     threads.__enter__()
@@ -507,8 +545,16 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
         for epoch in range(epochs):
             epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
             if shuffle:
-                perm = model._rng.permutation(n)
-                Xs, Ts = X[perm], T[perm]
+                if callable(shuffle):
+                    perm = np.asarray(shuffle(epoch))
+                    if perm.shape != (n,):
+                        raise ValueError(f"shuffle(epoch) must return a permutation of "
+                                         f"range({n}), got an array of shape {perm.shape}")
+                else:
+                    perm = model._rng.permutation(n)
+                # np.take: ~2x faster than X[perm] on small arrays (measured; out= would
+                # make it buffer the result to check the indices, slower still)
+                Xs, Ts = np.take(X, perm, axis=0), np.take(T, perm, axis=0)
             else:
                 Xs, Ts = X, T
             plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, Xs, Ts,
@@ -527,22 +573,23 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             sizes[-1] = n - batch_size * (plan.n_batches - 1)
             logs: dict[str, Any] = {"loss": float(np.dot(plan.batch_loss, sizes) / n)}
             norms = np.sqrt(np.mean(plan.grad_sq, axis=0))
-            metric = "r2" if model.task == "regression" else "accuracy"
-            logits, dead, saturated = _diagnose(model, diag_rows)
-            logs[metric] = score_logits(model, logits, T[:len(diag_rows)], diag_labels)
+            if diagnose:
+                logits, dead, saturated = _diagnose(model, diag_rows)
+                logs[metric] = score_logits(model, logits, T[:len(diag_rows)], diag_labels)
             if Xv is not None:
                 zv = model._logits(Xv)
                 logs["val_loss"] = loss_kernel(model.loss_spec, zv, Tv)
                 logs["val_" + metric] = score_logits(model, zv, Tv, labels_v)
             logs["lr"] = epoch_lr
             logs["grad_norm"] = norms.tolist()
-            logs["dead_relu"], logs["saturated"] = dead, saturated
+            if diagnose:
+                logs["dead_relu"], logs["saturated"] = dead, saturated
             history.append(epoch, logs)
             if monitor is not None:
                 monitor.check(epoch, logs["grad_norm"])
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4g}", **{metric: f"{logs[metric]:.4g}"})
+                bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", metric) if k in logs})
             elif verbose >= 1:
                 shown = "  ".join(f"{k}={v:.4g}" for k, v in logs.items()
                                   if isinstance(v, float))

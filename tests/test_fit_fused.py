@@ -22,6 +22,11 @@ OPTIMIZERS = {
     "adam-wd": ("adam", {"lr": 0.01, "weight_decay": 0.01}),
     "adamw": ("adamw", {"lr": 0.01, "weight_decay": 0.1}),
     "rmsprop-momentum": ("rmsprop", {"lr": 0.005, "momentum": 0.5, "weight_decay": 0.01}),
+    # scikit-learn's L2: weights only, divided by the batch's rows (the last batch of 37
+    # rows at batch_size 8 has 5), its penalty in the loss
+    "sgd-nesterov-sklearn-l2": ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True,
+                                        "weight_decay": 0.3, "decay": "sklearn"}),
+    "adam-sklearn-l2": ("adam", {"lr": 0.01, "weight_decay": 0.3, "decay": "sklearn"}),
 }
 
 
@@ -350,3 +355,92 @@ def test_blas_policy_without_threadpoolctl(monkeypatch):
     h = fg.MLP([4, 3], backend="numba", seed=0).fit(
         rng.standard_normal((16, 4)), np.arange(16) % 3, epochs=1, verbose=0)
     assert h.runner == "fused"
+
+
+# --- decay="sklearn" and the end-of-epoch pass --------------------------------------------
+
+def test_sklearn_decay_formula_in_both_runners(rng):
+    """One epoch of plain SGD, batches of 8, 8, 5 rows, in float64: the loss is the data
+    loss plus 0.5 wd ||W||^2 / r per batch, and the update adds wd W / r to the weights'
+    gradients only; both runners give what this step-by-step replay gives."""
+    X, y, d_out, output = problem(rng, "cross_entropy", n=21)
+    wd, lr = 0.7, 0.1
+    for fused in (True, False):
+        model = fg.MLP([X.shape[1], 6, d_out], "tanh", output=output, dtype="float64",
+                       backend="numba", seed=3)
+        replay = fg.MLP([X.shape[1], 6, d_out], "tanh", output=output, dtype="float64",
+                        backend="numba", seed=3)
+        replay.fit(X[:2], y[:2], epochs=1, optimizer="sgd", lr=1e-300, verbose=0,
+                   classes=np.unique(y))
+        replay.params[...] = model.params  # fixed output, same start
+        opt = optim.SGD(lr=lr, weight_decay=wd, decay="sklearn")
+        h = model.fit(X, y, epochs=1, batch_size=8, optimizer=opt, shuffle=False,
+                      verbose=0, health=False, fused=fused)
+        assert h.runner == ("fused" if fused else "layers")
+        losses = []
+        for lo in (0, 8, 16):
+            xb, yb = X[lo:lo + 8], y[lo:lo + 8]
+            r = len(xb)
+            value, g = train.batch_gradient(replay, xb, yb)
+            sq = sum(float(np.sum(layer.W ** 2)) for layer in replay.layers)
+            losses.append(value + 0.5 * wd * sq / r)
+            for s, layer in zip(replay.layer_slices, replay.layers):
+                g[s.start:s.start + layer.W.size] += wd / r * layer.W.ravel()
+            replay.params -= lr * g
+        want = np.dot(losses, [8, 8, 5]) / 21
+        np.testing.assert_allclose(h["loss"], [want], rtol=1e-12)
+        np.testing.assert_allclose(model.params, replay.params, rtol=1e-12, atol=1e-14)
+
+
+def test_decay_convention_is_checked():
+    with pytest.raises(ValueError, match="decay must be one of"):
+        optim.SGD(decay="keras")
+    with pytest.raises(ValueError, match="decoupled"):
+        optim.AdamW(decay="sklearn")
+    from fastgrad.backends import numba_train
+    with pytest.raises(ValueError, match="decay must be one of"):
+        numba_train.FusedConfig(loss="mse", batch_size=4, decay="torch")
+    with pytest.raises(ValueError, match="adamw"):
+        numba_train.FusedConfig(loss="mse", batch_size=4, optimizer="adamw",
+                                decay="sklearn")
+    # decay="sklearn" leaves the decay to the runners: step alone applies none
+    opt = optim.SGD(lr=0.1, weight_decay=0.5, decay="sklearn")
+    p, g = np.ones(3), np.zeros(3)
+    opt.bind(p)
+    opt.step(p, g)
+    np.testing.assert_array_equal(p, np.ones(3))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_health_false_skips_the_end_of_epoch_pass(rng, fused, monkeypatch):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    calls = []
+    real = train._diagnose
+    monkeypatch.setattr(train, "_diagnose", lambda *a: calls.append(1) or real(*a))
+    _, h, _ = run(X, y, d_out, output, "float64", fused, epochs=2, batch_size=8,
+                  health=False)
+    assert not calls and {"accuracy", "dead_relu", "saturated"}.isdisjoint(h.history)
+    assert len(h["loss"]) == 2 and len(h["grad_norm"]) == 2
+    # ... unless early stopping monitors the training metric
+    _, h, _ = run(X, y, d_out, output, "float64", fused, epochs=2, batch_size=8,
+                  health=False, early_stopping={"monitor": "accuracy"})
+    assert len(calls) == 2 and len(h["accuracy"]) == 2
+    _, h, _ = run(X, y, d_out, output, "float64", fused, epochs=1, batch_size=8)
+    assert {"accuracy", "dead_relu", "saturated"} <= set(h.history)
+
+
+def test_shuffle_callable_gives_each_epoch_order(rng):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    orders = [rng.permutation(len(X)) for _ in range(3)]
+    a = run(X, y, d_out, output, "float64", True, epochs=3, batch_size=8,
+            shuffle=lambda epoch: orders[epoch])
+    # the same epochs by hand: one unshuffled fit per epoch on the reordered rows
+    model = fg.MLP([X.shape[1], 6, 5, d_out], "tanh", output=output, dtype="float64",
+                   backend="numba", seed=7)
+    opt = optim.SGD(lr=0.05)
+    for order in orders:
+        model.fit(X[order], y[order], epochs=1, batch_size=8, optimizer=opt,
+                  shuffle=False, verbose=0, classes=np.unique(y))
+    assert_close(a[0].params, model.params, "float64", "weights")
+    with pytest.raises(ValueError, match="permutation of range"):
+        run(X, y, d_out, output, "float64", True, epochs=1, shuffle=lambda e: orders[0][:5])

@@ -78,16 +78,20 @@ def test_sklearn_check_estimator(estimator, check):
     ({"solver": "sgd", "nesterovs_momentum": False, "batch_size": 32,
       "early_stopping": True, "validation_fraction": 0.2}, 1e-9),
 ])
-def test_float64_training_matches_sklearn(iris, params, rtol):
+@pytest.mark.parametrize("backend, runner", [(None, "fused"), ("numpy", "layers")])
+def test_float64_training_matches_sklearn(iris, params, rtol, backend, runner):
     """Same random_state: same initial weights, shuffles and validation split, and the
     same loss (L2 penalty on the weights only, divided by the batch size), so in float64
-    the loss curves agree to rounding: the conventions are scikit-learn's exactly."""
+    the loss curves agree to rounding: the conventions are scikit-learn's exactly. Every
+    configuration trains on fit's fused runner (numba) where the backend has one, layer by
+    layer elsewhere (the numpy backend): both reproduce scikit-learn."""
     X, y = iris
     params = {"hidden_layer_sizes": (10,), "max_iter": 40, "random_state": 1, **params}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = MLPClassifier(dtype="float64", **params).fit(X, y)
+        ours = MLPClassifier(dtype="float64", backend=backend, **params).fit(X, y)
         ref = SkMLPClassifier(**params).fit(X, y)
+    assert ours._model.history_.runner == runner
     assert ours.n_iter_ == ref.n_iter_
     np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=rtol)
     for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_):
@@ -95,6 +99,48 @@ def test_float64_training_matches_sklearn(iris, params, rtol):
     if params.get("early_stopping"):
         np.testing.assert_allclose(ours.validation_scores_, ref.validation_scores_)
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+
+
+def test_epoch_order_is_sklearns_shuffle():
+    """The estimators draw each epoch's order without sklearn.utils.shuffle's argument
+    checks; the draw must be the same one (scikit-learn's seeds reproduce)."""
+    from sklearn.utils import check_random_state
+    from sklearn.utils import shuffle as sk_shuffle
+    ours, theirs = check_random_state(3), check_random_state(3)
+    a = b = np.arange(17)
+    for _ in range(4):
+        perm = np.arange(17)
+        ours.shuffle(perm)
+        a = a[perm]
+        b = sk_shuffle(b, random_state=theirs)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_fit_call_per_fit(iris, monkeypatch):
+    """All epochs run in one MLP.fit call (scikit-learn's per-epoch logic is its
+    callback), on the fused runner for every solver and learning-rate schedule."""
+    import fastgrad.nn
+    X, y = iris
+    calls = []
+    real = fastgrad.nn.MLP.fit
+    monkeypatch.setattr(fastgrad.nn.MLP, "fit",
+                        lambda self, *a, **k: calls.append(k["epochs"]) or real(self, *a, **k))
+    for extra in ({}, {"solver": "sgd", "learning_rate": "adaptive"},
+                  {"solver": "sgd", "learning_rate": "invscaling"}):
+        calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = MLPClassifier(max_iter=7, random_state=0, **extra).fit(X, y)
+        assert calls == [7] and clf.n_iter_ == 7
+        assert clf._model.history_.runner == "fused"
+    calls.clear()
+    reg = MLPRegressor(max_iter=3, random_state=0, early_stopping=True, solver="sgd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, X[:, 0] - X[:, 1])
+    assert calls == [3] and reg._model.history_.runner == "fused"
+    binary = MLPClassifier(max_iter=1, random_state=0).partial_fit(X, y > 0, classes=[False, True])
+    assert calls == [3, 1] and binary._model.history_.runner == "fused"
 
 
 # --- acceptance on scikit-learn's bundled datasets --------------------------------------

@@ -553,7 +553,10 @@ class _FitAdapter:
     def key_of(plan, state_arrays) -> tuple:
         # Identities of every buffer the views point into (the adapter holds them, so an
         # id cannot be reused while it lives), and what the workspace is sized for.
-        hidden = plan.layers[0][2:] if len(plan.layers) > 1 else None
+        # (the activation by name: comparing ActivationSpec dataclasses field by field
+        # costs more than the rest of the key)
+        hidden = ((plan.layers[0][2].name, *plan.layers[0][3:5]) if len(plan.layers) > 1
+                  else None)
         return (id(plan.params), id(plan.grads), plan.batch_size, hidden,
                 tuple(id(a) for a in state_arrays), tuple(W.shape for W, *_ in plan.layers))
 
@@ -590,7 +593,7 @@ def train_epoch(plan, *args, **kwargs):
         (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
          hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
          plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False))
+        hyper.get("nesterov", False), opt.decay)
     start_step = opt.steps
     np.copyto(ad.start_params, plan.params)
     for saved, arr in zip(ad.start_state, state_arrays):

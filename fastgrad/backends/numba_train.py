@@ -39,14 +39,18 @@ in tests/test_fused.py and tests/test_fit_fused.py check both):
   ``mean over the r rows of sum_j t_j (logsumexp(z) - z_j)`` (``logsumexp(z) - z_y`` for
   an index y). Its gradient w.r.t. the logits is ``(z - t) / (r k)``,
   ``(sigmoid(z) - t) / (r k)``, ``(softmax(z) - t) / r``. The penalty of weight decay is
-  not part of the loss.
+  not part of the loss, except with ``decay="sklearn"`` (below).
 - Gradient processing per batch, in this order: (1) data gradient; (2) if the batch loss or
   any gradient is not finite, stop before the update (see EpochStats); (3) clip each element
   to [-clip_value, clip_value] (0 = off); (4) if the global L2 norm over all layers' W and
   b exceeds clip_norm (0 = off), scale all by ``clip_norm / norm``; (5) optimizer update.
-- Weight decay applies to every parameter, weights and biases (PyTorch's default, and
-  the trainer's flat parameter buffer). sgd, adam, rmsprop: L2 (``g += wd * p``); adamw:
-  decoupled (``p -= lr * wd * p`` before the Adam step).
+- Weight decay, ``decay="pytorch"`` (the default): on every parameter, weights and biases
+  (PyTorch's default, and the trainer's flat parameter buffer). sgd, adam, rmsprop: L2
+  (``g += wd * p``); adamw: decoupled (``p -= lr * wd * p`` before the Adam step).
+  ``decay="sklearn"`` (scikit-learn's MLP penalty, not with adamw): on the weight matrices
+  only, divided by the batch's rows r (the last batch may be shorter), ``gW += wd * W / r``,
+  and its penalty ``0.5 * wd * sum_k ||W_k||^2 / r`` (the weights before the update) IS
+  added to the batch loss, as scikit-learn's loss_curve_ has it.
 - sgd (PyTorch's form): ``v = momentum * v + g``; ``W -= lr * (g + momentum * v)`` with
   nesterov, else ``W -= lr * v``; momentum 0 is plain ``W -= lr * g`` (no velocity kept).
 - adam/adamw: ``t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
@@ -91,6 +95,7 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 LOSSES = ("mse", "binary_cross_entropy", "cross_entropy")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+DECAYS = ("pytorch", "sklearn")  # weight-decay conventions (see the module docstring)
 _SAT_NONE, _SAT_SIGMOID, _SAT_TANH = 0, 1, 2
 # Indices into the hyper-parameter vector the kernel takes (in the arrays' dtype).
 _HP = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "clip_value",
@@ -119,6 +124,7 @@ class FusedConfig:
     clip_norm: float = 0.0
     clip_value: float = 0.0
     alpha: float = 0.99
+    decay: str = "pytorch"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -152,6 +158,12 @@ class FusedConfig:
             raise ValueError(f"momentum must be < 1, got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {', '.join(map(repr, DECAYS))}, got "
+                             f"{self.decay!r}")
+        if self.decay == "sklearn" and self.optimizer == "adamw":
+            raise ValueError("decay='sklearn' is an L2 penalty on the gradient; adamw's "
+                             "decay is decoupled: use adam, sgd or rmsprop with it")
 
     @property
     def spec(self) -> ActivationSpec:
@@ -327,7 +339,7 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         g=np.zeros(total, dtype), offsets=offsets,
         dW=tuple(np.zeros((sizes[i], sizes[i + 1]), dtype) for i in range(L)),
         db=tuple(np.zeros(sizes[i + 1], dtype) for i in range(L)),
-        hp=np.zeros(len(_HP), dtype), ip=np.zeros(5, np.int64),
+        hp=np.zeros(len(_HP), dtype), ip=np.zeros(6, np.int64),
         loss_acc=np.zeros(1, np.float64), grad_sq=np.zeros(L, np.float64),
         batch_sq=np.zeros(L, np.float64),
         active=np.zeros(n_hidden_units, np.int32),
@@ -573,12 +585,12 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
           result, batch_losses, batch_sqs):
     # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
-    # use_order; hp: _HP in the arrays' dtype. Outputs: loss_acc (summed loss times batch
-    # rows), grad_sq (summed per layer), active/saturated (counts), result: batches and
-    # samples applied, bad batch, bad layer. batch_sq is scratch. batch_losses (n_batches,)
-    # and batch_sqs (n_batches, L), when not empty, receive every batch's mean loss and
-    # per-layer squared gradient norm, the stopping batch's included (the trainer's
-    # EpochPlan.batch_loss / grad_sq).
+    # use_order, decay (index into DECAYS); hp: _HP in the arrays' dtype. Outputs: loss_acc
+    # (summed loss times batch rows), grad_sq (summed per layer), active/saturated (counts),
+    # result: batches and samples applied, bad batch, bad layer. batch_sq is scratch.
+    # batch_losses (n_batches,) and batch_sqs (n_batches, L), when not empty, receive every
+    # batch's mean loss and per-layer squared gradient norm, the stopping batch's included (the
+    # trainer's EpochPlan.batch_loss / grad_sq).
     n, d0 = X.shape
     L = len(Ws)
     B = ip[0]
@@ -586,6 +598,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     opt = ip[2]
     nesterov = ip[3] != 0
     use_order = ip[4] != 0
+    sk_decay = ip[5] == 1
     lr = hp[0]
     mom = hp[1]
     b1 = hp[2]
@@ -664,6 +677,13 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
                 np.dot(g, W.T, gp)
                 _hidden_backward(gp, zbuf[p: p + r * mp].reshape((r, mp)), hp_,
                                 dbs[layer - 1], a, b)
+        # ---- scikit-learn's penalty: part of the batch loss, from the weights before the
+        # update (its gradient joins in _update, after clipping, as with decay="pytorch")
+        if sk_decay and wd != 0:
+            pen = 0.0
+            for layer in range(L):
+                pen += _sumsq(Ws[layer])
+            batch_loss += 0.5 * np.float64(wd) * pen / r
         # ---- checks: stop before the update on a non-finite loss or gradient
         total_sq = 0.0
         finite = np.isfinite(batch_loss)
@@ -713,13 +733,19 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             lr_t = hp.dtype.type(lr / (1.0 - np.float64(b1) ** t))
             inv_sqrt_bc2 = hp.dtype.type(1.0 / math.sqrt(1.0 - np.float64(b2) ** t))
         step[0] += 1
+        wd_W = wd
+        wd_b = wd
+        if sk_decay:
+            wd_W = hp.dtype.type(wd / r)
+            wd_b = wd * 0
         for layer in range(L):
             W = Ws[layer]
             _update(W.reshape(W.size), dWs[layer].reshape(W.size),
                     mW[layer].reshape(mW[layer].size), vW[layer].reshape(vW[layer].size),
-                    opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
+                    opt, lr, mom, nesterov, wd_W, scale, b1, b2, eps, lr_t, inv_sqrt_bc2,
+                    alpha)
             _update(bs[layer], dbs[layer], mb[layer], vb[layer], opt, lr, mom, nesterov,
-                    wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
+                    wd_b, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
         loss_acc[0] += batch_loss * r
         result[0] += 1
         result[1] += r
@@ -806,11 +832,11 @@ _NO_BATCH_SQS = np.zeros((0, 0))
 
 
 def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_order: bool,
-               hp: tuple, nesterov: bool) -> None:
+               hp: tuple, nesterov: bool, decay: str = "pytorch") -> None:
     """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`."""
     ws.hp[:] = hp
     ws.ip[:] = (batch_size, LOSSES.index(loss), OPTIMIZERS.index(optimizer), int(nesterov),
-                int(use_order))
+                int(use_order), DECAYS.index(decay))
 
 
 def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
@@ -860,7 +886,7 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
     _configure(ws, config.loss, config.optimizer, config.batch_size, order is not None,
                (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
                 config.weight_decay, config.clip_norm, config.clip_value, a, b, config.alpha),
-               config.nesterov)
+               config.nesterov, config.decay)
     _launch(_epoch_kernel(config.spec), X, order_arr, labels, targets, Ws, bs, state, ws)
     n_batches, n_samples, bad_batch, bad_layer = (int(v) for v in ws.result)
     bounds = np.cumsum((0, *sizes[1:-1]))
