@@ -6,9 +6,9 @@ fallback every CPU backend has), its device twin for device backends
 (`fastgrad.train_device.DeviceEpochRunner`: weights, gradients, optimizer state and
 activations resident on the GPU for the whole fit) or a backend's fused ``train_epoch``
 kernel, which `fit` takes when the backend module defines it and its
-``supports_train_epoch(plan)`` (if defined) accepts the plan. Everything else (task inference, targets, validation,
-diagnostics, early stopping, callbacks, progress) is shared, so both runners train the
-same way and report the same history.
+``supports_train_epoch(plan)`` (if defined) accepts the plan. Everything else (task
+inference, targets, validation, diagnostics, early stopping, callbacks, progress) is
+shared, so every runner trains the same way and reports the same history.
 """
 
 from __future__ import annotations

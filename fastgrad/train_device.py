@@ -73,7 +73,7 @@ class DeviceEpochRunner:
         # of the flat gradient, each batch its metrics row): no fill needed.
         self.grads = be.empty(plan.params.shape, dtype)
         self.layers, self.grad_W, self.grad_b = [], [], []
-        for (W, b, spec, pa, pb), s in zip(plan.layers, plan.layer_slices):
+        for (W, _b, spec, pa, pb), s in zip(plan.layers, plan.layer_slices):
             n_w = W.size
             self.layers.append((self.params[s.start:s.start + n_w].reshape(W.shape),
                                 self.params[s.start + n_w:s.stop], spec, pa, pb))
