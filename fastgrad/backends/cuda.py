@@ -980,7 +980,15 @@ def compile_targets(dtype) -> list[tuple[str, object, tuple]]:
         arr, out = (mat, f64[::1]) if spec.rowwise else (vec, f64[::1])
         targets += [(f"loss {name} forward", fwd, (arr, arr, out)),
                     (f"loss {name} backward", bwd, (arr, arr, arr, f64))]
+    v64, m64, i64 = f64[::1], f64[:, ::1], types.int64
+    clip_value, clip_norm = _clip_kernels(dtype)
     targets += [
+        ("loss sum into slot", _sum_into_kernel, (v64, i64, v64, i64, f64)),
+        ("grad norms: segment sumsq", _segment_sumsq_kernel, (vec, i64[::1], m64, m64)),
+        ("grad norms: finish", _segment_finish_kernel, (m64, m64, m64, m64, i64)),
+        ("clip_value", clip_value, (vec, nbt)),
+        ("clip_norm", clip_norm, (vec, m64, i64, f64)),
+        ("fill", _fill_kernel, (vec, nbt)),
         ("sgd_update", _sgd_kernel, (vec, vec, vec, f64, f64, f64, types.boolean)),
         ("adam_update", _adam_kernel, (vec,) * 4 + (f64,) * 7),
         ("rmsprop_update", _rmsprop_kernel, (vec,) * 4 + (f64,) * 5),
