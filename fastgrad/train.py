@@ -233,6 +233,11 @@ def batch_gradient(model: Sequential, X: Any, y: Any) -> tuple[float, np.ndarray
     T, _ = prepare_targets(model, y, len(X))
     grads = np.zeros_like(model.params)
     layers = _plan_layers(model)
+    if getattr(get_backend(model.backend), "DEVICE", False):
+        from .train_device import DeviceEpochRunner
+        plan = EpochPlan(layers, model.params, grads, model.layer_slices, X, T, len(X),
+                         model.loss_spec, None, 0.0, None, None, model.backend)
+        return DeviceEpochRunner(model.backend).gradient(plan), grads
     _, grad_W, grad_b = _grad_views(layers, grads, model.layer_slices)
     value = forward_backward(layers, X, T, model.loss_spec, grad_W, grad_b, model.backend)
     return value, grads

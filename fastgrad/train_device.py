@@ -101,7 +101,8 @@ class DeviceEpochRunner:
         self.loss_scratch = be.empty(
             (max(1, self.k["loss_scratch_size"](plan.loss, B, plan.T.shape[1])),), np.float64)
         self.snap_params = be.empty(plan.params.shape, dtype)
-        self.snap_state = [be.empty(s.shape, s.dtype) for s in plan.optimizer.state()]
+        state = [] if plan.optimizer is None else plan.optimizer.state()
+        self.snap_state = [be.empty(s.shape, s.dtype) for s in state]
         self.prev = be.empty(plan.params.shape, dtype)
         self.n = n
 
@@ -195,6 +196,16 @@ class DeviceEpochRunner:
         be.download(self.grads, plan.grads)
         if bad > 0:
             plan.last_good = be.to_host(self.prev)
+
+    def gradient(self, plan) -> float:
+        """The mean loss of plan.X as one batch, its flat gradient into plan.grads (host);
+        no update (plan.optimizer may be None). For fastgrad.train.batch_gradient."""
+        self._setup(plan)
+        self.be.upload(self.X, plan.X)
+        self.be.upload(self.T, plan.T)
+        self._forward_backward(plan, 0)
+        self.be.download(self.grads, plan.grads)
+        return float(self.be.to_host(self.batch_loss)[0])
 
     # --- forward passes for fit's diagnostics ------------------------------------------
     def layer_outputs(self, X: np.ndarray, wants: list[str | None]):

@@ -131,6 +131,17 @@ def test_cuda_fit_matches_the_numpy_backend(dtype, optimizer, kw, monkeypatch):
         assert model.score(X, y) == want_model.score(X, y)
 
 
+def test_cuda_batch_gradient_matches_the_numpy_backend():
+    X, y = _data()
+    got_model = fg.MLP([5, 4, 3], "gelu", output="softmax", dtype="float64", backend="cuda",
+                       seed=2)
+    want_model = fg.MLP([5, 4, 3], "gelu", output="softmax", dtype="float64", seed=2)
+    got_loss, got = fg.train.batch_gradient(got_model, X[:6], y[:6])
+    want_loss, want = fg.train.batch_gradient(want_model, X[:6], y[:6])
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    assert_close(got, want, np.float64, True, "flat gradient")
+
+
 def test_cuda_model_save_and_load(tmp_path):
     X, y = _data()
     model = fg.MLP([5, 3], dtype="float64", backend="cuda", seed=3)
