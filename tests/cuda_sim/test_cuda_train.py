@@ -28,10 +28,10 @@ from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: E402
 from numba.cuda.simulator.kernel import FakeCUDAKernel  # noqa: E402
 
 
-def _data(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((13, 5))
-    y = np.array(list("abc"))[np.arange(13) % 3]
+def _data(n: int = 13):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 5))
+    y = np.array(list("abc"))[np.arange(n) % 3]
     return X, y
 
 
@@ -98,7 +98,7 @@ class TransferSpy:
                         "clip_norm": 0.4}),
     ("float32", "adam", {"lr": 0.05, "clip_norm": 0.5}),
 ], ids=["float64-sgd-clip", "float32-adam"])
-def test_cuda_fit_matches_the_numpy_backend(dtype, optimizer, kw, monkeypatch):
+def test_cuda_fit_matches_the_numpy_backend(dtype, optimizer, kw, monkeypatch, tmp_path):
     want_model, want = _fit("numpy", dtype, optimizer, **kw)
     spy = TransferSpy(monkeypatch)
     model, got = _fit("cuda", dtype, optimizer, callbacks=[spy], **kw)
@@ -129,6 +129,10 @@ def test_cuda_fit_matches_the_numpy_backend(dtype, optimizer, kw, monkeypatch):
         np.testing.assert_array_equal(pred, want_model.predict(X))
         assert_close(model.predict_proba(X), want_model.predict_proba(X), np.float64, True)
         assert model.score(X, y) == want_model.score(X, y)
+        model.save(tmp_path / "model.npz")  # the host copy of the weights
+        clone = fg.load(tmp_path / "model.npz", backend="cuda")
+        np.testing.assert_array_equal(clone.params, model.params)
+        np.testing.assert_array_equal(clone.predict(X), pred)
 
 
 def test_cuda_batch_gradient_matches_the_numpy_backend():
@@ -142,25 +146,13 @@ def test_cuda_batch_gradient_matches_the_numpy_backend():
     assert_close(got, want, np.float64, True, "flat gradient")
 
 
-def test_cuda_model_save_and_load(tmp_path):
-    X, y = _data()
-    model = fg.MLP([5, 3], dtype="float64", backend="cuda", seed=3)
-    model.fit(X, y, epochs=1, batch_size=13, optimizer="sgd", lr=0.1, verbose=0)
-    path = tmp_path / "model.npz"
-    model.save(path)
-    for backend in ("cuda", "numpy"):
-        clone = fg.load(path, backend=backend)
-        np.testing.assert_array_equal(clone.params, model.params)
-        np.testing.assert_array_equal(clone.predict(X), model.predict(X))
-
-
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the float64 blow-up itself
 def test_cuda_fit_stops_on_a_non_finite_batch_like_the_cpu():
     """The epoch runs through on the device; the runner then replays up to the first bad
     batch, so the error and the kept weights match the layer-by-layer CPU runner."""
     errors, params = [], []
     for backend in ("numpy", "cuda"):
-        X, y = _data()
+        X, y = _data(8)  # two batches: the second one fails
         m = fg.MLP([5, 4, 3], "relu", dtype="float64", backend=backend, seed=7)
         with pytest.raises(NonFiniteError) as info:
             m.fit(X, y, epochs=1, batch_size=4, optimizer="sgd", lr=1e300, verbose=0)
@@ -172,10 +164,11 @@ def test_cuda_fit_stops_on_a_non_finite_batch_like_the_cpu():
     np.testing.assert_allclose(params[1], params[0], rtol=1e-10)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cuda_trainer_kernels(dtype, rng):
+def test_cuda_trainer_kernels(rng):
     """The kernels the device runner adds: loss into a device slot, per-segment squared
-    norms and non-finite counts (one and two stages), clipping by value and by norm."""
+    norms and non-finite counts (one and two stages), clipping by value and by norm
+    (float32: where rounding the scale to the dtype matters; the fits cover float64)."""
+    dtype = np.float32
     for spec in LOSSES.values():
         pred = (rng.standard_normal((5, 3)) * 3).astype(dtype)
         target = (np.eye(3)[rng.integers(0, 3, 5)] if spec.rowwise
