@@ -29,6 +29,14 @@ A device backend (``DEVICE = True``, cuda) is never served another backend's ker
 arrays live on the device, where a CPU kernel cannot run (or would copy on every call).
 
 A backend module may define ``check_available()``, raising with the reason it cannot run.
+
+A device backend (``DEVICE = True``) also provides what the trainer's device runner
+(`fastgrad.train_device`) needs to keep a whole epoch on the device: array movement
+(``to_device``, ``to_host``, ``empty``, ``zeros``, ``upload``, ``download``,
+``copy_device``), ``linear_backward_into`` (into caller-owned buffers),
+``loss_forward_into`` (the mean loss into a device slot), ``segment_sumsq_into``
+(per-layer squared gradient norms and non-finite counts) and ``clip_value_`` /
+``clip_norm_``; see fastgrad.backends.cuda.
 """
 
 from __future__ import annotations
