@@ -8,14 +8,17 @@ overlap) while it holds the GIL, then runs the loops without it: serially, or on
 contiguous block per thread in a `prange` when the size pays for threads. Matmuls call
 BLAS sgemm/dgemm through scipy.linalg.cython_blas.
 
-Kernels are chosen by id: ``KERNELS[name]`` for every activation this module compiles.
-Entry points: activation_forward, activation_backward, linear_forward, linear_backward.
+Kernels are chosen by id: ``KERNELS[name]`` for every activation this module compiles,
+``LOSSES[name]`` for every loss. Entry points: activation_forward, activation_backward,
+linear_forward, linear_backward, loss_forward, loss_backward, and the optimizer updates
+sgd_update, adam_update, rmsprop_update.
 Every one raises TypeError/ValueError (naming the argument) on bad input; none reads or
 writes out of bounds, whatever it is given.
 """
 
 cimport numpy as cnp
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -67,6 +70,36 @@ cdef extern from "_kernels_simd.h" nogil:
     void fg_backward_colsum_f64(int k, const double *s, const double *grad, double *g,
                                 double *colsum, Py_ssize_t rows, Py_ssize_t cols,
                                 double a, double b)
+    int FG_NUM_LOSSES
+    const char *fg_loss_names[]
+    const int fg_loss_rowwise[]
+    double fg_loss_forward_f32(int k, const float *p, const float *t, Py_ssize_t rows,
+                               Py_ssize_t cols)
+    double fg_loss_forward_f64(int k, const double *p, const double *t, Py_ssize_t rows,
+                               Py_ssize_t cols)
+    void fg_loss_backward_f32(int k, const float *p, const float *t, float *out,
+                              Py_ssize_t rows, Py_ssize_t cols)
+    void fg_loss_backward_f64(int k, const double *p, const double *t, double *out,
+                              Py_ssize_t rows, Py_ssize_t cols)
+    void fg_sgd_update_f32(float *param, const float *grad, float *velocity, Py_ssize_t n,
+                           double lr, double momentum, double weight_decay, int nesterov)
+    void fg_sgd_update_f64(double *param, const double *grad, double *velocity,
+                           Py_ssize_t n, double lr, double momentum, double weight_decay,
+                           int nesterov)
+    void fg_adam_update_f32(float *param, const float *grad, float *m, float *v,
+                            Py_ssize_t n, double lr, double beta1, double beta2,
+                            double eps, double weight_decay, int decoupled,
+                            double step_size, double inv_sqrt_bc2)
+    void fg_adam_update_f64(double *param, const double *grad, double *m, double *v,
+                            Py_ssize_t n, double lr, double beta1, double beta2,
+                            double eps, double weight_decay, int decoupled,
+                            double step_size, double inv_sqrt_bc2)
+    void fg_rmsprop_update_f32(float *param, const float *grad, float *square_avg,
+                               float *momentum_buf, Py_ssize_t n, double lr, double alpha,
+                               double eps, double weight_decay, double momentum)
+    void fg_rmsprop_update_f64(double *param, const double *grad, double *square_avg,
+                               double *momentum_buf, Py_ssize_t n, double lr, double alpha,
+                               double eps, double weight_decay, double momentum)
 
 ctypedef fused floating:
     float
@@ -81,6 +114,10 @@ KERNELS = {fg_kernel_names[k].decode(): k for k in range(FG_NUM_KERNELS)}
 """Activation name -> kernel id, for every activation compiled here."""
 ROWWISE = frozenset(name for name, k in KERNELS.items() if fg_kernel_rowwise[k])
 """Activations that act along the last axis (2-D arrays of shape (rows, n))."""
+LOSSES = {fg_loss_names[k].decode(): k for k in range(FG_NUM_LOSSES)}
+"""Loss name (fastgrad.LOSSES) -> loss id, for every loss compiled here."""
+ROWWISE_LOSSES = frozenset(name for name, k in LOSSES.items() if fg_loss_rowwise[k])
+"""Losses that couple a row's outputs (the mean is over rows, not elements)."""
 
 # Thread thresholds (elements; the total work of one call). Below them a call runs on the
 # calling thread: entering an OpenMP region costs ~2-3 us here, more than the loop saves.
@@ -149,6 +186,14 @@ cdef int _kernel(object kernel) except -1:
         raise ValueError(f"kernel must be an id from fastgrad._kernels.KERNELS "
                          f"(0..{FG_NUM_KERNELS - 1}), got {kernel!r}")
     return kernel
+
+
+cdef int _loss(object loss) except -1:
+    if (not isinstance(loss, (int, np.integer)) or isinstance(loss, bool)
+            or not 0 <= loss < FG_NUM_LOSSES):
+        raise ValueError(f"loss must be an id from fastgrad._kernels.LOSSES "
+                         f"(0..{FG_NUM_LOSSES - 1}), got {loss!r}")
+    return loss
 
 
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
@@ -515,3 +560,181 @@ def linear_backward(kernel, grad_y, x, W, saved=None, double a=0.0, double b=0.0
                              <double *>cnp.PyArray_DATA(grad_b), N, di, do, need_grad_x,
                              a, b)
     return (grad_x if need_grad_x else None), grad_W, grad_b
+
+
+# ---- losses ------------------------------------------------------------------------------
+# pred and target (N, K); the math in double whatever the dtype, as the numpy reference
+# does; serial (a batch's output is far below the thread thresholds).
+
+cdef tuple _loss_inputs(object pred, object target):
+    """(pred, target) validated: 2-D, non-empty, one float dtype and shape."""
+    cdef cnp.ndarray pa = _array(pred, "pred", -1, False)
+    _check_2d(pa, "pred", "(N, K)")
+    if cnp.PyArray_SIZE(pa) == 0:
+        raise ValueError(f"pred must be non-empty, got shape {(<object>pa).shape}")
+    cdef cnp.ndarray ta = _array(target, "target", cnp.PyArray_TYPE(pa), False)
+    _check_shape(ta, "target", (<object>pa).shape, "the shape of pred")
+    return pa, ta
+
+
+def loss_forward(loss, pred, target) -> float:
+    """The mean loss `loss` (an id from LOSSES) of raw outputs pred against target.
+
+    pred, target: C-contiguous (N, K) arrays of one float dtype, non-empty (logits for
+    the cross-entropies; cross_entropy's target rows one-hot or summing to 1). mse:
+    0.5 mean((p - t)^2); binary_cross_entropy: mean(max(z, 0) - z t + log1p(exp(-|z|)));
+    cross_entropy: mean over rows of sum_k t_k (logsumexp(z) - z_k). Computed and summed
+    in double; returns a Python float.
+    """
+    cdef int k = _loss(loss)
+    cdef cnp.ndarray pa, ta
+    pa, ta = _loss_inputs(pred, target)
+    cdef Py_ssize_t rows = pa.shape[0], cols = pa.shape[1]
+    cdef double value
+    if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
+        with nogil:
+            value = fg_loss_forward_f32(k, <float *>cnp.PyArray_DATA(pa),
+                                        <float *>cnp.PyArray_DATA(ta), rows, cols)
+    else:
+        with nogil:
+            value = fg_loss_forward_f64(k, <double *>cnp.PyArray_DATA(pa),
+                                        <double *>cnp.PyArray_DATA(ta), rows, cols)
+    return value
+
+
+def loss_backward(loss, pred, target, out) -> None:
+    """out = dL/dpred of loss_forward(loss, pred, target), the 1/count of the mean
+    included: (p - t) / (N K) (mse), (sigmoid(z) - t) / (N K) (binary_cross_entropy),
+    (softmax(z) - t) / N (cross_entropy). out: (N, K), pred's dtype, C-contiguous; it may
+    be pred or target itself (inputs that partly overlap it are copied first).
+    """
+    cdef int k = _loss(loss)
+    cdef cnp.ndarray pa, ta
+    pa, ta = _loss_inputs(pred, target)
+    cdef cnp.ndarray oa = _array(out, "out", cnp.PyArray_TYPE(pa), True)
+    _check_shape(oa, "out", (<object>pa).shape, "the shape of pred")
+    pa = _apart(pa, oa, True)
+    ta = _apart(ta, oa, True)
+    cdef Py_ssize_t rows = pa.shape[0], cols = pa.shape[1]
+    if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
+        with nogil:
+            fg_loss_backward_f32(k, <float *>cnp.PyArray_DATA(pa),
+                                 <float *>cnp.PyArray_DATA(ta),
+                                 <float *>cnp.PyArray_DATA(oa), rows, cols)
+    else:
+        with nogil:
+            fg_loss_backward_f64(k, <double *>cnp.PyArray_DATA(pa),
+                                 <double *>cnp.PyArray_DATA(ta),
+                                 <double *>cnp.PyArray_DATA(oa), rows, cols)
+
+
+# ---- optimizer updates -----------------------------------------------------------------
+# In place on 1-D arrays of one dtype (the trainer's flat parameter buffer and the
+# optimizer's state), PyTorch's formulas (fastgrad.optim), in double, serial.
+
+cdef tuple _update_arrays(object param, object grad, tuple state):
+    """(param, grad, *state) validated: 1-D, one dtype and size, C-contiguous; param and
+    the state writable and pairwise disjoint; grad copied if it partly overlaps one."""
+    cdef cnp.ndarray pa = _array(param, "param", -1, True)
+    if cnp.PyArray_NDIM(pa) != 1:
+        raise ValueError(f"param must be 1-D (a flat parameter vector), got shape "
+                         f"{(<object>pa).shape}")
+    cdef int typenum = cnp.PyArray_TYPE(pa)
+    cdef tuple shape = (<object>pa).shape
+    cdef cnp.ndarray ga = _array(grad, "grad", typenum, False)
+    _check_shape(ga, "grad", shape, "the shape of param")
+    cdef list written = [("param", pa)]
+    cdef cnp.ndarray arr
+    for name, obj in state:
+        arr = _array(obj, name, typenum, True)
+        _check_shape(arr, name, shape, "the shape of param")
+        for other_name, other in written:
+            if _overlap(arr, other):
+                raise ValueError(f"{name} and {other_name} overlap: an optimizer's "
+                                 f"parameter and state arrays must be separate")
+        written.append((name, arr))
+    for _, arr in written:
+        ga = _apart(ga, arr, True)
+    return (pa, ga) + tuple(arr for _, arr in written[1:])
+
+
+def sgd_update(param, grad, velocity, double lr, double momentum, double weight_decay,
+               bint nesterov) -> None:
+    """SGD step in place: g = grad + weight_decay p; with momentum: v = momentum v + g,
+    g = g + momentum v (nesterov) or v; p -= lr g. velocity is untouched when momentum
+    is 0. param, grad, velocity: 1-D, one dtype and size.
+    """
+    cdef cnp.ndarray pa, ga, va
+    pa, ga, va = _update_arrays(param, grad, (("velocity", velocity),))
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(pa)
+    if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
+        with nogil:
+            fg_sgd_update_f32(<float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
+                              <float *>cnp.PyArray_DATA(va), n, lr, momentum, weight_decay,
+                              nesterov)
+    else:
+        with nogil:
+            fg_sgd_update_f64(<double *>cnp.PyArray_DATA(pa), <double *>cnp.PyArray_DATA(ga),
+                              <double *>cnp.PyArray_DATA(va), n, lr, momentum, weight_decay,
+                              nesterov)
+
+
+def adam_update(param, grad, m, v, double lr, double beta1, double beta2, double eps,
+                double weight_decay, bint decoupled, long step) -> None:
+    """Adam (decoupled=False: g += weight_decay p) or AdamW (decoupled=True: p *=
+    1 - lr weight_decay) step `step` (from 1) in place: m = beta1 m + (1 - beta1) g;
+    v = beta2 v + (1 - beta2) g^2; p -= lr (m / (1 - beta1^step)) /
+    (sqrt(v / (1 - beta2^step)) + eps), evaluated as PyTorch does with the bias
+    corrections hoisted (one sqrt and one division per element). param, grad, m, v: 1-D,
+    one dtype and size.
+    """
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the count of updates, bias correction "
+                         f"1 - beta^step), got {step}")
+    cdef cnp.ndarray pa, ga, ma, va
+    pa, ga, ma, va = _update_arrays(param, grad, (("m", m), ("v", v)))
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(pa)
+    # Python's float ** int, as the reference computes them (the same libm pow); the bias
+    # corrections hoisted out of the loop as PyTorch's Adam does.
+    cdef double bc1 = 1.0 - float(beta1) ** step, bc2 = 1.0 - float(beta2) ** step
+    cdef double step_size = lr / bc1, inv_sqrt_bc2 = 1.0 / sqrt(bc2)
+    if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
+        with nogil:
+            fg_adam_update_f32(<float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
+                               <float *>cnp.PyArray_DATA(ma), <float *>cnp.PyArray_DATA(va),
+                               n, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+                               inv_sqrt_bc2)
+    else:
+        with nogil:
+            fg_adam_update_f64(<double *>cnp.PyArray_DATA(pa),
+                               <double *>cnp.PyArray_DATA(ga),
+                               <double *>cnp.PyArray_DATA(ma),
+                               <double *>cnp.PyArray_DATA(va),
+                               n, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+                               inv_sqrt_bc2)
+
+
+def rmsprop_update(param, grad, square_avg, momentum_buf, double lr, double alpha,
+                   double eps, double weight_decay, double momentum) -> None:
+    """RMSprop step in place (not centered): g = grad + weight_decay p; s = alpha s +
+    (1 - alpha) g^2; u = g / (sqrt(s) + eps); with momentum: b = momentum b + u, u = b;
+    p -= lr u. momentum_buf is untouched when momentum is 0. All 1-D, one dtype and size.
+    """
+    cdef cnp.ndarray pa, ga, sa, ba
+    pa, ga, sa, ba = _update_arrays(param, grad, (("square_avg", square_avg),
+                                                  ("momentum_buf", momentum_buf)))
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(pa)
+    if cnp.PyArray_TYPE(pa) == cnp.NPY_FLOAT32:
+        with nogil:
+            fg_rmsprop_update_f32(<float *>cnp.PyArray_DATA(pa),
+                                  <float *>cnp.PyArray_DATA(ga),
+                                  <float *>cnp.PyArray_DATA(sa),
+                                  <float *>cnp.PyArray_DATA(ba),
+                                  n, lr, alpha, eps, weight_decay, momentum)
+    else:
+        with nogil:
+            fg_rmsprop_update_f64(<double *>cnp.PyArray_DATA(pa),
+                                  <double *>cnp.PyArray_DATA(ga),
+                                  <double *>cnp.PyArray_DATA(sa),
+                                  <double *>cnp.PyArray_DATA(ba),
+                                  n, lr, alpha, eps, weight_decay, momentum)

@@ -86,6 +86,14 @@ static const int fg_kernel_transcendental[FG_NUM_KERNELS] = {
 static const int fg_kernel_transcendental_backward[FG_NUM_KERNELS] = {
     0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1};
 
+/* Loss ids: the Cython module maps fastgrad.LOSSES names to these (fg_loss_names). */
+enum { FG_LOSS_MSE, FG_LOSS_BCE, FG_LOSS_CE, FG_NUM_LOSSES };
+static const char *const fg_loss_names[FG_NUM_LOSSES] = {
+    "mse", "binary_cross_entropy", "cross_entropy"};
+/* 1: couples the outputs of a row (softmax cross-entropy, mean over rows); 0: a mean of
+ * per-element terms (mean over all elements). */
+static const int fg_loss_rowwise[FG_NUM_LOSSES] = {0, 0, 1};
+
 /* Constants of scalar_math.py, in double. */
 #define FG_INV_SQRT2 0.7071067811865476
 #define FG_INV_SQRT2PI 0.3989422804014327
@@ -143,6 +151,21 @@ static inline double fg_gelu_tanh_bwd_d(double x, double g) {
     double r = slope == 0.0 ? g * s : g * (s + 2.0 * x * slope * du);
     return s == 0.0 ? 0.0 * g : r;
 }
+
+/* The elementwise losses' per-element terms and derivatives (fastgrad/losses.py), in
+ * double whatever the arrays' type, operation by operation as the numpy reference
+ * evaluates them (so float32 results are the reference's, rounded once). */
+static inline double fg_mse_value_d(double p, double t) {
+    double d = p - t;
+    return 0.5 * (d * d);
+}
+static inline double fg_mse_grad_d(double p, double t) { return p - t; }
+/* max(z, 0) - z t + log1p(exp(-|z|)): exp never overflows, log never sees 0; the max
+ * written as a select that keeps NaN. */
+static inline double fg_bce_value_d(double z, double t) {
+    return (z < 0 ? 0.0 : z) - z * t + log1p(exp(-fabs(z)));
+}
+static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) - t; }
 
 #define FG_CAT_(a, b) a##b
 #define FG_CAT(a, b) FG_CAT_(a, b)

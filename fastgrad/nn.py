@@ -119,6 +119,7 @@ class Sequential:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         del state["grads"], state["layer_slices"]
+        state.pop("_runner_cache", None)  # views into the buffers above: rebuilt on use
         return state
 
     def __setstate__(self, state: dict) -> None:

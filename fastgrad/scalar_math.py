@@ -15,6 +15,8 @@ import math
 import types
 from collections.abc import Callable
 
+import numpy as np
+
 INV_SQRT2 = 0.7071067811865476  # 1/sqrt(2)
 INV_SQRT2PI = 0.3989422804014327  # 1/sqrt(2*pi)
 SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
@@ -38,28 +40,67 @@ HELPERS = ("sigmoid_value",)
 
 
 def compile_scalar(fn: Callable, jit: Callable,
-                   math_functions: dict[str, Callable] | None = None) -> Callable:
+                   math_functions: dict[str, Callable] | None = None,
+                   dtype: type | None = None) -> Callable:
     """`fn` compiled by `jit` (numba.njit(...) or numba.cuda.jit(device=True)), with its
     calls to HELPERS bound to helpers compiled by the same `jit`, and the names in
     MATH_FUNCTIONS bound to `math_functions` where it gives them (else to `math`'s).
 
+    dtype=np.float32 casts the formulas' float literals and module constants to float32
+    (see `retype`): written as ``1.0 - y``, they would otherwise be float64 and promote
+    the whole float32 computation to float64, halving the vector width.
+
     Numba resolves global names when it compiles, so each target needs a copy of the
     formulas whose globals point at that target's compiled helpers.
     """
-    namespace = dict(fn.__globals__)
-    namespace.update(math_functions or {})
+    namespace = cast_floats({**fn.__globals__, **(math_functions or {})}, dtype)
     for name in HELPERS:
-        helper = globals()[name]
-        namespace[name] = jit(types.FunctionType(helper.__code__, namespace, name))
-    return jit(types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__))
+        namespace[name] = jit(retype(globals()[name], namespace, dtype))
+    return jit(retype(fn, namespace, dtype))
+
+
+def cast_floats(namespace: dict, dtype: type | None) -> dict:
+    """A copy of `namespace` whose float values (and tuples of floats) are `dtype`
+    scalars; unchanged for None and float64 (Python floats already type as float64)."""
+    if dtype is None or np.dtype(dtype) == np.float64:
+        return dict(namespace)
+    cast = np.dtype(dtype).type
+
+    def convert(v):
+        if type(v) is float:
+            return cast(v)
+        if type(v) is tuple and v and all(type(e) is float for e in v):
+            return tuple(cast(e) for e in v)
+        return v
+
+    return {k: convert(v) for k, v in namespace.items()}
+
+
+def retype(fn: Callable, namespace: dict, dtype: type | None) -> types.FunctionType:
+    """A copy of `fn` with `namespace` as its globals and its float literals (``1.0``,
+    ``0.5``) as `dtype` scalars, so Numba types them in the argument's precision: one
+    source of math for every dtype. The copy's name says the dtype, which keeps the
+    float32 and float64 copies apart in Numba's on-disk cache."""
+    code = fn.__code__
+    name = fn.__name__
+    if dtype is not None and np.dtype(dtype) != np.float64:
+        cast = np.dtype(dtype).type
+        code = code.replace(co_consts=tuple(cast(c) if type(c) is float else c
+                                            for c in code.co_consts))
+        name = f"{name}_{np.dtype(dtype).name}"
+        code = code.replace(co_name=name)
+        if hasattr(code, "co_qualname"):  # Python >= 3.11
+            code = code.replace(co_qualname=name)
+    return types.FunctionType(code, namespace, name, fn.__defaults__)
 
 
 def sigmoid_value(x):
-    """1 / (1 + exp(-x)) through exp(-|x|): exp never overflows."""
-    if x >= 0:
-        return 1.0 / (1.0 + exp(-x))
-    z = exp(x)
-    return z / (1.0 + z)
+    """1 / (1 + exp(-x)) through z = exp(-|x|), which never overflows: 1/(1 + z) for
+    x >= 0, z/(1 + z) below. One exp for both sides, so a loop of it vectorizes as one
+    straight-line body."""
+    z = exp(-abs(x))
+    s = 1.0 / (1.0 + z)
+    return s if x >= 0 else z * s
 
 
 def identity_forward(x, a, b):

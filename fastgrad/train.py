@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_backend, get_kernel
+from .backends import available_backends, get_backend, get_kernel
 from .losses import LossSpec
 from .nn import Sequential
 from .optim import Optimizer, Schedule, make_optimizer
@@ -82,13 +82,15 @@ class History:
     (per epoch, a list with one norm per layer), "dead_relu" and "saturated" (per epoch,
     one fraction per layer, None where the layer's activation has no such failure mode).
     ``epoch`` lists the epoch numbers; ``stopped_early`` and ``best_epoch`` say how it
-    ended."""
+    ended; ``runner`` which epoch runner trained ("fused": the backend's compiled epoch,
+    "layers": layer by layer)."""
 
     def __init__(self) -> None:
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
         self.stopped_early = False
         self.best_epoch: int | None = None
+        self.runner: str | None = None  # "fused" or "layers": the epoch runner fit used
 
     def append(self, epoch: int, logs: dict[str, Any]) -> None:
         self.epoch.append(epoch)
@@ -121,6 +123,9 @@ class EpochPlan:
     a non-finite loss or gradient, in which case that batch made no update. A runner may
     set last_good to the parameters before its last update (fit restores them, else the
     epoch's starting parameters, when the current ones are not finite).
+    cache: a dict that lives as long as the model (fit passes the same one every epoch and
+    every fit), where a runner keeps what it builds once per model (buffers, views);
+    None means nothing is kept.
     """
 
     layers: list[tuple]
@@ -139,6 +144,7 @@ class EpochPlan:
     batch_loss: np.ndarray = field(default=None)
     grad_sq: np.ndarray = field(default=None)
     last_good: np.ndarray | None = None
+    cache: dict | None = None
 
     @property
     def n_batches(self) -> int:
@@ -338,19 +344,88 @@ class _HealthMonitor:
 
 # --- fit -----------------------------------------------------------------------------------
 
-def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool) -> Callable:
+def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool,
+                  fused: bool | None = None) -> Callable:
     """The single door for fused training: the backend's `train_epoch` when it has one
     that supports this plan and no callback needs Python between batches; otherwise the
-    layer-by-layer runner."""
+    layer-by-layer runner. fused=False always takes the layer-by-layer runner; fused=True
+    raises ValueError, with the backend's reason, when the fused one cannot run."""
     backend = get_backend(model.backend)
-    fused = getattr(backend, "train_epoch", None)
-    supports = getattr(backend, "supports_train_epoch", None)
-    if fused is not None and not batch_callbacks and (supports is None or supports(plan)):
-        return fused
-    if getattr(backend, "DEVICE", False):  # the layer-by-layer runner, state on the device
+    if fused is False:
+        return _layer_runner(model, backend)
+    # backend=None leaves the choice to fastgrad: the default backend's fused runner, else
+    # the first CPU backend (fastest first) whose fused runner takes the plan - one
+    # compiled call per epoch beats the fastest layer-by-layer kernels on small nets.
+    candidates = [backend] if model.backend is not None else [backend] + [
+        get_backend(name) for name in available_backends() if name not in ("cuda", backend.NAME)]
+    for candidate in candidates:
+        runner = getattr(candidate, "train_epoch", None)
+        supports = getattr(candidate, "supports_train_epoch", None)
+        if runner is not None and not batch_callbacks and (supports is None or supports(plan)):
+            return runner
+    if fused:
+        explain = getattr(backend, "train_epoch_reason", None)
+        why = (explain(plan) if explain is not None and runner is not None
+               else f"backend {backend.NAME!r} has no fused epoch runner")
+        raise ValueError(f"fused=True but the fused epoch runner cannot run this model: "
+                         f"{why}")
+    return _layer_runner(model, backend)
+
+
+def _layer_runner(model: Sequential, backend) -> Callable:
+    """`train_epoch_layers`, or on a device backend its twin with the weights, gradients,
+    optimizer state and activations resident on the device (one per fit)."""
+    if getattr(backend, "DEVICE", False):
         from .train_device import DeviceEpochRunner
         return DeviceEpochRunner(model.backend)
     return train_epoch_layers
+
+
+# --- BLAS threads ----------------------------------------------------------------------
+
+BLAS_SINGLE_THREAD_FLOPS = 2e7
+"""fit limits BLAS to one thread while it trains when one batch's matmuls (forward and
+backward, 6 * batch * sum of d_in * d_out) take fewer FLOPs than this, or when the machine
+has no idle core (`machine_busy`). Why (2-core machine, DESIGN.md §5 and
+docs/training.md): the 64-64-10 net at batch 32 (0.9 MFLOP a batch) gains nothing from a
+second thread, while 784-256-128-10 at batch 128 (181 MFLOP) runs ~1.7x faster with two
+on an idle machine; the threshold sits between the two, near their geometric mean. On a
+loaded machine two OpenBLAS threads wait on each other for a core: the medium net fell
+from ~200-400 to 20-40 steps/s with two threads (measured 2026-11-28, load ~4)."""
+
+
+def batch_matmul_flops(layers: Sequence[tuple], batch_size: int) -> int:
+    """FLOPs of one batch's matmuls: 2*B*d_in*d_out per layer forward, twice that back."""
+    return 6 * batch_size * sum(int(W.size) for W, *_rest in layers)
+
+
+def machine_busy() -> bool:
+    """True when the 1-minute load average leaves no idle core for a second BLAS thread
+    (load > cores - 0.5); False where the load average is unavailable."""
+    import os
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load > (os.cpu_count() or 1) - 0.5
+
+
+def blas_thread_limit(layers: Sequence[tuple], batch_size: int):
+    """A context manager for fit's training loop: one BLAS thread when the batch's matmuls
+    are below BLAS_SINGLE_THREAD_FLOPS or the machine is busy, through threadpoolctl (an
+    optional dependency: without it, a no-op), restoring every library's previous limit on
+    exit. Imports scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls, is
+    loaded and limited along with NumPy's."""
+    from contextlib import nullcontext
+    if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
+            and not machine_busy()):
+        return nullcontext()
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -377,7 +452,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
         lr_schedule: Schedule | Callable[[int, float], float] | None = None,
         clip_norm: float | None = None, clip_value: float | None = None,
         health: GradientHealth | bool | None = True, classes: Any = None,
-        **optimizer_params: Any) -> History:
+        fused: bool | None = None, **optimizer_params: Any) -> History:
     """Train `model` on X (N, n_features) and y for `epochs` epochs of mini-batches.
 
     y: labels of any type (classification: classes_ = sorted unique labels, or `classes`
@@ -392,7 +467,12 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     on_epoch_end(epoch, logs); returning True stops training. clip_norm / clip_value:
     gradient clipping. health: GradientHealth settings (True: defaults; False: no
     diagnostics). verbose: 0 silent, 1 a tqdm progress bar (when tqdm is installed),
-    2 a line per epoch.
+    2 a line per epoch. fused: None (default) runs each epoch in the backend's fused
+    compiled runner when it supports the model (numba), else layer by layer; False forces
+    the layer-by-layer runner; True requires the fused one (ValueError saying why not).
+    history.runner names the runner used ("fused" or "layers"). BLAS runs on one thread
+    while training nets whose batches are small, or on a busy machine (see
+    BLAS_SINGLE_THREAD_FLOPS).
     Returns the History (also model.history_). Raises NonFiniteError on a NaN/inf loss or
     gradient (the model keeps its last finite weights).
     """
@@ -449,8 +529,12 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     best, wait, best_params = math.inf, 0, None
     bar = _progress(verbose, epochs)
     runner = None
+    cache = model.__dict__.setdefault("_runner_cache", {})
     diag_rows = X[:health_cfg.sample_rows] if health_cfg else X[:2048]
     diag_labels = None if labels is None else labels[:len(diag_rows)]
+    # threadpoolctl applies its limits when the limiter is made: make it right here
+    threads = blas_thread_limit(layers, batch_size)
+    threads.__enter__()
     try:
         for epoch in range(epochs):
             epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
@@ -461,11 +545,13 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 Xs, Ts = X, T
             plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, Xs, Ts,
                              batch_size, model.loss_spec, opt, epoch_lr, clip_norm,
-                             clip_value, model.backend)
+                             clip_value, model.backend, cache=cache)
             plan.batch_loss = np.zeros(plan.n_batches)
             plan.grad_sq = np.zeros((plan.n_batches, n_layers))
             if runner is None:
-                runner = _epoch_runner(model, plan, batch_callbacks=False)
+                runner = _epoch_runner(model, plan, batch_callbacks=False, fused=fused)
+                history.runner = ("layers" if runner is train_epoch_layers
+                                  or getattr(runner, "layer_by_layer", False) else "fused")
             snapshot = model.params.copy()
             done = runner(plan)
             if done < plan.n_batches:
@@ -517,6 +603,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 history.stopped_early = True
                 break
     finally:
+        threads.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     if best_params is not None:

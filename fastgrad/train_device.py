@@ -54,6 +54,8 @@ class DeviceEpochRunner:
     state on the device for the whole fit (see the module docstring). Also answers fit's
     end-of-epoch forward passes (`layer_outputs`) with the resident weights."""
 
+    layer_by_layer = True  # history.runner reports "layers": one kernel per op, not fused
+
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.be = get_backend(backend)

@@ -15,6 +15,17 @@ import pytest
 import fastgrad as fg
 from fastgrad.activations import ACTIVATIONS
 
+# The directory holding the fastgrad package this test run imported: the installed copy in
+# CI (built from source), the source tree in a development checkout. Subprocess tests put
+# it on PYTHONPATH and run outside the source tree, so they test the same package.
+PACKAGE_PARENT = str(__import__("pathlib").Path(fg.__file__).resolve().parent.parent)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """os.environ with PYTHONPATH = PACKAGE_PARENT, plus `extra`."""
+    return {**os.environ, "PYTHONPATH": PACKAGE_PARENT, **extra}
+
+
 # The compiled CPU backends must never be skipped: their absence fails test_backends.
 REQUIRED_BACKENDS = ("numba", "cython")
 # cuda runs under the simulator in its own pytest invocation (FASTGRAD_TEST_CUDA=1).

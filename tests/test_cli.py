@@ -4,7 +4,6 @@ process, in a temporary directory, with the source tree on PYTHONPATH."""
 from __future__ import annotations
 
 import csv
-import os
 import pathlib
 import re
 import subprocess
@@ -12,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -19,7 +19,7 @@ SMALL = ["--epochs", "4", "--hidden", "16", "--batch-size", "32", "--lr", "0.01"
 
 
 def fastgrad(*args: str, cwd: pathlib.Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     env.pop("FASTGRAD_DEBUG", None)
     proc = subprocess.run([sys.executable, "-m", "fastgrad", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -292,7 +292,7 @@ def test_missing_extra_is_named(blocked, args, tmp_path):
     code = (f"import sys; sys.modules[{blocked!r}] = None\n"
             "from fastgrad.cli import main\n"
             f"sys.exit(main({args!r}))")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "pip install 'fastgrad[train]'")

@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPECS
+from conftest import SPECS, subprocess_env
 
 import fastgrad as fg
 from fastgrad import _kernels, scalar_math
@@ -232,19 +232,18 @@ _THREAD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_with_threads(n: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n),
-               PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, cwd=ROOT,
+def _run_with_threads(n: int, cwd) -> dict:
+    env = subprocess_env(OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n))
+    proc = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def test_omp_num_threads_1_and_2_agree():
+def test_omp_num_threads_1_and_2_agree(tmp_path):
     """Sizes above the thread thresholds: elementwise and row kernels bit-identical with 1
     and 2 threads; the dense layer (BLAS sums) within the reduction tolerance."""
-    one, two = _run_with_threads(1), _run_with_threads(2)
+    one, two = _run_with_threads(1, tmp_path), _run_with_threads(2, tmp_path)
     assert one.pop("threads") == 1
     assert two.pop("threads") == (2 if _kernels.OPENMP else 1)
     for key in one:
@@ -353,6 +352,244 @@ def test_zero_sizes_direct():
     _kernels.activation_forward(K["softmax"], np.ones((0, 3)), np.empty((0, 3)))
     _kernels.activation_forward(K["softmax"], np.ones((3, 0)), np.empty((3, 0)))
     _kernels.activation_forward(K["sigmoid"], np.ones(0), np.empty(0))
+
+
+# ---- losses and optimizer updates -------------------------------------------------------
+
+LOSS_SPECS = list(fg.LOSSES.values())
+L = _kernels.LOSSES
+UPDATES = ("sgd_update", "adam_update", "rmsprop_update")
+
+
+def test_every_loss_and_update_has_a_compiled_kernel():
+    assert set(_kernels.LOSSES) >= set(fg.LOSSES)
+    for name, spec in fg.LOSSES.items():
+        assert (name in _kernels.ROWWISE_LOSSES) == spec.rowwise, name
+    for name in ("loss_forward", "loss_backward", *UPDATES):
+        assert fg.backends.get_kernel(name, "cython") is getattr(cython_backend, name)
+    for name in UPDATES:  # the compiled entry points themselves: no Python layer between
+        assert getattr(cython_backend, name) is getattr(_kernels, name)
+
+
+def test_a_missing_loss_makes_the_backend_unavailable(monkeypatch):
+    monkeypatch.setitem(cython_backend._LOSS_IDS, "cross_entropy", None)
+    with pytest.raises(ImportError, match="lacks loss 'cross_entropy'"):
+        cython_backend.check_available()
+
+
+def _loss_case(spec, dtype, seed, rows=257, cols=7):
+    """Logits over several magnitudes (row scales 0.1 to 300) and a target of the loss's
+    kind (soft labels for BCE, one-hot for cross-entropy)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((rows, cols)) * rng.choice([0.1, 3.0, 30.0, 300.0], (rows, 1))
+    if spec.rowwise:
+        t = np.eye(cols)[rng.integers(0, cols, rows)]
+    elif spec.name == "binary_cross_entropy":
+        t = rng.uniform(0, 1, (rows, cols))
+    else:
+        t = rng.standard_normal((rows, cols)) * 3
+    return z.astype(dtype), t.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", LOSS_SPECS, ids=[s.name for s in LOSS_SPECS])
+def test_loss_ulp_error(spec, dtype):
+    """The reference's formulas in long double as the oracle. The value (a Python float,
+    computed in double for both dtypes) within MAX_ULP double ulps of the mean of its
+    terms' magnitudes (the terms cancel: max(z, 0) - z t, lse - z); the gradient within
+    MAX_ULP ulps of its dtype relative to its terms (|softmax or sigmoid| + |t|), for
+    cross_entropy the row's largest (exp(z - m) inherits the rounding of z - m amplified
+    |z - m| times, in the reference as here)."""
+    wide = np.longdouble
+    for seed in range(3):
+        z, t = _loss_case(spec, dtype, seed)
+        zw, tw = z.astype(wide), t.astype(wide)
+        count = len(z) if spec.rowwise else z.size
+        want = reference._LOSS_VALUE[spec.name](zw, tw).mean()
+        want_g = reference._LOSS_GRAD[spec.name](zw, tw) / count
+        if spec.name == "mse":
+            terms = reference._LOSS_VALUE["mse"](zw, tw)
+        elif spec.name == "binary_cross_entropy":
+            terms = np.maximum(zw, 0) + np.abs(zw * tw) + np.log1p(np.exp(-np.abs(zw)))
+        else:
+            m = zw.max(axis=1, keepdims=True)
+            lse = m + np.log(np.exp(zw - m).sum(axis=1, keepdims=True))
+            terms = (tw * (np.abs(lse) + np.abs(zw))).sum(axis=1)
+        value = _kernels.loss_forward(L[spec.name], z, t)
+        err = _ulp_error(np.array(value), float(want), float(terms.mean()), np.float64)
+        assert err <= MAX_ULP, f"{spec.name} value: {float(err):.1f} ulp (seed {seed})"
+        grad = np.empty_like(z)
+        _kernels.loss_backward(L[spec.name], z, t, grad)
+        scale = (np.abs(want_g * count + tw) + np.abs(tw)) / count
+        if spec.rowwise:
+            scale = scale.max(axis=1, keepdims=True) + 0 * scale
+        err = _ulp_error(grad, want_g.astype(np.float64), scale.astype(np.float64), dtype)
+        assert err.max() <= MAX_ULP, f"{spec.name} grad: {err.max():.1f} ulp (seed {seed})"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", LOSS_SPECS, ids=[s.name for s in LOSS_SPECS])
+def test_loss_nan_and_inf_as_the_reference(spec, dtype):
+    """NaN in gives NaN out where the reference gives it (for cross_entropy the whole row;
+    an infinite logit makes its row NaN through inf - inf); extreme finite logits stay
+    finite."""
+    z = np.array([[np.nan, 1.0, 2.0], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0],
+                  [1e30, -1e30, 0.0], [3.0, -2.0, 0.5]], dtype)
+    t = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]], dtype)
+    k = L[spec.name]
+    for rows in ([0], [1], [2], [3], [4], [3, 4], [0, 1, 2, 3, 4]):
+        zz, tt = z[rows].copy(), t[rows].copy()
+        with np.errstate(all="ignore"):
+            want = fg.loss(spec.name, zz, tt, backend="numpy")
+            want_g = fg.loss_grad(spec.name, zz, tt, backend="numpy")
+        got = _kernels.loss_forward(k, zz, tt)
+        got_g = np.empty_like(zz)
+        _kernels.loss_backward(k, zz, tt, got_g)
+        np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True,
+                                   err_msg=f"{spec.name} value, rows {rows}")
+        np.testing.assert_allclose(got_g, want_g, rtol=1e-6, atol=1e-30, equal_nan=True,
+                                   err_msg=f"{spec.name} grad, rows {rows}")
+
+
+def _update_case(name, dtype, rng, n=203):
+    p = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    k = 1 if name == "sgd_update" else 2
+    # Non-negative second moments, as an optimizer's state always is.
+    return p, g, [np.abs(rng.standard_normal(n)).astype(dtype) for _ in range(k)]
+
+
+UPDATE_CASES = [
+    ("sgd_update", (0.1, 0.0, 0.0, False)),
+    ("sgd_update", (0.1, 0.9, 0.01, False)),
+    ("sgd_update", (0.05, 0.8, 0.01, True)),
+    ("adam_update", (1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)),
+    ("adam_update", (1e-2, 0.8, 0.99, 1e-6, 0.05, False, 7)),
+    ("adam_update", (1e-2, 0.9, 0.999, 1e-8, 0.1, True, 1000)),
+    ("rmsprop_update", (1e-2, 0.99, 1e-8, 0.0, 0.0)),
+    ("rmsprop_update", (1e-2, 0.9, 1e-6, 0.01, 0.5)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", UPDATE_CASES, ids=[f"{n}-{i}" for i, (n, _) in
+                                                    enumerate(UPDATE_CASES)])
+def test_updates_are_the_reference_bit_for_bit(case, dtype, rng):
+    """One pass in double with the reference's operations in its order, each state and the
+    parameter rounded once: identical bits to the numpy reference, NaN and inf included,
+    over several steps (no FMA contraction: setup.py builds with -ffp-contract=off).
+    Adam hoists its bias corrections (as PyTorch does): its m and v are the reference's
+    bits, its parameter within 6 ulps of max(|p|, |step|): each form's ~6 roundings of the
+    step contribute up to ~3 ulps (seen here: 99% equal, at most 4 in 1.8M float64
+    elements; float32 rounds both to the same bits)."""
+    name, args = case
+    p, g, state = _update_case(name, dtype, rng)
+    g[:3] = [np.nan, np.inf, -np.inf]
+    ours = [p.copy(), *(s.copy() for s in state)]
+    ref = [p.copy(), *(s.copy() for s in state)]
+    for step in range(4):
+        gs = (g * dtype(1 + step)).astype(dtype)
+        if name == "adam_update":
+            args = (*args[:-1], args[-1] + step)
+        before = ref[0].copy()
+        getattr(_kernels, name)(ours[0], gs, *ours[1:], *args)
+        with np.errstate(invalid="ignore"):  # the NaN the inf gradients make, on purpose
+            getattr(reference, name)(ref[0], gs, *ref[1:], *args)
+        for a, b in zip(ours[1:], ref[1:]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}{args} step {step}")
+        if name != "adam_update":
+            np.testing.assert_array_equal(ours[0], ref[0], err_msg=f"{name}{args} {step}")
+            continue
+        np.testing.assert_array_equal(np.isnan(ours[0]), np.isnan(ref[0]))
+        with np.errstate(invalid="ignore"):
+            scale = np.maximum(np.abs(ref[0]), np.abs(before - ref[0]))
+        err = _ulp_error(ours[0], ref[0], np.nan_to_num(scale), dtype)
+        assert np.nanmax(err) <= 6, f"{name}{args} step {step}: {np.nanmax(err)} ulp"
+        ours[0][...] = ref[0]  # each step from the same parameters
+
+
+def test_direct_loss_and_update_calls_reject_bad_arguments():
+    z = np.zeros((3, 2))
+    f32 = np.zeros((3, 2), np.float32)
+    p = np.zeros(5)
+    p32 = np.zeros(5, np.float32)
+    ro = np.zeros(5)
+    ro.setflags(write=False)
+    big = np.zeros(12)
+    cases = [
+        (ValueError, "loss must be an id", lambda: _kernels.loss_forward(3, z, z)),
+        (ValueError, "loss must be an id", lambda: _kernels.loss_forward(True, z, z)),
+        (TypeError, "pred must be a numpy.ndarray", lambda: _kernels.loss_forward(
+            L["mse"], [[0.0]], z)),
+        (TypeError, "pred must be float32 or float64", lambda: _kernels.loss_forward(
+            L["mse"], np.zeros((3, 2), int), z)),
+        (TypeError, "target has dtype float32, expected float64", lambda:
+            _kernels.loss_forward(L["mse"], z, f32)),
+        (ValueError, r"target has shape \(2, 3\), expected \(3, 2\)", lambda:
+            _kernels.loss_forward(L["cross_entropy"], z, np.zeros((2, 3)))),
+        (ValueError, "pred must be 2-D", lambda: _kernels.loss_forward(
+            L["mse"], np.zeros(3), np.zeros(3))),
+        (ValueError, "pred must be non-empty", lambda: _kernels.loss_forward(
+            L["cross_entropy"], np.zeros((3, 0)), np.zeros((3, 0)))),
+        (ValueError, "target must be C-contiguous", lambda: _kernels.loss_forward(
+            L["mse"], z, np.zeros((2, 3)).T)),
+        (TypeError, "out has dtype float32, expected float64", lambda:
+            _kernels.loss_backward(L["mse"], z, z, f32)),
+        (ValueError, r"out has shape \(2, 3\), expected \(3, 2\)", lambda:
+            _kernels.loss_backward(L["binary_cross_entropy"], z, z, np.zeros((2, 3)))),
+        (ValueError, "out is read-only", lambda: _kernels.loss_backward(
+            L["mse"], z, z, _READ_ONLY[:6].reshape(3, 2))),
+        (ValueError, "param must be 1-D", lambda: _kernels.sgd_update(
+            z, z, z, 0.1, 0.0, 0.0, False)),
+        (TypeError, "grad has dtype float32, expected float64", lambda:
+            _kernels.sgd_update(p, p32, np.zeros(5), 0.1, 0.0, 0.0, False)),
+        (ValueError, r"velocity has shape \(4,\), expected \(5,\)", lambda:
+            _kernels.sgd_update(p, p, np.zeros(4), 0.1, 0.9, 0.0, False)),
+        (ValueError, "param is read-only", lambda: _kernels.sgd_update(
+            ro, p, np.zeros(5), 0.1, 0.0, 0.0, False)),
+        (ValueError, "m is read-only", lambda: _kernels.adam_update(
+            np.zeros(5), p, ro, np.zeros(5), 0.1, 0.9, 0.999, 1e-8, 0.0, False, 1)),
+        (ValueError, "step must be >= 1", lambda: _kernels.adam_update(
+            np.zeros(5), p, np.zeros(5), np.zeros(5), 0.1, 0.9, 0.999, 1e-8, 0.0, False, 0)),
+        (ValueError, "v and m overlap", lambda: _kernels.adam_update(
+            np.zeros(5), p, big[:5], big[2:7], 0.1, 0.9, 0.999, 1e-8, 0.0, False, 1)),
+        (ValueError, "velocity and param overlap", lambda: _kernels.sgd_update(
+            big[:5], p, big[4:9], 0.1, 0.9, 0.0, False)),
+        (ValueError, "momentum_buf and square_avg overlap", lambda: _kernels.rmsprop_update(
+            np.zeros(5), p, big[:5], big[:5], 0.1, 0.99, 1e-8, 0.0, 0.0)),
+        (TypeError, "square_avg must be a numpy.ndarray", lambda: _kernels.rmsprop_update(
+            np.zeros(5), p, None, np.zeros(5), 0.1, 0.99, 1e-8, 0.0, 0.0)),
+        (ValueError, "grad must be C-contiguous", lambda: _kernels.rmsprop_update(
+            np.zeros(5), big[::2][:5], np.zeros(5), np.zeros(5), 0.1, 0.99, 1e-8, 0.0, 0.0)),
+        (TypeError, "must be real number", lambda: _kernels.sgd_update(
+            np.zeros(5), p, np.zeros(5), "0.1", 0.0, 0.0, False)),
+    ]
+    for exc, match, call in cases:
+        with pytest.raises(exc, match=match):
+            call()
+
+
+def test_direct_loss_and_update_calls_in_place_and_overlapping(rng):
+    z = rng.standard_normal((4, 3))
+    t = np.eye(3)[[0, 2, 1, 1]]
+    want = fg.loss_grad("cross_entropy", z, t, backend="numpy")
+    zc = z.copy()
+    _kernels.loss_backward(L["cross_entropy"], zc, t, zc)  # out is pred: in place
+    np.testing.assert_allclose(zc, want, rtol=1e-14)
+    buf = np.concatenate([[0.0], z.ravel()])  # out overlaps pred shifted by one element
+    _kernels.loss_backward(L["cross_entropy"], buf[1:].reshape(4, 3), t,
+                           buf[:-1].reshape(4, 3))
+    np.testing.assert_allclose(buf[:-1].reshape(4, 3), want, rtol=1e-14)
+    # grad that partly overlaps the parameter is read as it was before the update.
+    buf = rng.standard_normal(8)
+    p, g = buf[:6].copy(), buf[2:].copy()
+    ref_p = p.copy()
+    reference.sgd_update(ref_p, g, np.zeros(6), 0.1, 0.0, 0.0, False)
+    _kernels.sgd_update(buf[:6], buf[2:], np.zeros(6), 0.1, 0.0, 0.0, False)
+    np.testing.assert_array_equal(buf[:6], ref_p)
+    # Zero-size parameter vectors are a no-op.
+    _kernels.adam_update(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), 0.1, 0.9,
+                         0.999, 1e-8, 0.0, True, 1)
 
 
 # ---- the wheel --------------------------------------------------------------------------

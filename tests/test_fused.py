@@ -52,11 +52,14 @@ class Oracle:
             g = e / e.sum(axis=1, keepdims=True)
             g[np.arange(r), y] -= 1
             return loss, g / r
+        # elementwise losses: PyTorch's mean over the r*k elements (returned times r, the
+        # epoch loss being a mean over samples)
+        k = z.shape[1]
         if self.cfg.loss == "binary_cross_entropy":
-            loss = np.sum(np.logaddexp(0.0, z) - z * y)
-            return loss, (1 / (1 + np.exp(-z)) - y) / r
+            loss = np.sum(np.logaddexp(0.0, z) - z * y) / k
+            return loss, (1 / (1 + np.exp(-z)) - y) / (r * k)
         d = z - y
-        return 0.5 * np.sum(d * d), d / r
+        return 0.5 * np.sum(d * d) / k, d / (r * k)
 
     def epoch(self, X, Y, order):
         cfg = self.cfg
@@ -103,7 +106,6 @@ class Oracle:
 
     def update(self, grads):
         cfg = self.cfg
-        L = len(self.W)
         if cfg.clip_value > 0:
             grads = [np.clip(g, -cfg.clip_value, cfg.clip_value) for g in grads]
         if cfg.clip_norm > 0:
@@ -113,13 +115,19 @@ class Oracle:
         params = self.W + self.b
         self.t += 1
         for i, (p, g) in enumerate(zip(params, grads)):
-            is_weight = i < L
-            wd = cfg.weight_decay if is_weight else 0.0
+            wd = cfg.weight_decay  # on weights and biases, as PyTorch and the trainer
             if cfg.optimizer == "adamw":
                 p *= 1 - cfg.lr * wd
                 wd = 0.0
             g = g + wd * p
-            if cfg.optimizer == "sgd":
+            if cfg.optimizer == "rmsprop":
+                self.v[i] = cfg.alpha * self.v[i] + (1 - cfg.alpha) * g * g
+                step = g / (np.sqrt(self.v[i]) + cfg.eps)
+                if cfg.momentum > 0:
+                    self.m[i] = cfg.momentum * self.m[i] + step
+                    step = self.m[i]
+                p -= cfg.lr * step
+            elif cfg.optimizer == "sgd":
                 if cfg.momentum == 0:
                     p -= cfg.lr * g
                     continue
@@ -184,6 +192,7 @@ OPTIMIZERS = [
     {"optimizer": "sgd", "lr": 0.1},
     {"optimizer": "adam", "lr": 0.01},
     {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.1},
+    {"optimizer": "rmsprop", "lr": 0.01},
 ]
 LOSSES = ["mse", "binary_cross_entropy", "cross_entropy"]
 
@@ -209,11 +218,28 @@ def test_matches_oracle(rng, loss, opt, act, params, dtype):
     {"optimizer": "sgd", "clip_norm": 0.05},
     {"optimizer": "sgd", "momentum": 0.5, "clip_value": 0.01},
     {"optimizer": "adam", "clip_value": 0.02, "clip_norm": 0.03},
+    {"optimizer": "rmsprop", "momentum": 0.5, "weight_decay": 0.05, "alpha": 0.9},
 ], ids=["momentum", "nesterov-wd", "sgd-wd", "adam-wd-betas", "clip-norm", "clip-value",
-        "adam-clip-both"])
+        "adam-clip-both", "rmsprop-momentum-wd"])
 def test_optimizer_paths(rng, extra, dtype):
     cfg = FusedConfig(loss="cross_entropy", batch_size=4, lr=0.05, **extra)
     check_against_oracle(rng, cfg, dtype, epochs=3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_target_rows_equal_class_indices(rng, dtype):
+    """One-hot (n, k) target rows (what the trainer passes) train exactly as indices."""
+    cfg = FusedConfig(loss="cross_entropy", batch_size=4, optimizer="adam", lr=0.01)
+    X, y, Ws, bs = make_problem(rng, (5, 4, 3), 13, "cross_entropy", dtype)
+    onehot = np.eye(3, dtype=dtype)[y]
+    runs = []
+    for Y in (y, onehot):
+        W2, b2 = [W.copy() for W in Ws], [b.copy() for b in bs]
+        stats = train_epoch(X, Y, None, W2, b2, make_state(W2, b2, "adam"), cfg)
+        runs.append((stats.loss, W2 + b2))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], **TOL[dtype])
+    for got, want in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
 def test_clipping_changes_the_result(rng):
@@ -378,7 +404,8 @@ def test_bad_targets_for_mse(rng):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"loss": "hinge"}, "loss must be one of"),
-    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+    ({"alpha": 1.5}, "alpha must be <= 1"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"lr": -1.0}, "lr must be finite and >= 0"),
     ({"activation": "softmax"}, "not elementwise"),
@@ -396,7 +423,8 @@ def test_fused_supports():
     assert numba_cpu.fused_supports(["tanh", "tanh"], "mse", "adamw", "float64")
     assert not numba_cpu.fused_supports(["tanh", "relu"], "mse", "adam", np.float32)
     assert not numba_cpu.fused_supports("softmax", "mse", "adam", np.float32)
-    assert not numba_cpu.fused_supports("relu", "mse", "rmsprop", np.float32)
+    assert numba_cpu.fused_supports("relu", "mse", "rmsprop", np.float32)
+    assert not numba_cpu.fused_supports("relu", "mse", "lbfgs", np.float32)
     assert not numba_cpu.fused_supports("relu", "mse", "sgd", np.float16)
     assert not numba_cpu.fused_supports("nope", "mse", "sgd", np.float32)
 

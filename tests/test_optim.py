@@ -82,6 +82,21 @@ CASES = [
 CASE_IDS = [f"{name}-{'-'.join(map(str, kw.values())) or 'default'}" for name, kw, _ in CASES]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_under_test_runs_its_own_update_kernels(backend):
+    """No silent fallback (get_kernel's, for backends lacking an optional kernel) behind
+    the tests over BACKENDS: each backend has its own updates, and an optimizer bound to
+    it calls them."""
+    module = fg.get_backend(backend)
+    for name in ("sgd_update", "adam_update", "rmsprop_update"):
+        assert callable(getattr(module, name, None)), f"{backend} lacks {name}"
+        assert fg.backends.get_kernel(name, backend) is getattr(module, name)
+    for name in ("sgd", "adam", "adamw", "rmsprop"):
+        opt = make_optimizer(name)
+        opt.bind(np.zeros(3), backend)
+        assert opt._update is getattr(module, opt.kernel)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

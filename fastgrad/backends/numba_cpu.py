@@ -1,10 +1,12 @@
 """The `numba` backend: @njit kernels built from the scalar formulas in scalar_math.
 
-Each elementwise activation gets its loops from one factory (serial, and parallel with
-prange above PARALLEL_THRESHOLD elements); softmax and log_softmax have row kernels; the
+Each elementwise activation gets its loops from module-level templates specialized per
+(activation, dtype) by `_specialize.specialize` (serial, and parallel with prange above
+PARALLEL_THRESHOLD elements); softmax and log_softmax have row kernels; the
 dense layer calls BLAS through np.dot and fuses bias + activation (forward) and the
 activation's backward + the bias reduction into single passes around the matmuls.
-Kernels compile lazily, once per dtype, and are cached on disk (cache=True).
+Kernels compile lazily, once per dtype, and are cached on disk (cache=True) so that a new
+process loads them rather than compiling (tests/test_numba_cache.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from numba import njit, prange
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES
 from ..scalar_math import compile_scalar
+from . import numba_train
+from ._specialize import cache_stats, njit_tagged, specialize
+from .numba_math import VECTOR_MATH, exp
 from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this backend)
     EpochStats,
     FusedConfig,
@@ -25,7 +30,6 @@ from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this b
     fused_supports,
     make_state,
     make_workspace,
-    train_epoch,
 )
 
 NAME = "numba"
@@ -35,124 +39,178 @@ PARALLEL_THRESHOLD = 1 << 16
 region costs ~1.5 µs; memory-bound loops pay above 2^14-2^16 elements)."""
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+# Module-level kernels inline code of other files (numba_math's exp, the loss formulas):
+# njit_tagged keys their cache entries on those files too.
+_jit = njit_tagged(**_JIT)
+_parallel_jit = njit_tagged(parallel=True, **_JIT)
 
 
-def _make_elementwise(spec: ActivationSpec):
-    """Serial and parallel forward/backward loops over flat arrays, plus the fused
-    dense-layer passes, all from the spec's scalar formulas."""
+# Templates of the elementwise kernels, never compiled themselves: `_make_elementwise`
+# compiles copies whose globals bind _fwd and _bwd to one activation's scalar formulas
+# (globals, not a closure, so that Numba's disk cache hits in the next process: see
+# _specialize).
+_fwd = _bwd = None
+
+
+def _t_forward_serial(x, out, a, b):
+    for i in range(x.size):
+        out[i] = _fwd(x[i], a, b)
+
+
+def _t_forward_parallel(x, out, a, b):
+    for i in prange(x.size):
+        out[i] = _fwd(x[i], a, b)
+
+
+def _t_backward_serial(s, g, out, a, b):
+    for i in range(g.size):
+        out[i] = _bwd(s[i], g[i], a, b)
+
+
+def _t_backward_parallel(s, g, out, a, b):
+    for i in prange(g.size):
+        out[i] = _bwd(s[i], g[i], a, b)
+
+
+def _t_linear_forward(x, W, bias, has_bias, pre, out, a, b):
+    # pre may alias out: each element is read once before it is written.
+    np.dot(x, W, pre)
+    n, m = pre.shape
+    for i in range(n):
+        for j in range(m):
+            z = pre[i, j] + bias[j] if has_bias else pre[i, j]
+            pre[i, j] = z
+            out[i, j] = _fwd(z, a, b)
+
+
+def _t_linear_backward(grad_y, x, W, saved, g, grad_x, grad_W, grad_b, need_grad_x, a, b):
+    n, m = grad_y.shape
+    grad_b[:] = 0
+    for i in range(n):
+        for j in range(m):
+            v = _bwd(saved[i, j], grad_y[i, j], a, b)
+            g[i, j] = v
+            grad_b[j] += v
+    np.dot(x.T, g, grad_W)
+    if need_grad_x:
+        np.dot(g, W.T, grad_x)
+
+
+def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool = True):
+    """Serial and parallel forward/backward loops over flat arrays of `dtype`, plus the
+    fused dense-layer passes, all from the spec's scalar formulas, compiled with the
+    vectorizable transcendentals of numba_math and constants in `dtype` (float32 stays
+    float32, so the loops run 16 lanes wide on AVX-512 rather than 8).
+
+    vector_math=False builds them as they were before numba_math (libm's scalar math.*,
+    float64 literals): bench/numba_math_speed.py compares the two.
+    """
+    dtype = np.dtype(dtype)
     jit = njit(inline="always", **_JIT)
-    fwd = compile_scalar(spec.scalar_forward, jit)
-    bwd = compile_scalar(spec.scalar_backward, jit)
+    if vector_math:
+        fwd = compile_scalar(spec.scalar_forward, jit, VECTOR_MATH, dtype.type)
+        bwd = compile_scalar(spec.scalar_backward, jit, VECTOR_MATH, dtype.type)
+    else:
+        fwd = compile_scalar(spec.scalar_forward, jit)
+        bwd = compile_scalar(spec.scalar_backward, jit)
+    namespace = {**globals(), "_fwd": fwd, "_bwd": bwd}
+    tag = f"{spec.name}_{dtype.name}{'' if vector_math else '_libm'}"
 
-    @njit(**_JIT)
-    def forward_serial(x, out, a, b):
-        for i in range(x.size):
-            out[i] = fwd(x[i], a, b)
-
-    @njit(parallel=True, **_JIT)
-    def forward_parallel(x, out, a, b):
-        for i in prange(x.size):
-            out[i] = fwd(x[i], a, b)
-
-    @njit(**_JIT)
-    def backward_serial(s, g, out, a, b):
-        for i in range(g.size):
-            out[i] = bwd(s[i], g[i], a, b)
-
-    @njit(parallel=True, **_JIT)
-    def backward_parallel(s, g, out, a, b):
-        for i in prange(g.size):
-            out[i] = bwd(s[i], g[i], a, b)
-
-    @njit(**_JIT)
-    def linear_forward(x, W, bias, has_bias, pre, out, a, b):
-        # pre may alias out: each element is read once before it is written.
-        np.dot(x, W, pre)
-        n, m = pre.shape
-        for i in range(n):
-            for j in range(m):
-                z = pre[i, j] + bias[j] if has_bias else pre[i, j]
-                pre[i, j] = z
-                out[i, j] = fwd(z, a, b)
-
-    @njit(**_JIT)
-    def linear_backward(grad_y, x, W, saved, g, grad_x, grad_W, grad_b, need_grad_x, a, b):
-        n, m = grad_y.shape
-        grad_b[:] = 0
-        for i in range(n):
-            for j in range(m):
-                v = bwd(saved[i, j], grad_y[i, j], a, b)
-                g[i, j] = v
-                grad_b[j] += v
-        np.dot(x.T, g, grad_W)
-        if need_grad_x:
-            np.dot(g, W.T, grad_x)
+    def build(template, **options):
+        return specialize(template, namespace, tag, **_JIT, **options)
 
     return {
-        "forward": (forward_serial, forward_parallel),
-        "backward": (backward_serial, backward_parallel),
-        "linear_forward": linear_forward,
-        "linear_backward": linear_backward,
+        "forward": (build(_t_forward_serial), build(_t_forward_parallel, parallel=True)),
+        "backward": (build(_t_backward_serial), build(_t_backward_parallel, parallel=True)),
+        "linear_forward": build(_t_linear_forward),
+        "linear_backward": build(_t_linear_backward),
     }
 
 
-@njit(**_JIT)
+@_jit
 def _row_max(x, i):
-    m = -np.inf
-    for j in range(x.shape[1]):
+    # Starts from the row's first element (rows are non-empty here), so the max, and
+    # every exp(x - max) after it, keeps the array's dtype.
+    m = x[i, 0]
+    for j in range(1, x.shape[1]):
         v = x[i, j]
         if v > m or v != v:  # NaN wins, so a NaN row gives NaN
             m = v
     return m
 
 
-@njit(parallel=True, **_JIT)
+# Row sums with reassociation allowed (and only that, plus FMA contraction): a running
+# sum is otherwise a serial chain of additions, 4 cycles each, that LLVM may not reorder
+# into vector lanes. Summing in float64 keeps float32 rows accurate whatever the order.
+_sum_jit = njit_tagged(**_JIT, fastmath={"reassoc", "contract"})
+
+
+@_sum_jit
+def _row_sum(a, i):
+    total = 0.0
+    for j in range(a.shape[1]):
+        total += a[i, j]
+    return total
+
+
+@_sum_jit
+def _row_dot(a, b, i):
+    total = 0.0
+    for j in range(a.shape[1]):
+        total += np.float64(a[i, j]) * b[i, j]
+    return total
+
+
+@_sum_jit
+def _row_sum_exp(x, i, m):
+    total = 0.0
+    for j in range(x.shape[1]):
+        total += exp(x[i, j] - m)
+    return total
+
+
+@_parallel_jit
 def softmax_forward_rows(x, out):
+    if x.shape[1] == 0:
+        return
     for i in prange(x.shape[0]):
         m = _row_max(x, i)
-        total = 0.0
-        for j in range(x.shape[1]):
-            e = math.exp(x[i, j] - m)
-            out[i, j] = e
-            total += e
-        inv = 1.0 / total
+        for j in range(x.shape[1]):  # vectorized exp, then the sum in its own pass
+            out[i, j] = exp(x[i, j] - m)
+        inv = 1.0 / _row_sum(out, i)
         for j in range(x.shape[1]):
             out[i, j] *= inv
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def log_softmax_forward_rows(x, out):
+    if x.shape[1] == 0:
+        return
     for i in prange(x.shape[0]):
         m = _row_max(x, i)
-        total = 0.0
+        shift = math.log(_row_sum_exp(x, i, m))
+        # (x - m) - shift, not x - (m + shift): the latter loses log's digits when |m| is
+        # large (m = 2e12 in float64 keeps only 11 fraction bits of log 2).
         for j in range(x.shape[1]):
-            total += math.exp(x[i, j] - m)
-        lse = math.log(total)
-        for j in range(x.shape[1]):
-            # (x - m) - lse, not x - (m + lse): m + lse rounds away lse when |m| >> 1.
-            out[i, j] = (x[i, j] - m) - lse
+            out[i, j] = (x[i, j] - m) - shift
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def softmax_backward_rows(y, g, out):
     # grad_x = y * (g - sum(g * y)), the Jacobian diag(y) - y y^T applied to g.
     for i in prange(y.shape[0]):
-        dot = 0.0
-        for j in range(y.shape[1]):
-            dot += g[i, j] * y[i, j]
+        dot = _row_dot(g, y, i)
         for j in range(y.shape[1]):
             out[i, j] = y[i, j] * (g[i, j] - dot)
 
 
-@njit(parallel=True, **_JIT)
+@_parallel_jit
 def log_softmax_backward_rows(y, g, out):
     # grad_x = g - exp(y) * sum(g)
     for i in prange(y.shape[0]):
-        total = 0.0
+        total = _row_sum(g, i)
         for j in range(y.shape[1]):
-            total += g[i, j]
-        for j in range(y.shape[1]):
-            out[i, j] = g[i, j] - math.exp(y[i, j]) * total
+            out[i, j] = g[i, j] - exp(y[i, j]) * total
 
 
 _ROWS = {
@@ -160,14 +218,22 @@ _ROWS = {
     "log_softmax": (log_softmax_forward_rows, log_softmax_backward_rows),
 }
 
-_KERNELS: dict[str, dict] = {}
+_KERNELS: dict[tuple[str, np.dtype], dict] = {}
 
 
-def _kernels(spec: ActivationSpec) -> dict:
-    k = _KERNELS.get(spec.name)
+def _kernels(spec: ActivationSpec, dtype) -> dict:
+    key = (spec.name, np.dtype(dtype))
+    k = _KERNELS.get(key)
     if k is None:
-        k = _KERNELS[spec.name] = _make_elementwise(ACTIVATIONS[spec.name])
+        k = _KERNELS[key] = _make_elementwise(ACTIVATIONS[spec.name], key[1])
     return k
+
+
+def cache_report() -> dict[str, dict[str, int]]:
+    """How this process got each numba kernel it has run: ``{"module.qualname": {"hits":
+    loaded from the disk cache, "misses": compiled}}`` per kernel (the fused epoch
+    included). On a warm cache every miss count is 0."""
+    return cache_stats(globals(), vars(numba_train), _KERNELS, numba_train._EPOCHS)
 
 
 def _scalars(dtype, a: float, b: float):
@@ -180,7 +246,7 @@ def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None
     if spec.rowwise:
         _ROWS[spec.name][0](x, out)
         return
-    serial, parallel = _kernels(spec)["forward"]
+    serial, parallel = _kernels(spec, x.dtype)["forward"]
     kernel = parallel if x.size >= PARALLEL_THRESHOLD else serial
     kernel(x, out, *_scalars(x.dtype, a, b))
 
@@ -191,19 +257,19 @@ def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: flo
         return
     if saved is None:  # identity / binary_step: the formula ignores it
         saved = grad
-    serial, parallel = _kernels(spec)["backward"]
+    serial, parallel = _kernels(spec, grad.dtype)["backward"]
     kernel = parallel if grad.size >= PARALLEL_THRESHOLD else serial
     kernel(saved, grad, out, *_scalars(grad.dtype, a, b))
 
 
 def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: float) -> None:
     if spec.rowwise:
-        identity = _kernels(ACTIVATIONS["identity"])["linear_forward"]
+        identity = _kernels(ACTIVATIONS["identity"], x.dtype)["linear_forward"]
         z = out if pre is None else pre
         identity(x, W, *_bias_args(bias, out), z, z, *_scalars(x.dtype, a, b))
         _ROWS[spec.name][0](z, out)
         return
-    kernel = _kernels(spec)["linear_forward"]
+    kernel = _kernels(spec, x.dtype)["linear_forward"]
     kernel(x, W, *_bias_args(bias, out), out if pre is None else pre, out,
            *_scalars(x.dtype, a, b))
 
@@ -226,7 +292,7 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
         _ROWS[spec.name][1](saved, grad_y, g)
         spec, saved = ACTIVATIONS["identity"], g
         grad_y = g
-    kernel = _kernels(spec)["linear_backward"]
+    kernel = _kernels(spec, dtype)["linear_backward"]
     g = np.empty_like(grad_y)
     kernel(grad_y, x, W, grad_y if saved is None else saved, g, grad_x, grad_W, grad_b,
            need_grad_x, *_scalars(dtype, a, b))
@@ -235,9 +301,9 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
 
 # --- losses: pred and target (N, K); math in float64 whatever the arrays' dtype --------
 
-# The elementwise losses' scalar formulas, compiled once at module level: kernels that
-# call module-level dispatchers are cached on disk by numba (cache=True), where kernels
-# made in a factory closing over them are recompiled in every process.
+# The elementwise losses' scalar formulas, compiled once at module level and read by the
+# kernels below as globals (a closure over them would miss the disk cache, see
+# _specialize).
 _ELEMENTWISE_LOSSES = ("mse", "binary_cross_entropy")
 _inline = njit(inline="always", **_JIT)
 _mse_value = compile_scalar(LOSSES["mse"].scalar_value, _inline)
@@ -246,7 +312,7 @@ _bce_value = compile_scalar(LOSSES["binary_cross_entropy"].scalar_value, _inline
 _bce_grad = compile_scalar(LOSSES["binary_cross_entropy"].scalar_grad, _inline)
 
 
-@njit(**_JIT)
+@_jit
 def elementwise_loss_forward(p, t, kind):
     # kind indexes _ELEMENTWISE_LOSSES; the branch is loop-invariant (LLVM unswitches it).
     total = 0.0
@@ -257,7 +323,7 @@ def elementwise_loss_forward(p, t, kind):
     return total / (p.shape[0] * p.shape[1])
 
 
-@njit(**_JIT)
+@_jit
 def elementwise_loss_backward(p, t, out, scale, kind):
     for i in range(p.shape[0]):
         for j in range(p.shape[1]):
@@ -265,7 +331,7 @@ def elementwise_loss_backward(p, t, out, scale, kind):
             out[i, j] = (_mse_grad(a, b) if kind == 0 else _bce_grad(a, b)) * scale
 
 
-@njit(**_JIT)
+@_jit
 def _row_logsumexp(z, i):
     """(row max, log sum exp(z - max)) of row i."""
     m = -np.inf
@@ -279,7 +345,7 @@ def _row_logsumexp(z, i):
     return m, total
 
 
-@njit(**_JIT)
+@_jit
 def cross_entropy_forward(z, t):
     total = 0.0
     for i in range(z.shape[0]):
@@ -291,7 +357,7 @@ def cross_entropy_forward(z, t):
     return total / z.shape[0]
 
 
-@njit(**_JIT)
+@_jit
 def cross_entropy_backward(z, t, out, scale):
     for i in range(z.shape[0]):
         m, s = _row_logsumexp(z, i)
@@ -316,7 +382,7 @@ def loss_backward(spec, pred, target, out) -> None:
 
 # --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
 
-@njit(**_JIT)
+@_jit
 def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
     for i in range(p.size):
         gi = g[i] + wd * np.float64(p[i])
@@ -327,7 +393,7 @@ def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
         p[i] = p[i] - lr * gi
 
 
-@njit(**_JIT)
+@_jit
 def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
     # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
     # lr (m / bc1) / (sqrt(v / bc2) + eps) with the bias corrections hoisted:
@@ -342,7 +408,7 @@ def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_
         p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
-@njit(**_JIT)
+@_jit
 def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
     for i in range(p.size):
         gi = g[i] + wd * np.float64(p[i])
@@ -372,3 +438,185 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
                    momentum) -> None:
     _rmsprop_kernel(param, grad, square_avg, momentum_buf, float(lr), float(alpha),
                     float(eps), float(weight_decay), float(momentum))
+
+
+# =========================================================================================
+# The trainer's fused epoch runner: an adapter from `fastgrad.train.EpochPlan` to the
+# compiled epoch of numba_train. Kept apart from the kernels above on purpose.
+# =========================================================================================
+
+from . import numba_train as _nt  # noqa: E402  (the section's own import)
+
+
+def _optimizer_state(opt) -> tuple[str, tuple, dict]:
+    """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
+    for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
+    from ..optim import SGD, Adam, AdamW, RMSprop
+    kind = type(opt)  # exact types: a subclass may change the update
+    if kind is SGD:
+        return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
+                                                      "nesterov": opt.nesterov}
+    if kind in (Adam, AdamW):
+        return kind.name, (opt.m, opt.v), {"beta1": opt.beta1, "beta2": opt.beta2,
+                                           "eps": opt.eps}
+    if kind is RMSprop:
+        return "rmsprop", (opt.momentum_buf, opt.square_avg), {
+            "alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
+    raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
+
+
+def train_epoch_reason(plan) -> str | None:
+    """Why the fused runner cannot run `plan` (a fastgrad.train.EpochPlan), or None when it
+    can: one elementwise hidden activation (same parameters in every hidden layer), logits
+    out of the last layer, a loss and an optimizer (exact type) the kernel implements, X and
+    T C-contiguous in the parameters' dtype."""
+    dtype = plan.params.dtype
+    if dtype not in (np.float32, np.float64):
+        return f"dtype {dtype} (float32 or float64 only)"
+    hidden = {(spec.name, a, b) for _W, _b, spec, a, b in plan.layers[:-1]}
+    if len(hidden) > 1:
+        return (f"mixed hidden activations (or parameters) "
+                f"{sorted(str(h) for h in hidden)}")
+    for name, _a, _b in hidden:
+        spec = ACTIVATIONS[name]
+        if spec.rowwise or spec.scalar_forward is None:
+            return f"hidden activation {name!r} is not elementwise"
+    if plan.layers[-1][2].name != "identity":
+        return f"the last layer applies {plan.layers[-1][2].name!r}, not logits"
+    if plan.loss.name not in _nt.LOSSES:
+        return f"loss {plan.loss.name!r}"
+    if plan.optimizer.__dict__.get("_size") is None:
+        return "the optimizer is not bound to the parameters"
+    try:
+        _name, _state, hyper = _optimizer_state(plan.optimizer)
+    except (ValueError, AttributeError) as exc:
+        return str(exc)
+    # The kernel computes in the arrays' dtype: a hyper-parameter that overflows or
+    # flushes to zero in it would train differently from the float64 optimizer kernels.
+    finfo = np.finfo(dtype)
+    for name, v in (("lr", plan.lr), ("weight_decay", plan.optimizer.weight_decay),
+                    ("clip_norm", plan.clip_norm), ("clip_value", plan.clip_value),
+                    *((k, v) for k, v in hyper.items() if k != "nesterov")):
+        if v is not None and v != 0 and not (finfo.tiny <= abs(v) <= finfo.max):
+            return f"{name}={v!r} is not representable in {dtype}"
+    for name, arr in (("X", plan.X), ("T", plan.T)):
+        if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != 2:
+            return f"{name} is not a C-contiguous 2-D {dtype} array"
+    if len(plan.X) >= 2**31:
+        return f"{len(plan.X)} rows per epoch (fewer than 2**31)"
+    return None
+
+
+def supports_train_epoch(plan) -> bool:
+    """Whether `train_epoch(plan)` runs this plan (see `train_epoch_reason`)."""
+    return train_epoch_reason(plan) is None
+
+
+class _FitAdapter:
+    """What the fused runner keeps per model between epochs and fits: the per-layer views
+    the kernel takes (weights, biases, gradients into the model's flat buffers; optimizer
+    state into the optimizer's flat arrays, so switching runners or fitting again continues
+    the same state), the workspace, and epoch-start copies for the non-finite replay."""
+
+    def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
+        self.key = self.key_of(plan, state_arrays)
+        dtype = plan.params.dtype
+        Ws = tuple(W for W, *_ in plan.layers)
+        bs = tuple(b for _W, b, *_ in plan.layers)
+        self.Ws, self.bs = Ws, bs
+        sizes = (Ws[0].shape[0], *(W.shape[1] for W in Ws))
+        ws = _nt.make_workspace(sizes, plan.batch_size, dtype)
+        # the gradients land in the trainer's flat buffer (W then b per layer), so fit's
+        # diagnosis of a non-finite gradient reads them where the layer runner leaves them
+        ws.dW = tuple(plan.grads[s][:W.size].reshape(W.shape)
+                      for s, W in zip(plan.layer_slices, Ws))
+        ws.db = tuple(plan.grads[s][W.size:] for s, W in zip(plan.layer_slices, Ws))
+        self.ws = ws
+
+        def views(flat):
+            return (tuple(flat[s][:W.size].reshape(W.shape) for s, W in zip(plan.layer_slices, Ws)),
+                    tuple(flat[s][W.size:] for s, W in zip(plan.layer_slices, Ws)))
+
+        m_W, m_b = views(state_arrays[0])
+        v_W, v_b = views(state_arrays[1])
+        self.state = _nt.OptimizerState(opt_name, m_W, m_b, v_W, v_b, np.zeros(1, np.int64))
+        self.state_arrays = state_arrays
+        self.start_params = np.empty_like(plan.params)
+        self.start_state = tuple(np.empty_like(a) for a in state_arrays)
+        self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
+        self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
+        spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
+        self.kernel = _nt._epoch_kernel(spec)
+        self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
+
+    @staticmethod
+    def key_of(plan, state_arrays) -> tuple:
+        # Identities of every buffer the views point into (the adapter holds them, so an
+        # id cannot be reused while it lives), and what the workspace is sized for.
+        hidden = plan.layers[0][2:] if len(plan.layers) > 1 else None
+        return (id(plan.params), id(plan.grads), plan.batch_size, hidden,
+                tuple(id(a) for a in state_arrays), tuple(W.shape for W, *_ in plan.layers))
+
+
+def _adapter(plan, opt_name: str, state_arrays: tuple) -> _FitAdapter:
+    cache = plan.cache if plan.cache is not None else {}
+    adapter = cache.get("numba.train_epoch")
+    if adapter is None or adapter.key != _FitAdapter.key_of(plan, state_arrays):
+        adapter = cache["numba.train_epoch"] = _FitAdapter(plan, opt_name, state_arrays)
+    return adapter
+
+
+def train_epoch(plan, *args, **kwargs):
+    """The fused epoch runner for `fastgrad.train.fit`: the whole epoch of `plan` (a
+    fastgrad.train.EpochPlan) in one compiled call of numba_train's kernel, with the
+    trainer's conventions (PyTorch's losses and updates, the optimizer's own state arrays
+    and step count). Fills plan.batch_loss and plan.grad_sq and returns the number of
+    batches completed, as train_epoch_layers does; on a non-finite batch whose previous
+    update left non-finite weights, it replays the epoch up to that update (deterministic,
+    from epoch-start copies) to hand fit the weights before it in plan.last_good, as the
+    layer-by-layer runner does, at no cost to the epochs that stay finite.
+
+    Called with the fused kernel's own arguments ``(X, Y, order, weights, biases, state,
+    config, workspace=None)``, it is numba_train.train_epoch, the standalone API of
+    docs/fused.md, and returns its EpochStats."""
+    if args or kwargs:
+        return _nt.train_epoch(plan, *args, **kwargs)
+    opt = plan.optimizer
+    opt_name, state_arrays, hyper = _optimizer_state(opt)
+    ad = _adapter(plan, opt_name, state_arrays)
+    ws = ad.ws
+    _nt._configure(
+        ws, plan.loss.name, opt_name, plan.batch_size, False,
+        (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+         hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+         plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
+        hyper.get("nesterov", False))
+    start_step = opt.steps
+    np.copyto(ad.start_params, plan.params)
+    for saved, arr in zip(ad.start_state, state_arrays):
+        np.copyto(saved, arr)
+    done = _run(ad, plan, 0, len(plan.X), start_step)
+    if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
+        # The update of batch done-1 broke the weights: replay to just before it.
+        np.copyto(plan.params, ad.start_params)
+        for saved, arr in zip(ad.start_state, state_arrays):
+            np.copyto(arr, saved)
+        cut = (done - 1) * plan.batch_size
+        if cut:
+            _run(ad, plan, 0, cut, start_step)
+        plan.last_good = plan.params.copy()
+        _run(ad, plan, cut, len(plan.X), opt.steps)
+    else:
+        plan.last_good = None
+    return done
+
+
+def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
+    """Rows lo:hi of the epoch (lo a multiple of the batch size) through the kernel from
+    optimizer step `step`; returns the number of batches it completed (offset by lo's)."""
+    ad.state.step[0] = step
+    k0 = lo // plan.batch_size
+    _nt._launch(ad.kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
+                ad.Ws, ad.bs, ad.state, ad.ws, plan.batch_loss[k0:], plan.grad_sq[k0:])
+    plan.optimizer.steps = int(ad.state.step[0])
+    return k0 + int(ad.ws.result[0])

@@ -15,7 +15,8 @@ Contract
 ``train_epoch(X, Y, order, weights, biases, state, config, workspace=None) -> EpochStats``
 
 - ``X``: (n, d0) C-contiguous float32 or float64. Every array shares this dtype.
-- ``Y``: ``loss="cross_entropy"``: int64 class indices (n,) in [0, d_out);
+- ``Y``: ``loss="cross_entropy"``: int64 class indices (n,) in [0, d_out), or (n, d_out)
+  floats of X's dtype whose rows sum to 1 (one-hot, as the trainer passes them);
   ``"mse"`` and ``"binary_cross_entropy"``: (n, d_out) floats of X's dtype (BCE targets
   in [0, 1], usually d_out = 1; d_out > 1 is independent binary outputs).
 - ``order``: int64 permutation of range(n), or None for 0..n-1. Batch k holds the samples
@@ -28,23 +29,31 @@ Contract
   (velocity or Adam moments, and the step counter ``state.step`` = updates applied).
 - ``config``: a `FusedConfig`.
 
-Conventions (the test oracle in tests/test_fused.py follows them):
+Conventions: the trainer's (`fastgrad.losses`, `fastgrad.optim`: PyTorch's), so that `fit`
+trains the same whether it runs this kernel or its layer-by-layer runner (the test oracle
+in tests/test_fused.py and tests/test_fit_fused.py check both):
 
-- Loss of a batch of r samples = mean over its samples of the per-sample loss:
-  mse ``0.5 * sum_j (z_j - t_j)^2``; binary_cross_entropy ``sum_j softplus(z_j) - z_j t_j``
-  (from the logits, stable for any z); cross_entropy ``logsumexp(z) - z_y``. Its gradient
-  w.r.t. the logits is ``(z - t) / r``, ``(sigmoid(z) - t) / r``,
-  ``(softmax(z) - onehot(y)) / r``. The penalty of weight decay is not part of the loss.
+- Loss of a batch of r samples and k outputs, PyTorch's ``reduction="mean"``: mse
+  ``0.5 * mean over the r*k elements of (z - t)^2``; binary_cross_entropy ``mean over the
+  r*k elements of softplus(z) - z t`` (from the logits, stable for any z); cross_entropy
+  ``mean over the r rows of sum_j t_j (logsumexp(z) - z_j)`` (``logsumexp(z) - z_y`` for
+  an index y). Its gradient w.r.t. the logits is ``(z - t) / (r k)``,
+  ``(sigmoid(z) - t) / (r k)``, ``(softmax(z) - t) / r``. The penalty of weight decay is
+  not part of the loss.
 - Gradient processing per batch, in this order: (1) data gradient; (2) if the batch loss or
   any gradient is not finite, stop before the update (see EpochStats); (3) clip each element
   to [-clip_value, clip_value] (0 = off); (4) if the global L2 norm over all layers' W and
   b exceeds clip_norm (0 = off), scale all by ``clip_norm / norm``; (5) optimizer update.
-- Weight decay applies to weights only, not biases. sgd, adam: L2 (``g += wd * W``);
-  adamw: decoupled (``W -= lr * wd * W`` before the Adam step).
+- Weight decay applies to every parameter, weights and biases (PyTorch's default, and
+  the trainer's flat parameter buffer). sgd, adam, rmsprop: L2 (``g += wd * p``); adamw:
+  decoupled (``p -= lr * wd * p`` before the Adam step).
 - sgd (PyTorch's form): ``v = momentum * v + g``; ``W -= lr * (g + momentum * v)`` with
   nesterov, else ``W -= lr * v``; momentum 0 is plain ``W -= lr * g`` (no velocity kept).
 - adam/adamw: ``t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
   W -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+- rmsprop (PyTorch's, not centered): ``s = alpha s + (1 - alpha) g^2; u = g / (sqrt(s) +
+  eps)``; with momentum ``b = momentum * b + u; u = b``; ``W -= lr * u``. State: m = the
+  momentum buffer (momentum > 0 only), v = s.
 
 Compilation: one compiled epoch function per (hidden activation, dtype, number of layers);
 loss, optimizer and the rest of the config are run-time switches outside the inner loops,
@@ -66,7 +75,6 @@ of the small net, 4-10x).
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,15 +85,16 @@ from numba import njit
 from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
+from ._specialize import njit_tagged, specialize
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 LOSSES = ("mse", "binary_cross_entropy", "cross_entropy")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 _SAT_NONE, _SAT_SIGMOID, _SAT_TANH = 0, 1, 2
 # Indices into the hyper-parameter vector the kernel takes (in the arrays' dtype).
 _HP = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "clip_value",
-       "a", "b")
+       "a", "b", "alpha")
 
 
 # --------------------------------------------------------------------------- public types
@@ -109,6 +118,7 @@ class FusedConfig:
     weight_decay: float = 0.0
     clip_norm: float = 0.0
     clip_value: float = 0.0
+    alpha: float = 0.99
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -126,7 +136,7 @@ class FusedConfig:
             raise ValueError(f"activation {spec.name!r} is not elementwise: the fused path "
                              f"supports only elementwise hidden activations")
         for name in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "clip_norm",
-                     "clip_value"):
+                     "clip_value", "alpha"):
             v = getattr(self, name)
             try:
                 fv = float(v)
@@ -136,6 +146,10 @@ class FusedConfig:
                 raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
         if not (self.beta1 < 1 and self.beta2 < 1):
             raise ValueError(f"beta1 and beta2 must be < 1, got {self.beta1}, {self.beta2}")
+        if self.alpha > 1:
+            raise ValueError(f"alpha must be <= 1, got {self.alpha}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1, got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
 
@@ -152,7 +166,8 @@ class FusedConfig:
 class OptimizerState:
     """Per-parameter optimizer state, updated in place by `train_epoch`.
 
-    sgd with momentum: m = velocity; adam/adamw: m, v = first and second moments. Unused
+    sgd with momentum: m = velocity; adam/adamw: m, v = first and second moments; rmsprop:
+    m = momentum buffer (momentum > 0), v = running mean of g^2. Unused
     slots hold empty arrays of the same type (so every optimizer shares one compiled
     signature). ``step``: int64 array of one element, the number of updates applied.
     """
@@ -194,8 +209,9 @@ class Workspace:
 class EpochStats:
     """What one epoch reports.
 
-    loss: mean per-sample loss over the samples of the batches whose update was applied
-    (nan when none was). grad_sq: (L,) per layer, mean over applied batches of
+    loss: the batches' mean losses (see Conventions) averaged over the samples of the
+    batches whose update was applied, each batch weighted by its rows (nan when none was).
+    grad_sq: (L,) per layer, mean over applied batches of
     ||dW||^2 + ||db||^2 of the data gradient (before clipping and weight decay).
     active / saturated: per hidden layer, (d_l,) int64 counts of samples where the unit's
     pre-activation was > 0 / its output saturated (sigmoid y < 0.01 or > 0.99, tanh
@@ -265,7 +281,8 @@ def make_state(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                optimizer: str = "sgd", momentum: float = 0.0) -> OptimizerState:
     """Zeroed optimizer state for these parameters (shapes and dtype taken from them).
 
-    sgd keeps a velocity only when ``momentum > 0``; adam/adamw keep two moments.
+    sgd keeps a velocity only when ``momentum > 0``; adam/adamw keep two moments; rmsprop
+    keeps its square average and, when ``momentum > 0``, a momentum buffer.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -274,6 +291,11 @@ def make_state(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
     empty_b = tuple(np.zeros(0, dtype) for _ in biases)
     like_W = tuple(np.zeros_like(W) for W in weights)
     like_b = tuple(np.zeros_like(b) for b in biases)
+    if optimizer == "rmsprop":
+        return OptimizerState(optimizer, like_W if momentum > 0 else empty_W,
+                              like_b if momentum > 0 else empty_b,
+                              tuple(np.zeros_like(W) for W in weights),
+                              tuple(np.zeros_like(b) for b in biases), np.zeros(1, np.int64))
     if optimizer == "sgd":
         if momentum > 0:
             return OptimizerState(optimizer, like_W, like_b, empty_W, empty_b,
@@ -366,10 +388,22 @@ def _clip_values(a, c):
 
 
 @njit(**_JIT)
-def _update(p, g, m, v, opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2):
+def _update(p, g, m, v, opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2,
+            alpha):
     """One optimizer step on flat arrays p (parameters), g (gradient); m, v state."""
     one = p.dtype.type(1.0)
-    if opt == 0:
+    if opt == 3:  # rmsprop
+        c = one - alpha
+        for i in range(p.size):
+            gi = g[i] * scale + wd * p[i]
+            s = alpha * v[i] + c * gi * gi
+            v[i] = s
+            u = gi / (np.sqrt(s) + eps)
+            if mom != 0:
+                u = mom * m[i] + u
+                m[i] = u
+            p[i] -= lr * u
+    elif opt == 0:
         if mom == 0:
             for i in range(p.size):
                 gi = g[i] * scale + wd * p[i]
@@ -408,13 +442,18 @@ _softplus = compile_scalar(scalar_math.softplus_forward, _scalar)
 _sigmoid = compile_scalar(scalar_math.sigmoid_forward, _scalar)
 
 
-@njit(**_JIT)
+@njit_tagged(**_JIT)  # inlines scalar_math's formulas: cache keyed on that file too
 def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, start):
     """Adds the bias to the logits z (r, k) and computes, in one pass per row, the batch's
-    summed loss, g = dloss/dz (already divided by r) and db = column sums of g."""
+    mean loss, g = dloss/dz (the trainer's reduction: divided by r for cross-entropy, by
+    r*k for the elementwise losses) and db = column sums of g. Cross-entropy takes class
+    indices `labels` or, when labels is empty, the (n, k) rows of `targets`."""
     r, k = z.shape
-    inv_r = z.dtype.type(1.0) / r
     zero = z.dtype.type(0.0)
+    one = z.dtype.type(1.0)
+    count = r if loss_code == 2 else r * k
+    inv_r = z.dtype.type(1.0 / count)
+    dense = labels.size == 0
     for j in range(k):
         db[j] = zero
     total = 0.0
@@ -432,12 +471,22 @@ def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, 
                 e = np.exp(z[i, j] - m)
                 g[i, j] = e
                 s += e
-            y = labels[row]
-            total += np.float64(m - z[i, y]) + math.log(np.float64(s))  # m - z_y: no cancellation
-            f = inv_r / s
-            for j in range(k):
-                g[i, j] *= f
-            g[i, y] -= inv_r
+            if dense:
+                lse = np.float64(m) + math.log(np.float64(s))
+                inv_s = one / s
+                for j in range(k):
+                    t = targets[row, j]
+                    if t != 0:  # classes without target weight never meet lse - z = inf
+                        total += np.float64(t) * (lse - np.float64(z[i, j]))
+                    g[i, j] = (g[i, j] * inv_s - t) * inv_r
+            else:
+                y = labels[row]
+                # m - z_y: no cancellation
+                total += np.float64(m - z[i, y]) + math.log(np.float64(s))
+                f = inv_r / s
+                for j in range(k):
+                    g[i, j] *= f
+                g[i, y] -= inv_r
         elif loss_code == 1:  # sigmoid + binary cross-entropy from the logits
             for j in range(k):
                 zj = z[i, j] + bias[j]
@@ -454,7 +503,7 @@ def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, 
                 g[i, j] = d * inv_r
         for j in range(k):
             db[j] += g[i, j]
-    return total
+    return total / count
 
 
 def _saturation_kind(spec: ActivationSpec) -> int:
@@ -466,7 +515,8 @@ def _saturation_kind(spec: ActivationSpec) -> int:
 # copies. Globals, not closures: Numba's cache key hashes a closure's cells, and a cell
 # holding a compiled function pickles differently in every process (a cache miss and a
 # full recompile each time); globals are frozen at compile time instead. Each copy gets
-# its own __qualname__ (so its own cache entry). These placeholders are never compiled.
+# its own __qualname__ (so its own cache entry): see _specialize. These placeholders are
+# never compiled.
 _fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = None
 _SAT = _SAT_NONE
 _SAVED_Y = False
@@ -521,11 +571,14 @@ def _t_hidden_backward(g, z, h, db, a, b):
 
 def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf, hbuf,
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
-          result):
+          result, batch_losses, batch_sqs):
     # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
-    # use_order; hp: _HP in the arrays' dtype. Outputs: loss_acc (summed loss), grad_sq
-    # (summed per layer), active/saturated (counts), result: batches and samples applied,
-    # bad batch, bad layer. batch_sq is scratch.
+    # use_order; hp: _HP in the arrays' dtype. Outputs: loss_acc (summed loss times batch
+    # rows), grad_sq (summed per layer), active/saturated (counts), result: batches and
+    # samples applied, bad batch, bad layer. batch_sq is scratch. batch_losses (n_batches,)
+    # and batch_sqs (n_batches, L), when not empty, receive every batch's mean loss and
+    # per-layer squared gradient norm, the stopping batch's included (the trainer's
+    # EpochPlan.batch_loss / grad_sq).
     n, d0 = X.shape
     L = len(Ws)
     B = ip[0]
@@ -543,6 +596,8 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     clip_value = hp[7]
     a = hp[8]
     b = hp[9]
+    alpha = hp[10]
+    per_batch = batch_losses.size > 0
     one = hp.dtype.type(1.0)
     Xf = X.reshape(X.size)
     n_batches = (n + B - 1) // B
@@ -622,6 +677,10 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
                         result[3] = layer
                     finite = False
             total_sq += sq
+        if per_batch:
+            batch_losses[k] = batch_loss
+            for layer in range(L):
+                batch_sqs[k, layer] = batch_sq[layer]
         if not finite:
             result[2] = k
             unit = 0
@@ -649,7 +708,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
         # ---- update
         lr_t = lr
         inv_sqrt_bc2 = one
-        if opt != 0:
+        if opt == 1 or opt == 2:  # adam, adamw
             t = step[0] + 1
             lr_t = hp.dtype.type(lr / (1.0 - np.float64(b1) ** t))
             inv_sqrt_bc2 = hp.dtype.type(1.0 / math.sqrt(1.0 - np.float64(b2) ** t))
@@ -658,10 +717,10 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             W = Ws[layer]
             _update(W.reshape(W.size), dWs[layer].reshape(W.size),
                     mW[layer].reshape(mW[layer].size), vW[layer].reshape(vW[layer].size),
-                    opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2)
+                    opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
             _update(bs[layer], dbs[layer], mb[layer], vb[layer], opt, lr, mom, nesterov,
-                    wd * 0, scale, b1, b2, eps, lr_t, inv_sqrt_bc2)
-        loss_acc[0] += batch_loss
+                    wd, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
+        loss_acc[0] += batch_loss * r
         result[0] += 1
         result[1] += r
 
@@ -677,14 +736,9 @@ def _build_epoch(spec: ActivationSpec):
         _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
     )
 
-    def specialize(template):
-        fn = types.FunctionType(template.__code__, namespace, template.__name__)
-        fn.__qualname__ = f"{template.__name__}_{spec.name}"
-        return njit(**_JIT)(fn)
-
     for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
-        namespace[name] = specialize(globals()[f"_t{name}"])
-    return specialize(_t_epoch)
+        namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
+    return specialize(_t_epoch, namespace, spec.name, **_JIT)
 
 
 _EPOCHS: dict[str, Any] = {}
@@ -717,9 +771,10 @@ def _check_data(X, Y, order, sizes, dtype, loss) -> tuple[np.ndarray, np.ndarray
     if not isinstance(Y, np.ndarray):
         raise TypeError(f"Y must be a numpy.ndarray, got {type(Y).__name__}")
     d_out = sizes[-1]
-    if loss == "cross_entropy":
+    if loss == "cross_entropy" and Y.ndim != 2:
         if Y.dtype != np.int64:
-            raise TypeError(f"Y has dtype {Y.dtype}; cross_entropy takes int64 class indices")
+            raise TypeError(f"Y has dtype {Y.dtype}; cross_entropy takes int64 class indices "
+                            f"(n,) or (n, {d_out}) target rows of the weights' dtype")
         if Y.shape != (n,):
             raise ValueError(f"Y has shape {Y.shape}, expected ({n},) (class indices)")
         if Y.min() < 0 or Y.max() >= d_out:
@@ -746,6 +801,28 @@ def _check_data(X, Y, order, sizes, dtype, loss) -> tuple[np.ndarray, np.ndarray
     return labels, targets, order_arr
 
 
+_NO_BATCH_LOSSES = np.zeros(0)
+_NO_BATCH_SQS = np.zeros((0, 0))
+
+
+def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_order: bool,
+               hp: tuple, nesterov: bool) -> None:
+    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`."""
+    ws.hp[:] = hp
+    ws.ip[:] = (batch_size, LOSSES.index(loss), OPTIMIZERS.index(optimizer), int(nesterov),
+                int(use_order))
+
+
+def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
+            batch_losses=_NO_BATCH_LOSSES, batch_sqs=_NO_BATCH_SQS) -> None:
+    """Run the compiled epoch on arguments already checked (no checks here: callers that
+    built every array themselves, like the trainer's adapter, skip train_epoch's)."""
+    kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
+           state.step, ws.xb, ws.z, ws.h, ws.g, ws.offsets, ws.dW, ws.db, ws.hp, ws.ip,
+           ws.loss_acc, ws.grad_sq, ws.batch_sq, ws.active, ws.saturated, ws.result,
+           batch_losses, batch_sqs)
+
+
 def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                 weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                 state: OptimizerState, config: FusedConfig,
@@ -763,7 +840,7 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
     if state.optimizer != config.optimizer:
         raise ValueError(f"state was made for {state.optimizer!r}, config uses "
                          f"{config.optimizer!r}")
-    needs_m = config.optimizer != "sgd" or config.momentum > 0
+    needs_m = config.optimizer in ("adam", "adamw") or config.momentum > 0
     for name, arrs, params in (("m_W", state.m_W, Ws), ("m_b", state.m_b, bs),
                                ("v_W", state.v_W, Ws), ("v_b", state.v_b, bs)):
         needed = needs_m if name.startswith("m") else config.optimizer != "sgd"
@@ -780,15 +857,11 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                          f"{config.batch_size}, {dtype}")
     ws = workspace
     a, b = config.encoded()
-    ws.hp[:] = (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
-                config.weight_decay, config.clip_norm, config.clip_value, a, b)
-    ws.ip[:] = (config.batch_size, LOSSES.index(config.loss),
-                OPTIMIZERS.index(config.optimizer), int(config.nesterov),
-                int(order is not None))
-    kernel = _epoch_kernel(config.spec)
-    kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
-           state.step, ws.xb, ws.z, ws.h, ws.g, ws.offsets, ws.dW, ws.db, ws.hp, ws.ip,
-           ws.loss_acc, ws.grad_sq, ws.batch_sq, ws.active, ws.saturated, ws.result)
+    _configure(ws, config.loss, config.optimizer, config.batch_size, order is not None,
+               (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
+                config.weight_decay, config.clip_norm, config.clip_value, a, b, config.alpha),
+               config.nesterov)
+    _launch(_epoch_kernel(config.spec), X, order_arr, labels, targets, Ws, bs, state, ws)
     n_batches, n_samples, bad_batch, bad_layer = (int(v) for v in ws.result)
     bounds = np.cumsum((0, *sizes[1:-1]))
     active = [ws.active[bounds[i]:bounds[i + 1]].astype(np.int64)

@@ -107,6 +107,7 @@ def test_cuda_fit_matches_the_numpy_backend(dtype, optimizer, kw, monkeypatch, t
     np.testing.assert_allclose(got.history["loss"], want.history["loss"], rtol=rtol)
     np.testing.assert_allclose(got.history["grad_norm"], want.history["grad_norm"], rtol=rtol)
     assert got.history["accuracy"] == want.history["accuracy"]
+    assert got.runner == "layers"
     assert got.history["saturated"] == want.history["saturated"]
     assert model.params.dtype == np.dtype(dtype)
     assert_close(model.params, want_model.params, np.dtype(dtype).type, True, "weights")

@@ -1,0 +1,381 @@
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba.
+
+Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
+into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
+ran at 3-27% of copy bandwidth (DESIGN.md §6). These functions are plain arithmetic that
+LLVM inlines and vectorizes: range reduction (Cody-Waite), a polynomial, and the power of
+two built by writing its exponent bits through an integer view (the scheme of SLEEF, XLA
+and Cephes). No branches: every special case is a select, so a loop over them stays one
+straight-line vector body.
+
+Use them by bare name inside compiled code (``exp(x)``): an `overload` picks the float32
+or float64 implementation from the argument's type, so float32 stays float32 (constants
+in the argument's dtype, see `fastgrad.scalar_math.retype`). Called from plain Python they
+fall back to `math`'s. Accuracy (tests/test_numba_math.py), max error in ulps against a
+far more precise reference, over all float32 in each range (FASTGRAD_EXHAUSTIVE=1; the run
+by default takes every 61st) and a dense float64 sample against long double:
+
+    float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
+    float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
+
+erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
+into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
+and erf's Taylor series below |x| = 3/4. float64 erfc stays libm's (a scalar call), so
+float64 gelu(approximate='none') does not vectorize.
+
+Polynomials: Taylor coefficients 1/k! (expm1) and 2/(2k+1) (log via atanh, the fdlibm
+reduction), with enough terms that truncation stays below 0.25 ulp on the reduced range
+(bounds at each table). Minimax (Remez) coefficients would save one or two terms each;
+Taylor's are exact by construction, which keeps the derivation checkable here.
+"""
+
+from __future__ import annotations
+
+import math
+import types as pytypes
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from ..scalar_math import cast_floats, retype
+
+# Compiled with FMA contraction (fastmath 'contract' only: NaN, inf and signed zeros keep
+# IEEE semantics) and numpy's error model (no ZeroDivisionError check, which would stop
+# vectorization).
+_JIT_OPTIONS = {"fastmath": {"contract"}, "error_model": "numpy"}
+
+
+# --- Bit-level helpers: LLVM IR on the float's same-width integer ------------------------
+
+# (integer type, mantissa bits, exponent bias, bits of sqrt(1/2)) per float width.
+_LAYOUT = {
+    32: (ir.IntType(32), 23, 127, 0x3F3504F3),
+    64: (ir.IntType(64), 52, 1023, 0x3FE6A09E667F3BCD),
+}
+
+
+def _layout(fty: ir.Type):
+    return _LAYOUT[32 if isinstance(fty, ir.FloatType) else 64]
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n for a float n that holds an integer within the normal exponent range.
+
+    n + 1.5 * 2**mant (exact for |n| < 2**(mant - 1)) holds n in its low mantissa bits;
+    adding the bias and shifting them into the exponent field gives 2**n's bits (the
+    magic constant's own bits shift out). No float-to-int conversion: a NaN n gives
+    garbage bits rather than LLVM poison, and the callers' arithmetic turns it into NaN.
+    """
+    if not isinstance(n, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (v,) = args
+        ity, mant, bias, _ = _layout(v.type)
+        t = builder.fadd(v, ir.Constant(v.type, 1.5 * 2.0 ** mant))
+        bits = builder.add(builder.bitcast(t, ity), ir.Constant(ity, bias))
+        return builder.bitcast(builder.shl(bits, ir.Constant(ity, mant)), v.type)
+
+    return n(n), codegen
+
+
+@intrinsic
+def _split_sqrt2(typingctx, u):
+    """(k, m) as floats with u = 2**k * m and m in [sqrt(1/2), sqrt(2)), for a positive
+    normal u (musl's log1pf reduction: shift the bits so that the exponent field rounds
+    at sqrt(2), not at 2)."""
+    if not isinstance(u, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (v,) = args
+        ity, mant, bias, sqrt_half = _layout(v.type)
+        one_bits = bias << mant
+        ix = builder.add(builder.bitcast(v, ity), ir.Constant(ity, one_bits - sqrt_half))
+        k = builder.sub(builder.ashr(ix, ir.Constant(ity, mant)), ir.Constant(ity, bias))
+        m_bits = builder.add(builder.and_(ix, ir.Constant(ity, (1 << mant) - 1)),
+                             ir.Constant(ity, sqrt_half))
+        parts = [builder.sitofp(k, v.type), builder.bitcast(m_bits, v.type)]
+        return context.make_tuple(builder, signature.return_type, parts)
+
+    return types.UniTuple(u, 2)(u), codegen
+
+
+# --- Per-dtype constants -----------------------------------------------------------------
+
+def _expm1_coefficients(degree: int) -> tuple[float, ...]:
+    """1/degree!, ..., 1/3!, 1/2!: Horner's order for q(r), expm1(r) = r + r^2 q(r)."""
+    return tuple(1.0 / math.factorial(k) for k in range(degree, 1, -1))
+
+
+def _erf_coefficients(terms: int) -> tuple[float, ...]:
+    """erf(x)/x = 2/sqrt(pi) sum_k (-1)^k x^2k / (k! (2k + 1)), k = terms..0 (Horner's
+    order in x^2). On |x| < 3/4 the truncation is below 1e-10 relative for terms = 9."""
+    return tuple(2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1))
+                 for k in range(terms, -1, -1))
+
+
+def _atanh_coefficients(terms: int) -> tuple[float, ...]:
+    """2/(2 terms + 1), ..., 2/5, 2/3: Horner's order for R(z)/z, z = s^2, where
+    log((1 + s)/(1 - s)) = 2 s + s R(s^2)."""
+    return tuple(2.0 / (2 * k + 1) for k in range(terms, 0, -1))
+
+
+_CONSTANTS = {
+    # Reduced range |r| <= ln2/2 = 0.347. expm1: truncation r^d/(d+1)! relative to r:
+    # 5.8e-10 (float32, d = 8) and 1.2e-17 (float64, d = 13), under 0.25 ulp.
+    # log: s^2 <= 0.0295; truncation s^(2K+2)/(2K+3): 2e-9 (float32, K = 4) and 6e-19
+    # (float64, K = 10).
+    # LN2_HI has trailing zero bits so that n * LN2_HI is exact (Cody-Waite): Cephes
+    # expf's C1/C2 for float32, fdlibm's ln2_hi/ln2_lo for float64.
+    # EXP_HI/LO clamp just outside where exp overflows / rounds to 0, keeping n (and the
+    # two halves of the 2**n split) in range; EXPM1_LO is where expm1 rounds to -1.
+    np.float32: {
+        "LN2_HI": 0.693359375, "LN2_LO": -2.12194440e-4,
+        "EXP_HI": 89.0, "EXP_LO": -104.5, "EXPM1_LO": -30.0, "MAX_EXP": 127.0,
+        "EXPM1_C": _expm1_coefficients(8), "ATANH_C": _atanh_coefficients(4),
+        # erfcx(a) ~ t * ERFC_C(t - ERFC_TC), t = 1/(1 + a/2), a in [0, ERFC_HI]: fitted
+        # here (docs/numba_math.md derives and checks them), max relative error 8.9e-9.
+        # Past ERFC_HI, erfc rounds to 0 in float32.
+        "ERF_CUT": 0.75, "ERF_C": _erf_coefficients(9),
+        "ERFC_HI": 10.125, "ERFC_TC": 0.5824742268041238, "ERFC_ROUND": 1.5 * 2.0 ** 15,
+        "ERFC_C": (0.03844106859884669, 0.017940550475184388, -0.07503744494876134,
+                   0.002434713886243055, 0.11424204333830365, -0.049902416528983924,
+                   -0.2039864295821392, 0.08313014556839793, 0.5874786182699611,
+                   0.7819244189713578, 0.5713397843871513),
+    },
+    np.float64: {
+        "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
+        "EXP_HI": 710.0, "EXP_LO": -746.0, "EXPM1_LO": -40.0, "MAX_EXP": 1023.0,
+        "EXPM1_C": _expm1_coefficients(13), "ATANH_C": _atanh_coefficients(10),
+    },
+}
+for _dtype, _c in _CONSTANTS.items():
+    _c.update(LOG2E=1.4426950408889634, MAGIC=1.5 * 2.0 ** (np.finfo(_dtype).nmant),
+              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0))
+
+
+# --- The implementations, written once; `retype` makes the float32 and float64 copies ----
+
+def _horner(r, coefficients):
+    """sum c[k] r^(n-1-k): Horner's scheme (compiled through the overload below)."""
+    acc = coefficients[0]
+    for c in coefficients[1:]:
+        acc = acc * r + c
+    return acc
+
+
+_HORNER_CODE: dict[int, pytypes.FunctionType] = {}
+
+
+def _unrolled_horner(n: int) -> pytypes.FunctionType:
+    """Horner's scheme for n coefficients written out with constant indices. A loop over
+    the tuple would index it at run time, which Numba bounds-checks (an IndexError
+    path); when LLVM does not unroll it, that path keeps the caller from inlining and
+    vectorizing (it did for erfc's 11 coefficients)."""
+    if n not in _HORNER_CODE:
+        lines = ["def horner(r, coefficients):", "    acc = coefficients[0]"]
+        lines += [f"    acc = acc * r + coefficients[{k}]" for k in range(1, n)]
+        lines.append("    return acc")
+        scope: dict = {}
+        exec("\n".join(lines), scope)  # noqa: S102  (trusted, generated above)
+        _HORNER_CODE[n] = scope["horner"]
+    return _HORNER_CODE[n]
+
+
+@overload(_horner, jit_options=_JIT_OPTIONS)
+def _horner_typed(r, coefficients):
+    if isinstance(r, types.Float) and isinstance(coefficients, types.UniTuple):
+        return _unrolled_horner(coefficients.count)
+    return None
+
+
+def _reduce(x):
+    """(n, r) with x = n ln2 + r, n an integer (as a float), |r| <= ln2/2: n by adding
+    and subtracting MAGIC (rounds to nearest without a float-to-int conversion)."""
+    n = (x * LOG2E + MAGIC) - MAGIC  # noqa: F821  (names bound per dtype by `retype`)
+    r = (x - n * LN2_HI) - n * LN2_LO  # noqa: F821
+    return n, r
+
+
+def _expm1_poly(r):
+    return r + r * r * _horner(r, EXPM1_C)  # noqa: F821
+
+
+def _scale(p, n):
+    """p * 2**n, 2**n in two halves, each a normal number, so that the result can round
+    gradually into the subnormals (one rounding, in the last product) or overflow."""
+    h = np.floor(0.5 * n)
+    return p * _pow2(h) * _pow2(n - h)
+
+
+def exp_impl(x):
+    # NaN passes the clamps (comparisons are false) and stays NaN through the arithmetic;
+    # +inf and -inf clamp to a point where the result overflows / rounds to 0.
+    xc = EXP_HI if x > EXP_HI else x  # noqa: F821
+    xc = EXP_LO if xc < EXP_LO else xc  # noqa: F821
+    n, r = _reduce(xc)
+    return _scale(1.0 + _expm1_poly(r), n)
+
+
+def expm1_impl(x):
+    xc = EXP_HI if x > EXP_HI else x  # noqa: F821
+    xc = EXPM1_LO if xc < EXPM1_LO else xc  # noqa: F821
+    n, r = _reduce(xc)
+    p = _expm1_poly(r)
+    # expm1(x) = 2^n p + (2^n - 1), both parts exact for small n: no cancellation near 0.
+    # Where n = MAX_EXP + 1, 2^n is out of range: use 2^(n-1) and double the result.
+    m = MAX_EXP if n > MAX_EXP else n  # noqa: F821
+    s = _pow2(m)
+    y = (s * p + (s - 1.0)) * (1.0 + (n - m))
+    return x if x == 0.0 else y  # expm1(-0.0) = -0.0
+
+
+def log1p_impl(x):
+    u = 1.0 + x
+    # The rounding error of 1 + x, exactly (fdlibm's correction term): log1p(x) =
+    # log(u) + c/u to first order.
+    c = (1.0 - (u - x)) if x >= 1.0 else (x - (u - 1.0))
+    k, m = _split_sqrt2(u)
+    # log(m) = log((1 + s)/(1 - s)) = 2s + s R, s = f/(2 + f), f = m - 1, written as
+    # f - (f^2/2 - s (f^2/2 + R)) (fdlibm's __log1p) so the leading term is exact.
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    big_r = z * _horner(z, ATANH_C)  # noqa: F821
+    hfsq = 0.5 * f * f
+    log_m = f - (hfsq - s * (hfsq + big_r))
+    y = k * LN2_HI + (log_m + (c / u + k * LN2_LO))  # noqa: F821
+    y = INF if x == INF else y  # noqa: F821
+    y = -INF if x == -1.0 else y  # noqa: F821
+    y = NAN if x < -1.0 else y  # noqa: F821
+    return x if x == 0.0 else y  # log1p(-0.0) = -0.0; NaN is NaN through u
+
+
+def tanh_impl(x):
+    # From e = exp(-2|x|) and t = expm1(-2|x|) = e - 1, sharing one reduction (both
+    # arguments <= 0: no overflow, +-inf give exactly +-1):
+    #   |x| < ln(3)/2: tanh|x| = -t / (t + 2)  (no cancellation near 0);
+    #   above:         tanh|x| = 1 - 2e / (1 + e)  (2e/(1 + e) <= 1/2, so the subtraction
+    #                  loses nothing, where -t/(t + 2) would carry t + 2's rounding).
+    # One division for both: the numerator and denominator are selected first.
+    v = -2.0 * abs(x)
+    vc = EXPM1_LO if v < EXPM1_LO else v  # noqa: F821
+    n, r = _reduce(vc)
+    p = _expm1_poly(r)
+    s = _pow2(n)
+    sp = s * p
+    small = v > TANH_SPLIT  # noqa: F821
+    num = -(sp + (s - 1.0)) if small else 2.0 * (sp + s)
+    den = (sp + (s + 1.0)) if small else (1.0 + (sp + s))
+    q = num / den
+    y = q if small else 1.0 - q
+    return math.copysign(x if x == 0.0 else y, x)  # tanh(-0.0) = -0.0
+
+
+def _erfcx(a):
+    """exp(a^2) erfc(a) for 0 <= a <= ERFC_HI (the fitted polynomial)."""
+    h = 0.5 * a
+    d = 1.0 + h
+    # d's rounding error exactly (Fast2Sum, larger operand first), then one Newton step
+    # on t = 1/d against the exact 1 + h: t's error would otherwise be amplified about
+    # twofold by the polynomial.
+    d_lo = ((1.0 - d) + h) if h <= 1.0 else ((h - d) + 1.0)
+    t = 1.0 / d
+    t = t + t * ((1.0 - d * t) - d_lo * t)
+    return t * _horner(t - ERFC_TC, ERFC_C)  # noqa: F821
+
+
+def _exp_neg_square(a):
+    """exp(-a^2) for 0 <= a < 2^14. a^2 rounded would carry an error that exp amplifies
+    a^2-fold (100 ulp at a = 10): a^2 = hi^2 + (a - hi)(a + hi), hi = a rounded to 2^-8,
+    has hi^2 exact and the small rest goes into exp's reduced argument."""
+    hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
+    n, r = _reduce(-(hi * hi))
+    return _scale(1.0 + _expm1_poly(r - (a - hi) * (a + hi)), n)
+
+
+def _erf_series(x):
+    return x * _horner(x * x, ERF_C)  # noqa: F821
+
+
+def erfc_impl(x):
+    # erfc|x| = exp(-x^2) erfcx|x| (float32 only: float64 keeps libm's erfc); erfc(-a) =
+    # 2 - erfc(a); below |x| = ERF_CUT, 1 - erf(x) by erf's series is more accurate.
+    # Inlined into the caller at Numba's level (see _register): the helpers, each
+    # compiled with this module's flags, stay small enough for LLVM to inline into a
+    # loop and vectorize, which the whole was not.
+    a = abs(x)
+    a = ERFC_HI if a > ERFC_HI else a  # noqa: F821  (NaN passes)
+    y = _exp_neg_square(a) * _erfcx(a)
+    y = 2.0 - y if x < 0 else y
+    small = 1.0 - _erf_series(x)
+    return small if a < ERF_CUT else y  # noqa: F821
+
+
+def erfc_libm(x):
+    return math.erfc(x)
+
+
+# --- Bare-name entry points: math's in Python, the dtype's implementation when compiled --
+
+def exp(x):
+    """e**x (float32 or float64 in compiled code; math.exp when called from Python)."""
+    return math.exp(x)
+
+
+def expm1(x):
+    """e**x - 1, accurate near 0."""
+    return math.expm1(x)
+
+
+def log1p(x):
+    """log(1 + x), accurate near 0; -inf at -1, NaN below."""
+    return math.log1p(x)
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return math.tanh(x)
+
+
+def erfc(x):
+    """1 - erf(x) (vectorizable in float32; libm's in float64)."""
+    return math.erfc(x)
+
+
+_HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
+            "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
+            "_erf_series": _erf_series}
+_IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
+          erfc: {np.float32: erfc_impl, np.float64: erfc_libm}}
+
+
+def _build(dtype) -> dict:
+    """Every implementation as a plain function for `dtype`: its float literals and the
+    dtype's constants cast to it, its helpers compiled for this dtype."""
+    namespace = cast_floats({**globals(), **_CONSTANTS[dtype]}, dtype)
+    for name, fn in _HELPERS.items():  # one shared namespace: helpers see each other
+        namespace[name] = njit(**_JIT_OPTIONS)(retype(fn, namespace, dtype))
+    return {stub: retype(fn[dtype] if isinstance(fn, dict) else fn, namespace, dtype)
+            for stub, fn in _IMPLS.items()}
+
+
+_BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
+
+
+def _register(stub: pytypes.FunctionType) -> None:
+    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub is erfc else "never")
+    def _typed(x):
+        impls = _BY_TYPE.get(x)
+        return None if impls is None else impls[stub]
+
+
+for _stub in _IMPLS:
+    _register(_stub)
+
+VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc}
+"""The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""

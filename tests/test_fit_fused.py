@@ -1,0 +1,352 @@
+"""fit on the numba backend: the fused epoch runner (one compiled call per epoch) against
+the layer-by-layer runner, from the same seed. Both must train the same: History, final
+weights, optimizer state, clipping, early stopping and the NonFiniteError path."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastgrad as fg
+from fastgrad import optim, train
+from fastgrad.backends import numba_cpu
+
+TOL = {"float32": {"rtol": 1e-4, "atol": 1e-6}, "float64": {"rtol": 1e-9, "atol": 1e-12}}
+
+OPTIMIZERS = {
+    "sgd-momentum": ("sgd", {"lr": 0.05, "momentum": 0.9}),
+    "sgd-nesterov-wd": ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True,
+                                "weight_decay": 0.01}),
+    "adam-wd": ("adam", {"lr": 0.01, "weight_decay": 0.01}),
+    "adamw": ("adamw", {"lr": 0.01, "weight_decay": 0.1}),
+    "rmsprop-momentum": ("rmsprop", {"lr": 0.005, "momentum": 0.5, "weight_decay": 0.01}),
+}
+
+
+def problem(rng, loss, n=37, d=4):
+    """(X, y, output width, output activation) for each task; n=37 leaves a short last
+    batch at batch_size 8."""
+    X = rng.standard_normal((n, d))
+    if loss == "mse":
+        return X, np.stack([X[:, 0] - X[:, 1], X[:, 2] * 0.5], axis=1), 2, "identity"
+    if loss == "binary_cross_entropy":
+        return X, (X[:, 0] + 0.3 * rng.standard_normal(n) > 0).astype(int), 1, "sigmoid"
+    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5), 3, "softmax"
+
+
+def run(X, y, d_out, output, dtype, fused, seed=7, activation="tanh", **fit_kw):
+    """A fresh model fit with the given runner; returns (model, history, optimizer)."""
+    model = fg.MLP([X.shape[1], 6, 5, d_out], activation, output=output, dtype=dtype,
+                   backend="numba", seed=seed)
+    name, params = fit_kw.pop("opt", ("sgd", {"lr": 0.05}))
+    opt = optim.make_optimizer(name, **params)
+    history = model.fit(X, y, optimizer=opt, verbose=0, fused=fused, **fit_kw)
+    assert history.runner == ("fused" if fused else "layers")
+    return model, history, opt
+
+
+def assert_close(got, want, dtype, what):
+    """rtol elementwise, plus an absolute floor of rtol times the array's largest value:
+    float32 elements that are sums of cancelling terms (velocities, gradients near 0)
+    differ by rounding relative to the terms, not to themselves."""
+    want = np.asarray(want, np.float64)
+    tol = TOL[dtype]
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    np.testing.assert_allclose(got, want, rtol=tol["rtol"],
+                               atol=max(tol["atol"], tol["rtol"] * scale), err_msg=what)
+
+
+def assert_same_training(a, b, dtype):
+    (ma, ha, oa), (mb, hb, ob) = a, b
+    tol = TOL[dtype]
+    assert ha.epoch == hb.epoch
+    assert (ha.stopped_early, ha.best_epoch) == (hb.stopped_early, hb.best_epoch)
+    for key in ("loss", "val_loss", "accuracy", "r2", "lr"):
+        if key in hb.history:
+            np.testing.assert_allclose(ha[key], hb[key], err_msg=key, **tol)
+    np.testing.assert_allclose(ha["grad_norm"], hb["grad_norm"], err_msg="grad_norm", **tol)
+    assert_close(ma.params, mb.params, dtype, "final weights")
+    assert oa.steps == ob.steps
+    for name in ("velocity", "m", "v", "square_avg", "momentum_buf"):
+        if hasattr(ob, name):
+            assert_close(getattr(oa, name), getattr(ob, name), dtype, name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=list(OPTIMIZERS))
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "cross_entropy"])
+def test_fused_fit_equals_layer_by_layer(rng, loss, opt, dtype):
+    X, y, d_out, output = problem(rng, loss)
+    kw = {"epochs": 4, "batch_size": 8, "opt": OPTIMIZERS[opt], "validation_split": 0.2}
+    fused = run(X, y, d_out, output, dtype, True, **kw)
+    kw["opt"] = OPTIMIZERS[opt]
+    layers = run(X, y, d_out, output, dtype, False, **kw)
+    assert_same_training(fused, layers, dtype)
+    assert not np.allclose(fused[0].params, fg.MLP([4, 6, 5, d_out], "tanh", output=output,
+                                                   dtype=dtype, seed=7).params)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("clip", [{"clip_norm": 0.05}, {"clip_value": 0.01},
+                                  {"clip_value": 0.02, "clip_norm": 0.03}],
+                         ids=["norm", "value", "both"])
+def test_clipping_is_the_same(rng, clip, dtype):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    runs = [run(X, y, d_out, output, dtype, fused, epochs=3, batch_size=8,
+                opt=("adam", {"lr": 0.05}), **clip) for fused in (True, False)]
+    assert_same_training(*runs, dtype)
+    # clipping engaged (else the comparison above proves nothing about it)
+    free = run(X, y, d_out, output, dtype, True, epochs=3, batch_size=8,
+               opt=("adam", {"lr": 0.05}))
+    assert not np.allclose(free[0].params, runs[0][0].params, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_early_stopping_and_schedules_are_the_same(rng, dtype):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    kw = dict(epochs=40, batch_size=8, validation_split=0.3,
+              early_stopping={"patience": 2}, lr_schedule=optim.CosineLR(40),
+              opt=("sgd", {"lr": 0.2, "momentum": 0.9}))
+    runs = [run(X, y, d_out, output, dtype, fused, **dict(kw)) for fused in (True, False)]
+    assert runs[0][1].stopped_early, "the test needs early stopping to engage"
+    assert_same_training(*runs, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lr", [1e6, 1e30], ids=["blows-up-later", "blows-up-at-once"])
+def test_non_finite_error_is_the_same(rng, dtype, lr):
+    X = rng.standard_normal((32, 3))
+    y = 1e3 * rng.standard_normal(32)
+    errors, params = [], []
+    for fused in (True, False):
+        m = fg.MLP([3, 16, 16, 1], seed=0, dtype=dtype, backend="numba")
+        with pytest.raises(fg.NonFiniteError) as info:
+            m.fit(X, y, epochs=50, batch_size=4, optimizer="sgd", lr=lr, verbose=0,
+                  fused=fused)
+        assert m.history_.runner == ("fused" if fused else "layers")
+        e = info.value
+        errors.append((e.epoch, e.batch, e.layer, e.what, str(e)))
+        params.append(m.params.copy())
+    assert errors[0] == errors[1]
+    assert np.all(np.isfinite(params[0])), "the model keeps its last finite weights"
+    np.testing.assert_allclose(params[0], params[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype, x0, w0, lr", [("float32", 1e25, 1e-12, 1e5),
+                                               ("float64", 1e200, 1e-100, 1e10)])
+def test_an_update_that_breaks_the_weights_is_rolled_back_the_same(rng, dtype, x0, w0, lr):
+    """Batch 1 holds one row whose gradient is finite but whose update (lr * g) overflows:
+    batch 2 then meets non-finite weights; both runners report epoch 0, batch 2 and leave
+    the model with the weights from before batch 1's update (the fused runner replays the
+    epoch to get them)."""
+    X = rng.standard_normal((12, 3))
+    X[:, 0] = 0
+    X[4] = (x0, 0, 0)  # batch 1 (batch_size 4, no shuffle)
+    y = rng.standard_normal(12)
+    results = []
+    for fused in (True, False):
+        m = fg.MLP([3, 1], dtype=dtype, backend="numba", seed=0)
+        m.layers[0].W[0, 0] = w0  # keeps batch 1's output (and loss) finite
+        with pytest.raises(fg.NonFiniteError) as info:
+            m.fit(X, y, epochs=1, batch_size=4, shuffle=False, optimizer="sgd", lr=lr,
+                  verbose=0, fused=fused)
+        e = info.value
+        results.append(((e.epoch, e.batch, e.layer, e.what), m.params.copy()))
+        assert np.all(np.isfinite(m.params))
+        assert m.history_.runner == ("fused" if fused else "layers")
+    assert results[0][0] == results[1][0] and results[0][0][:2] == (0, 2)
+    assert_close(results[0][1], results[1][1], dtype, "last finite weights")
+    assert results[0][1][0] == np.asarray(w0, dtype), "W[0, 0] before batch 1's update"
+
+
+def test_hyper_parameters_outside_the_dtype_fall_back(rng):
+    X, y = rng.standard_normal((16, 3)), np.arange(16) % 2
+    m = fg.MLP([3, 4, 2], backend="numba", seed=0)
+    assert m.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0).runner == "layers"
+    with pytest.raises(ValueError, match="eps=1e-50 is not representable in float32"):
+        m.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0, fused=True)
+    m64 = fg.MLP([3, 4, 2], backend="numba", seed=0, dtype="float64")
+    assert m64.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0).runner == "fused"
+
+
+def test_nan_weights_name_the_same_layer(rng):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    reports = []
+    for fused in (True, False):
+        m = fg.MLP([4, 8, 8, d_out], seed=0, backend="numba")
+        m.fit(X, y, epochs=1, verbose=0, fused=fused)
+        m.layers[1].W[0, 0] = np.nan
+        with pytest.raises(fg.NonFiniteError) as info:
+            m.fit(X, y, epochs=1, verbose=0, fused=fused)
+        e = info.value
+        reports.append((e.epoch, e.batch, e.layer, e.what))
+    assert reports[0] == reports[1] == (0, 0, 1, "loss")
+
+
+def test_switching_runners_continues_the_same_optimizer_state(rng):
+    """2 fused epochs, then 2 layer-by-layer ones with the same Adam (its moments and step
+    count carry over), equal 4 epochs of either runner alone."""
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    results = []
+    for plan in ((True, False), (False, True), (True, True), (False, False)):
+        m = fg.MLP([4, 6, d_out], "relu", dtype="float64", backend="numba", seed=3)
+        opt = optim.Adam(lr=0.02)
+        for fused in plan:
+            m.fit(X, y, epochs=2, batch_size=8, optimizer=opt, verbose=0, fused=fused)
+        results.append((m.params.copy(), opt.m.copy(), opt.v.copy(), opt.steps))
+    for got in results[1:]:
+        for a, b in zip(got[:3], results[0][:3]):
+            np.testing.assert_allclose(a, b, **TOL["float64"])
+        assert got[3] == results[0][3] == 4 * 5
+
+
+def test_fit_on_numba_uses_the_fused_runner(rng, monkeypatch):
+    """A spy on the backend's runner: the fast path cannot silently fall off."""
+    calls = []
+    real = numba_cpu.train_epoch
+
+    def spy(plan, *args, **kwargs):
+        calls.append(plan.n_batches)
+        return real(plan, *args, **kwargs)
+
+    monkeypatch.setattr(numba_cpu, "train_epoch", spy)
+    X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
+    for optimizer in ("sgd", "adam", "adamw", "rmsprop"):
+        calls.clear()
+        m = fg.MLP([5, 8, 3], backend="numba", seed=0)
+        h = m.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, verbose=0)
+        assert calls == [3, 3, 3] and h.runner == "fused", optimizer
+    m = fg.MLP([5, 8, 1], "leaky_relu", backend="numba", seed=0, dtype="float64")
+    assert m.fit(X, X[:, 0], epochs=1, verbose=0).runner == "fused"
+
+
+def test_default_backend_trains_with_the_fused_runner(rng):
+    """backend=None: the default backend (cython, fastest for single kernels) has no fused
+    runner, so fit takes numba's fused epoch; an explicit backend is kept as given."""
+    X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
+    assert fg.MLP([5, 8, 3], seed=0).fit(X, y, epochs=1, verbose=0).runner == "fused"
+    explicit = fg.MLP([5, 8, 3], backend="cython", seed=0).fit(X, y, epochs=1, verbose=0)
+    assert explicit.runner == "layers"
+
+
+def test_the_adapter_is_built_once_per_model(rng, monkeypatch):
+    built = []
+    real = numba_cpu._FitAdapter.__init__
+
+    def counting(self, *args):
+        built.append(1)
+        real(self, *args)
+
+    monkeypatch.setattr(numba_cpu._FitAdapter, "__init__", counting)
+    X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
+    m = fg.MLP([5, 8, 3], backend="numba", seed=0)
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    m.fit(X, y, epochs=3, batch_size=16, optimizer=opt, verbose=0)
+    m.fit(X, y, epochs=2, batch_size=16, optimizer=opt, verbose=0)
+    assert len(built) == 1
+    m.fit(X, y, epochs=1, batch_size=8, optimizer=opt, verbose=0)  # another batch size
+    assert len(built) == 2
+    clone = pickle.loads(pickle.dumps(m))  # the cache (views) is not pickled
+    assert "_runner_cache" not in clone.__dict__
+    clone.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(clone.layers[0].W, clone.params[:40].reshape(5, 8))
+
+
+def test_plans_the_fused_runner_declines(rng):
+    X, y = rng.standard_normal((24, 3)), np.arange(24) % 2
+
+    class MySGD(optim.SGD):
+        pass
+
+    cases = [
+        (fg.Sequential([fg.Dense(3, 4, "relu"), fg.Dense(4, 4, "tanh"), fg.Dense(4, 2)],
+                       backend="numba"), "sgd", "mixed hidden activations"),
+        (fg.Sequential([fg.Dense(3, 4, "softmax"), fg.Dense(4, 2)], backend="numba"), "sgd",
+         "not elementwise"),
+        (fg.Sequential([fg.Dense(3, 4, "leaky_relu", alpha=0.1),
+                        fg.Dense(4, 4, "leaky_relu", alpha=0.2), fg.Dense(4, 2)],
+                       backend="numba"), "sgd", "mixed hidden activations"),
+        (fg.MLP([3, 4, 2], backend="numba", seed=0), MySGD(lr=0.1), "MySGD has no fused"),
+    ]
+    for model, opt, why in cases:
+        h = model.fit(X, y, epochs=1, optimizer=opt, verbose=0)
+        assert h.runner == "layers", why
+        with pytest.raises(ValueError, match=f"fused=True but .*{why}"):
+            model.fit(X, y, epochs=1, optimizer=opt, verbose=0, fused=True)
+    with pytest.raises(ValueError, match="backend 'numpy' has no fused epoch runner"):
+        fg.MLP([3, 2], backend="numpy").fit(X, y, epochs=1, verbose=0, fused=True)
+
+
+# --- BLAS threads -------------------------------------------------------------------------
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info()
+                  if i["user_api"] == "blas")
+
+
+def test_blas_limited_to_one_thread_for_small_batches_and_restored(monkeypatch):
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is an optional dependency")
+    import scipy.linalg  # noqa: F401  (so SciPy's OpenBLAS, numba's, is listed)
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 8)), np.arange(64) % 3
+    seen = []
+    monkeypatch.setattr(train, "machine_busy", lambda: False)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        assert before and max(n for _, n in before) == 2, before
+        m = fg.MLP([8, 16, 3], backend="numba", seed=0)
+        m.fit(X, y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
+        assert all(n == 1 for threads in seen for _, n in threads) and len(seen) == 2
+        assert _blas_threads() == before, "fit restores the previous BLAS limits"
+        # above the threshold fit leaves BLAS alone
+        big = [np.zeros((256, 256)), np.zeros((256, 10))]
+        assert train.batch_matmul_flops([(W,) for W in big], 128) >= \
+            train.BLAS_SINGLE_THREAD_FLOPS
+        seen.clear()
+        Xb = rng.standard_normal((128, 256))
+        fg.MLP([256, 256, 3], backend="numba", seed=0).fit(
+            Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0,
+            callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
+        assert seen == [before]
+        # ... unless the machine is busy
+        monkeypatch.setattr(train, "machine_busy", lambda: True)
+        seen.clear()
+        fg.MLP([256, 256, 3], backend="numba", seed=0).fit(
+            Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0,
+            callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
+        assert all(n == 1 for _, n in seen[0]) and _blas_threads() == before
+    assert train.batch_matmul_flops([(np.zeros((8, 16)),), (np.zeros((16, 3)),)], 16) == \
+        6 * 16 * (8 * 16 + 16 * 3)
+
+
+def test_machine_busy_reads_the_load_average(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 0.0, 0.0))
+    assert train.machine_busy()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.0, 0.0))
+    assert not train.machine_busy()
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert not train.machine_busy()
+
+
+def test_blas_policy_without_threadpoolctl(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    layers = [(np.zeros((4, 4)),)]
+    with train.blas_thread_limit(layers, 8):
+        pass
+    rng = np.random.default_rng(0)
+    h = fg.MLP([4, 3], backend="numba", seed=0).fit(
+        rng.standard_normal((16, 4)), np.arange(16) % 3, epochs=1, verbose=0)
+    assert h.runner == "fused"
