@@ -192,11 +192,19 @@ class Sequential:
         return self._logits(a)
 
     def _logits(self, a: np.ndarray) -> np.ndarray:
+        from .backends import get_backend
+
+        # A device backend: X goes in once, the activations stay there, the logits come
+        # back once (each layer's W and b are copied in by the functional layer).
+        device = self.backend is not None and getattr(get_backend(self.backend), "DEVICE",
+                                                      False)
+        if device:
+            a = get_backend(self.backend).to_device(a)
         for k, layer in enumerate(self.layers):
             spec, params = self.hidden_activation(k)
             a = F.linear_forward(a, layer.W, layer.b, activation=spec.name,
                                  backend=self.backend, **params)
-        return a
+        return get_backend(self.backend).to_host(a) if device else a
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (N, n_classes), columns in the order of classes_ (binary:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_kernel
+from .backends import get_backend, get_kernel
 
 
 def _nonneg(name: str, value: Any, upper: float | None = None, open_upper: bool = False,
@@ -77,19 +77,28 @@ class Optimizer:
         self._size: int | None = None
         self._update = None
 
+    state_names: tuple[str, ...] = ()
+    """The attributes holding the optimizer's state arrays (one per parameter each)."""
+
     def bind(self, params: np.ndarray, backend: str | None = None) -> None:
         """Allocate the state for `params` (1-D float array) unless already bound to the
-        same size and dtype (so a second fit continues with the same moments), and pick
-        the backend's update kernel."""
-        key = (params.size, params.dtype)
+        same size and dtype on the same side (so a second fit continues with the same
+        moments), and pick the backend's update kernel. On a device backend (cuda) the
+        state is allocated on the device, zeroed there, and `step` takes device arrays."""
+        module = get_backend(backend)
+        device = getattr(module, "DEVICE", False)
+        key = (params.size, np.dtype(params.dtype), device)
         if self._size != key:
             self._size = key
             self.steps = 0
-            self._allocate(params)
+            for name in self.state_names:
+                setattr(self, name, module.zeros(params.size, params.dtype) if device
+                        else np.zeros_like(params))
         self._update = get_kernel(self.kernel, backend)
 
-    def _allocate(self, params: np.ndarray) -> None:
-        raise NotImplementedError
+    def state(self) -> list:
+        """The state arrays, in `state_names` order (host or device arrays)."""
+        return [getattr(self, name) for name in self.state_names]
 
     @property
     def _step_decay(self) -> float:
@@ -124,7 +133,7 @@ class Optimizer:
     def config(self) -> dict[str, Any]:
         """The hyperparameters (for repr and for saving)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")
-                and k != "steps" and not isinstance(v, np.ndarray)}
+                and k != "steps" and k not in self.state_names}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -140,6 +149,7 @@ class SGD(Optimizer):
     name = "sgd"
     default_lr = 1e-2
     kernel = "sgd_update"
+    state_names = ("velocity",)
 
     def __init__(self, lr: float | None = None, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0,
@@ -149,9 +159,6 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-
-    def _allocate(self, params):
-        self.velocity = np.zeros_like(params)
 
     def _apply(self, params, grads, lr):
         self._update(params, grads, self.velocity, lr, self.momentum, self._step_decay,
@@ -163,6 +170,7 @@ class Adam(Optimizer):
 
     name = "adam"
     kernel = "adam_update"
+    state_names = ("m", "v")
     decoupled = False
 
     def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.999,
@@ -174,10 +182,6 @@ class Adam(Optimizer):
         self.beta1 = _nonneg("beta1", beta1, upper=1.0, open_upper=True)
         self.beta2 = _nonneg("beta2", beta2, upper=1.0, open_upper=True)
         self.eps = _nonneg("eps", eps, positive=True)
-
-    def _allocate(self, params):
-        self.m = np.zeros_like(params)
-        self.v = np.zeros_like(params)
 
     def _apply(self, params, grads, lr):
         self._update(params, grads, self.m, self.v, lr, self.beta1, self.beta2, self.eps,
@@ -201,6 +205,7 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     default_lr = 1e-2
     kernel = "rmsprop_update"
+    state_names = ("square_avg", "momentum_buf")
 
     def __init__(self, lr: float | None = None, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0,
@@ -209,10 +214,6 @@ class RMSprop(Optimizer):
         self.alpha = _nonneg("alpha", alpha, upper=1.0)
         self.eps = _nonneg("eps", eps, positive=True)
         self.momentum = _nonneg("momentum", momentum, upper=1.0, open_upper=True)
-
-    def _allocate(self, params):
-        self.square_avg = np.zeros_like(params)
-        self.momentum_buf = np.zeros_like(params)
 
     def _apply(self, params, grads, lr):
         self._update(params, grads, self.square_avg, self.momentum_buf, lr, self.alpha,

@@ -2,11 +2,13 @@
 
 One epoch is run by an *epoch runner* with one contract (`EpochPlan` in, the number of
 batches completed out): the layer-by-layer runner here (`train_epoch_layers`, the
-fallback every backend has) or a backend's fused ``train_epoch`` kernel, which `fit`
-takes when the backend module defines it and its ``supports_train_epoch(plan)`` (if
-defined) accepts the plan. Everything else (task inference, targets, validation,
-diagnostics, early stopping, callbacks, progress) is shared, so both runners train the
-same way and report the same history.
+fallback every CPU backend has), its device twin for device backends
+(`fastgrad.train_device.DeviceEpochRunner`: weights, gradients, optimizer state and
+activations resident on the GPU for the whole fit) or a backend's fused ``train_epoch``
+kernel, which `fit` takes when the backend module defines it and its
+``supports_train_epoch(plan)`` (if defined) accepts the plan. Everything else (task
+inference, targets, validation, diagnostics, early stopping, callbacks, progress) is
+shared, so every runner trains the same way and reports the same history.
 """
 
 from __future__ import annotations
@@ -248,6 +250,11 @@ def batch_gradient(model: Sequential, X: Any, y: Any) -> tuple[float, np.ndarray
     T, _ = prepare_targets(model, y, len(X))
     grads = np.zeros_like(model.params)
     layers = _plan_layers(model)
+    if getattr(get_backend(model.backend), "DEVICE", False):
+        from .train_device import DeviceEpochRunner
+        plan = EpochPlan(layers, model.params, grads, model.layer_slices, X, T, len(X),
+                         model.loss_spec, None, 0.0, None, None, model.backend)
+        return DeviceEpochRunner(model.backend).gradient(plan), grads
     _, grad_W, grad_b = _grad_views(layers, grads, model.layer_slices)
     value = forward_backward(layers, X, T, model.loss_spec, grad_W, grad_b, model.backend)
     return value, grads
@@ -268,32 +275,48 @@ def clip_gradients(grads: np.ndarray, clip_value: float | None,
 
 # --- diagnostics ---------------------------------------------------------------------
 
-def _diagnose(model: Sequential, X: np.ndarray):
+def _layer_outputs(model: Sequential, X: np.ndarray, wants: list[str | None],
+                   runner: Any = None):
+    """(logits, taken): one forward pass of X (host) through the model; taken[k] is layer
+    k's pre-activation ("pre"), output ("a") or None as wants[k] says. A device runner
+    answers it with its resident weights (`layer_outputs`); host arrays come back."""
+    on_device = getattr(runner, "layer_outputs", None)
+    if on_device is not None:
+        return on_device(X, wants)
+    a, taken = X, []
+    be = get_backend(model.backend)
+    for (W, b, spec, pa, pb), want in zip(_plan_layers(model), wants):
+        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=want == "pre")
+        taken.append(pre if want == "pre" else a if want == "a" else None)
+    return a, taken
+
+
+def _diagnose(model: Sequential, X: np.ndarray, runner: Any = None):
     """One forward pass over X: the logits, and per layer the fraction of dead ReLU units
     (never positive on X) and of saturated sigmoid/tanh activations (|derivative| < 2%:
     sigmoid outside [0.01, 0.99], |tanh| > 0.99); None where not applicable."""
+    last = len(model.layers) - 1
+    names = [spec.name if k < last else None
+             for k, (_, _, spec, *_rest) in enumerate(_plan_layers(model))]
+    wants = ["pre" if name == "relu" else "a" if name in ("sigmoid", "tanh") else None
+             for name in names]
+    logits, taken = _layer_outputs(model, X, wants, runner)
     dead, saturated = [], []
-    a = X
-    be = get_backend(model.backend)
-    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
-        a, pre = dense_forward(be, a, W, b, spec, pa, pb, want_pre=True)
-        last = k == len(model.layers) - 1
-        dead.append(float(np.mean(np.all(pre <= 0, axis=0)))
-                    if spec.name == "relu" and not last else None)
-        if spec.name == "sigmoid" and not last:
-            saturated.append(float(np.mean((a < 0.01) | (a > 0.99))))
-        elif spec.name == "tanh" and not last:
-            saturated.append(float(np.mean(np.abs(a) > 0.99)))
+    for name, arr in zip(names, taken):
+        dead.append(float(np.mean(np.all(arr <= 0, axis=0))) if name == "relu" else None)
+        if name == "sigmoid":
+            saturated.append(float(np.mean((arr < 0.01) | (arr > 0.99))))
+        elif name == "tanh":
+            saturated.append(float(np.mean(np.abs(arr) > 0.99)))
         else:
             saturated.append(None)
-    return a, dead, saturated
+    return logits, dead, saturated
 
 
-def _first_nonfinite_layer(model: Sequential, X: np.ndarray) -> int | None:
-    a = X
-    be = get_backend(model.backend)
-    for k, (W, b, spec, pa, pb) in enumerate(_plan_layers(model)):
-        a, _ = dense_forward(be, a, W, b, spec, pa, pb)
+def _first_nonfinite_layer(model: Sequential, X: np.ndarray,
+                           runner: Any = None) -> int | None:
+    _, outputs = _layer_outputs(model, X, ["a"] * len(model.layers), runner)
+    for k, a in enumerate(outputs):
         if not np.isfinite(a).all():
             return k
     return None
@@ -338,9 +361,9 @@ def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool,
     that supports this plan and no callback needs Python between batches; otherwise the
     layer-by-layer runner. fused=False always takes the layer-by-layer runner; fused=True
     raises ValueError, with the backend's reason, when the fused one cannot run."""
-    if fused is False:
-        return train_epoch_layers
     backend = get_backend(model.backend)
+    if fused is False:
+        return _layer_runner(model, backend)
     # backend=None leaves the choice to fastgrad: the default backend's fused runner, else
     # the first CPU backend (fastest first) whose fused runner takes the plan - one
     # compiled call per epoch beats the fastest layer-by-layer kernels on small nets.
@@ -357,6 +380,15 @@ def _epoch_runner(model: Sequential, plan: EpochPlan, batch_callbacks: bool,
                else f"backend {backend.NAME!r} has no fused epoch runner")
         raise ValueError(f"fused=True but the fused epoch runner cannot run this model: "
                          f"{why}")
+    return _layer_runner(model, backend)
+
+
+def _layer_runner(model: Sequential, backend) -> Callable:
+    """`train_epoch_layers`, or on a device backend its twin with the weights, gradients,
+    optimizer state and activations resident on the device (one per fit)."""
+    if getattr(backend, "DEVICE", False):
+        from .train_device import DeviceEpochRunner
+        return DeviceEpochRunner(model.backend)
     return train_epoch_layers
 
 
@@ -564,20 +596,21 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             plan.grad_sq = np.zeros((plan.n_batches, n_layers))
             if runner is None:
                 runner = _epoch_runner(model, plan, batch_callbacks=False, fused=fused)
-                history.runner = "layers" if runner is train_epoch_layers else "fused"
+                history.runner = ("layers" if runner is train_epoch_layers
+                                  or getattr(runner, "layer_by_layer", False) else "fused")
             snapshot = model.params.copy()
             done = runner(plan)
             if done < plan.n_batches:
-                _raise_nonfinite(model, plan, epoch, done, snapshot)
+                _raise_nonfinite(model, plan, epoch, done, snapshot, runner)
             sizes = np.full(plan.n_batches, batch_size, np.float64)
             sizes[-1] = n - batch_size * (plan.n_batches - 1)
             logs: dict[str, Any] = {"loss": float(np.dot(plan.batch_loss, sizes) / n)}
             norms = np.sqrt(np.mean(plan.grad_sq, axis=0))
             if diagnose:
-                logits, dead, saturated = _diagnose(model, diag_rows)
+                logits, dead, saturated = _diagnose(model, diag_rows, runner)
                 logs[metric] = score_logits(model, logits, T[:len(diag_rows)], diag_labels)
             if Xv is not None:
-                zv = model._logits(Xv)
+                zv = _layer_outputs(model, Xv, [None] * n_layers, runner)[0]
                 logs["val_loss"] = loss_kernel(model.loss_spec, zv, Tv)
                 logs["val_" + metric] = score_logits(model, zv, Tv, labels_v)
             logs["lr"] = epoch_lr
@@ -652,7 +685,7 @@ def _early_stopping(spec, has_validation: bool) -> EarlyStopping | None:
 
 
 def _raise_nonfinite(model: Sequential, plan: EpochPlan, epoch: int, batch: int,
-                     snapshot: np.ndarray) -> None:
+                     snapshot: np.ndarray, runner: Any = None) -> None:
     B = plan.batch_size
     xb = plan.X[batch * B:(batch + 1) * B]
     loss_value = plan.batch_loss[batch]
@@ -663,7 +696,7 @@ def _raise_nonfinite(model: Sequential, plan: EpochPlan, epoch: int, batch: int,
         layer = max(bad) if bad else None  # backprop runs from the last layer down
         what, detail = "gradient", "a NaN or infinite gradient"
     else:
-        layer = _first_nonfinite_layer(model, xb)
+        layer = _first_nonfinite_layer(model, xb, runner)
         what, detail = "loss", f"a non-finite loss ({loss_value})"
     if not np.isfinite(model.params).all():  # the last update broke them: roll it back
         for fallback in (plan.last_good, snapshot):

@@ -23,10 +23,20 @@ C-contiguous and of one float dtype (float32 or float64):
   decoupled, step)``, ``rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha,
   eps, weight_decay, momentum)``.
 
-The loss and optimizer kernels are optional: `get_kernel` serves a backend that lacks one
-from the fastest available backend that has it (the numpy reference has them all).
+The loss and optimizer kernels are optional: `get_kernel` serves a CPU backend that lacks
+one from the fastest available backend that has it (the numpy reference has them all).
+A device backend (``DEVICE = True``, cuda) is never served another backend's kernel: its
+arrays live on the device, where a CPU kernel cannot run (or would copy on every call).
 
 A backend module may define ``check_available()``, raising with the reason it cannot run.
+
+A device backend (``DEVICE = True``) also provides what the trainer's device runner
+(`fastgrad.train_device`) needs to keep a whole epoch on the device: array movement
+(``to_device``, ``to_host``, ``empty``, ``zeros``, ``upload``, ``download``,
+``copy_device``), ``linear_backward_into`` (into caller-owned buffers),
+``loss_forward_into`` (the mean loss into a device slot), ``segment_sumsq_into``
+(per-layer squared gradient norms and non-finite counts) and ``clip_value_`` /
+``clip_norm_``; see fastgrad.backends.cuda.
 """
 
 from __future__ import annotations
@@ -127,11 +137,17 @@ def use_backend(name: str) -> Iterator[ModuleType]:
 
 def get_kernel(kernel: str, name: str | None = None):
     """The function `kernel` of the backend `get_backend(name)` picks; where that backend
-    lacks it (an optional kernel), the same kernel of the fastest available backend that
-    has it. Raises AttributeError when none has it."""
-    fn = getattr(get_backend(name), kernel, None)
+    lacks it (an optional kernel), the same kernel of the fastest available CPU backend
+    that has it. Raises AttributeError when none has it, and when a device backend (cuda)
+    lacks it: a CPU kernel handed device arrays would fail or copy on every call."""
+    module = get_backend(name)
+    fn = getattr(module, kernel, None)
     if fn is not None:
         return fn
+    if getattr(module, "DEVICE", False):
+        raise AttributeError(f"the device backend {module.NAME!r} has no kernel {kernel!r}, "
+                             "and a CPU backend's cannot stand in for it: its arrays live on "
+                             "the device")
     for candidate in _DEFAULT_ORDER:
         module = _load(candidate)
         fn = None if module is None else getattr(module, kernel, None)

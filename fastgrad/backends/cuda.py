@@ -64,6 +64,10 @@ THREADS = 256
 MAX_BLOCKS = 65535
 """Cap on the grid of elementwise kernels; the grid-stride loop covers the rest."""
 
+_REDUCE_THREADS = 128
+"""Threads of the single-block finishing reductions (a power of two; a compile-time
+shared-array size)."""
+
 _NB_TYPES = {np.dtype(np.float32): nb_float32, np.dtype(np.float64): nb_float64}
 
 
@@ -459,6 +463,21 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
     # Through empty(): bench/gpu_check.py swaps in a poisoning allocator.
     g = empty((n, m), dtype)
     grad_b = empty((m,), dtype)
+    grad_W = empty(W.shape, dtype)
+    grad_x = empty(x.shape, dtype) if need_grad_x else None
+    linear_backward_into(grad_y, x, W, saved, spec, a, b, g, grad_x, grad_W, grad_b)
+    return grad_x, grad_W, grad_b
+
+
+@_simulator_quiet
+def linear_backward_into(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: float,
+                         g, grad_x, grad_W, grad_b) -> None:
+    """`linear_backward` into caller-owned device buffers (the trainer allocates them once
+    per fit): g (N, D_out) scratch for the gradient through the activation (may be grad_y
+    itself), grad_x (N, D_in) or None (not computed), grad_W (D_in, D_out), grad_b
+    (D_out,). grad_W and grad_b may be views into a flat gradient buffer."""
+    dtype = grad_y.dtype
+    m = grad_y.shape[1]
     if spec.rowwise:  # the row kernel's backward, then the identity's (a copy) + grad_b
         _rows(spec.name, 1, saved, grad_y, g)
         spec, saved, grad_y = ACTIVATIONS["identity"], g, g
@@ -467,13 +486,9 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
         colsum = backward_colsum_kernel(spec.name, dtype, T)
         colsum[-(-m // T), (T, T)](grad_y, grad_y if saved is None else saved, g, grad_b,
                                    *_scalars(dtype, a, b))
-    grad_W = empty(W.shape, dtype)
     _matmul("identity", x, g, None, grad_W, None, 0.0, 0.0, trans_a=True)  # x^T g
-    grad_x = None
-    if need_grad_x:
-        grad_x = empty(x.shape, dtype)
+    if grad_x is not None:
         _matmul("identity", g, W, None, grad_x, None, 0.0, 0.0, trans_b=True)  # g W^T
-    return grad_x, grad_W, grad_b
 
 
 # ---------------------------------------------------------------------------------------
@@ -597,6 +612,47 @@ def loss_forward(spec, pred, target) -> float:
     return float(to_host(partial).sum() / n)
 
 
+@cuda.jit
+def _sum_into_kernel(src, count, out, index, divisor):
+    """out[index] = sum(src[:count]) / divisor, in float64, by one block (a power of two
+    threads, each striding over src, then a shared-memory tree)."""
+    sh = cuda.shared.array(_REDUCE_THREADS, nb_float64)
+    total = nb_float64(0)
+    for j in range(cuda.threadIdx.x, count, cuda.blockDim.x):
+        total += src[j]
+    total = _block_sum(sh, total)
+    if cuda.threadIdx.x == 0:
+        out[index] = total / divisor
+
+
+def loss_scratch_size(spec, rows: int, k: int) -> int:
+    """float64 elements of scratch `loss_forward_into` needs for a (rows, k) batch."""
+    if spec.rowwise:
+        return rows
+    return min(-(-(rows * k) // _pow2_threads(THREADS)), MAX_BLOCKS)
+
+
+@_simulator_quiet
+def loss_forward_into(spec, pred, target, out, index: int, scratch) -> None:
+    """The mean loss of device pred/target (N, K), written to the float64 device array
+    out[index] without leaving the device (the trainer copies a whole epoch's batch losses
+    out at once). scratch: float64 device array of `loss_scratch_size` elements or more."""
+    rows, k = pred.shape
+    if spec.rowwise:
+        threads = _row_threads(k)
+        loss_kernels(spec.name, threads)[0][rows, threads](pred, target, scratch)
+        count, divisor = rows, float(rows)
+    else:
+        n = rows * k
+        threads = _pow2_threads(THREADS)
+        count = min(-(-n // threads), MAX_BLOCKS)
+        loss_kernels(spec.name, threads)[0][count, threads](pred.reshape(n),
+                                                            target.reshape(n), scratch)
+        divisor = float(n)
+    _sum_into_kernel[1, _pow2_threads(min(_REDUCE_THREADS, count))](scratch, count, out,
+                                                                      index, divisor)
+
+
 @_simulator_quiet
 def loss_backward(spec, pred, target, out) -> None:
     (p, t, o), copy_back = _staged(pred, target, out)
@@ -681,6 +737,153 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
     _launch_update(_rmsprop_kernel, (param, grad, square_avg, momentum_buf), (0, 2, 3),
                    float(lr), float(alpha), float(eps), float(weight_decay),
                    float(momentum))
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer support (fastgrad.train_device): per-layer gradient norms, clipping, fills, all
+# on the device, so a training epoch needs no transfer between its batches.
+
+
+@cuda.jit
+def _segment_sumsq_kernel(x, bounds, psq, pbad):
+    """Block (bx, k) of a (BX, L) grid: float64 sum of squares and count of non-finite
+    values over its grid-stride share of x[bounds[k]:bounds[k + 1]], into psq[k, bx] and
+    pbad[k, bx]."""
+    sh = cuda.shared.array(_REDUCE_THREADS, nb_float64)
+    k = cuda.blockIdx.y
+    stride = cuda.gridDim.x * cuda.blockDim.x
+    sq = nb_float64(0)
+    bad = nb_float64(0)
+    for i in range(bounds[k] + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x,
+                   bounds[k + 1], stride):
+        v = nb_float64(x[i])
+        sq += v * v
+        if v - v != 0.0:  # NaN or +-inf (v - v is 0 for every finite v)
+            bad += 1.0
+    sq = _block_sum(sh, sq)
+    bad = _block_sum(sh, bad)
+    if cuda.threadIdx.x == 0:
+        psq[k, cuda.blockIdx.x] = sq
+        pbad[k, cuda.blockIdx.x] = bad
+
+
+@cuda.jit
+def _segment_finish_kernel(psq, pbad, out_sq, out_bad, row):
+    """Block k: out_sq[row, k] = sum(psq[k]), out_bad[row, k] = sum(pbad[k])."""
+    sh = cuda.shared.array(_REDUCE_THREADS, nb_float64)
+    k = cuda.blockIdx.x
+    sq = nb_float64(0)
+    bad = nb_float64(0)
+    for j in range(cuda.threadIdx.x, psq.shape[1], cuda.blockDim.x):
+        sq += psq[k, j]
+        bad += pbad[k, j]
+    sq = _block_sum(sh, sq)
+    bad = _block_sum(sh, bad)
+    if cuda.threadIdx.x == 0:
+        out_sq[row, k] = sq
+        out_bad[row, k] = bad
+
+
+def segment_partials(bounds: list[int]) -> int:
+    """Blocks per segment `segment_sumsq_into` launches (the width of its partials)."""
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return max(1, min(-(-longest // _pow2_threads(THREADS)), MAX_BLOCKS, _REDUCE_THREADS))
+
+
+@_simulator_quiet
+def segment_sumsq_into(x, bounds, psq, pbad, out_sq, out_bad, row: int) -> None:
+    """Per segment k of the flat device array x (elements bounds[k]:bounds[k+1]; bounds a
+    device int64 array of L + 1 offsets): the float64 sum of squares into out_sq[row, k]
+    and the number of NaN/inf elements into out_bad[row, k] (float64 (rows, L) device
+    arrays). psq, pbad: float64 (L, segment_partials(bounds)) scratch. Deterministic (two
+    tree reductions, no atomics), so equal inputs give bit-equal norms."""
+    n_seg, width = psq.shape
+    threads = _pow2_threads(min(THREADS, _REDUCE_THREADS))
+    if width == 1:  # one block per segment: it writes the row itself, no second launch
+        _segment_sumsq_kernel[(1, n_seg), threads](x, bounds, out_sq[row].reshape(n_seg, 1),
+                                                   out_bad[row].reshape(n_seg, 1))
+        return
+    _segment_sumsq_kernel[(width, n_seg), threads](x, bounds, psq, pbad)
+    _segment_finish_kernel[n_seg, _pow2_threads(min(width, _REDUCE_THREADS))](
+        psq, pbad, out_sq, out_bad, row)
+
+
+def _clip_kernels(dtype):
+    """(clip_value(x, c), clip_norm(x, sq, row, max_norm)) for flat arrays of `dtype`."""
+    def build():
+        nbt = _NB_TYPES[np.dtype(dtype)]
+
+        @cuda.jit
+        def clip_value(x, c):
+            for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+                v = x[i]
+                if v > c:
+                    x[i] = c
+                elif v < -c:
+                    x[i] = -c
+
+        @cuda.jit
+        def clip_norm(x, sq, row, max_norm):
+            # Every thread sums the row's few per-layer squares itself: no second launch.
+            total = nb_float64(0)
+            for k in range(sq.shape[1]):
+                total += sq[row, k]
+            norm = math.sqrt(total)
+            if norm > max_norm:
+                scale = nbt(max_norm / norm)  # rounded to the dtype first, as on the CPU
+                for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+                    x[i] = x[i] * scale
+
+        return clip_value, clip_norm
+    return _cached(("clip", np.dtype(dtype).str), build)
+
+
+@_simulator_quiet
+def clip_value_(x, c: float) -> None:
+    """In place on the flat device array x: clamp to [-c, c] (NaN stays NaN)."""
+    if x.size:
+        blocks, threads = _grid_1d(x.size)
+        _clip_kernels(x.dtype)[0][blocks, threads](x, np.dtype(x.dtype).type(c))
+
+
+@_simulator_quiet
+def clip_norm_(x, sq, row: int, max_norm: float) -> None:
+    """In place on the flat device array x: scale by max_norm / ||x|| when the norm, the
+    square root of sum_k sq[row, k] (a float64 device array, e.g. segment_sumsq_into's
+    output), exceeds max_norm. Reads the norm on the device: no transfer."""
+    if x.size:
+        blocks, threads = _grid_1d(x.size)
+        _clip_kernels(x.dtype)[1][blocks, threads](x, sq, row, float(max_norm))
+
+
+@cuda.jit
+def _fill_kernel(x, value):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        x[i] = value
+
+
+def zeros(shape, dtype):
+    """A zeroed device array, filled on the device (no host buffer is copied)."""
+    arr = cuda.device_array(shape, np.dtype(dtype))
+    if arr.size:
+        blocks, threads = _grid_1d(arr.size)
+        _fill_kernel[blocks, threads](arr.reshape(arr.size), np.dtype(dtype).type(0))
+    return arr
+
+
+def upload(dst, host: np.ndarray) -> None:
+    """Copy the host array into the existing device array dst (same size)."""
+    dst.copy_to_device(np.ascontiguousarray(host).reshape(dst.shape))
+
+
+def download(src, host: np.ndarray) -> None:
+    """Copy the device array src into the existing C-contiguous host array (same size)."""
+    src.copy_to_host(host.reshape(src.shape))  # a view of host: written in place
+
+
+def copy_device(dst, src) -> None:
+    """Device-to-device copy between two device arrays of one size and dtype."""
+    dst.copy_to_device(src)
 
 
 # ---------------------------------------------------------------------------------------
@@ -777,7 +980,15 @@ def compile_targets(dtype) -> list[tuple[str, object, tuple]]:
         arr, out = (mat, f64[::1]) if spec.rowwise else (vec, f64[::1])
         targets += [(f"loss {name} forward", fwd, (arr, arr, out)),
                     (f"loss {name} backward", bwd, (arr, arr, arr, f64))]
+    v64, m64, i64 = f64[::1], f64[:, ::1], types.int64
+    clip_value, clip_norm = _clip_kernels(dtype)
     targets += [
+        ("loss sum into slot", _sum_into_kernel, (v64, i64, v64, i64, f64)),
+        ("grad norms: segment sumsq", _segment_sumsq_kernel, (vec, i64[::1], m64, m64)),
+        ("grad norms: finish", _segment_finish_kernel, (m64, m64, m64, m64, i64)),
+        ("clip_value", clip_value, (vec, nbt)),
+        ("clip_norm", clip_norm, (vec, m64, i64, f64)),
+        ("fill", _fill_kernel, (vec, nbt)),
         ("sgd_update", _sgd_kernel, (vec, vec, vec, f64, f64, f64, types.boolean)),
         ("adam_update", _adam_kernel, (vec,) * 4 + (f64,) * 7),
         ("rmsprop_update", _rmsprop_kernel, (vec,) * 4 + (f64,) * 5),
