@@ -227,8 +227,10 @@ def fastgrad_trainer(sizes, batch, backend: str | None, per_step: bool = False):
                 return train_step(X[i % BATCHES], Y[i % BATCHES])
     else:
         Xf, Yf = X.reshape(-1, sizes[0]), Y.reshape(-1)
+        # fit takes **optimizer_params, so every keyword "is accepted": pass only the
+        # contract's names (lr, not learning_rate, which SGD rejects).
         fit_kwargs = _accepted(model.fit, batch_size=batch, optimizer="sgd", lr=LR,
-                               learning_rate=LR, shuffle=False, verbose=0)
+                               shuffle=False, verbose=0, health=False)
 
         def call(epochs):
             with scope(), warnings.catch_warnings():
