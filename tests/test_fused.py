@@ -204,6 +204,13 @@ LOSSES = ["mse", "binary_cross_entropy", "cross_entropy"]
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=[o["optimizer"] for o in OPTIMIZERS])
 @pytest.mark.parametrize("loss", LOSSES)
 def test_matches_oracle(rng, loss, opt, act, params, dtype):
+    if dtype == np.float32 and opt["optimizer"] != "sgd":
+        # Adam/RMSprop divide by sqrt(v) + eps: with eps=1e-8 a gradient element that is
+        # rounding noise (~1e-8, e.g. behind a saturated unit) becomes a full step of +-lr,
+        # so float32 and the float64 oracle can differ by lr in that weight (seed 1253613562
+        # did). A conditioned eps keeps the float32 comparison about the kernel, not about
+        # noise; the float64 runs keep the default eps.
+        opt = {**opt, "eps": 1e-3}
     cfg = FusedConfig(loss=loss, batch_size=4, activation=act, activation_params=params, **opt)
     check_against_oracle(rng, cfg, dtype, epochs=1)
     check_against_oracle(rng, cfg, dtype, epochs=3)
