@@ -233,6 +233,13 @@ cdef int _blas_int(Py_ssize_t v, str what) except -1:
 
 # ---- elementwise and row kernels, split over threads ------------------------------------
 
+cdef inline Py_ssize_t _thread_chunk(Py_ssize_t n, int nthreads) noexcept nogil:
+    """Elements per thread, rounded up to a multiple of FG_BLOCK: each element then takes
+    the same vector path whatever the thread count (results identical for 1 and N threads)."""
+    cdef Py_ssize_t chunk = (n + nthreads - 1) // nthreads
+    return (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
+
+
 cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating a,
                    floating b, int nthreads) noexcept nogil:
     cdef Py_ssize_t t, start, stop, chunk
@@ -242,10 +249,7 @@ cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating
         else:
             fg_forward_f64(k, x, y, n, a, b)
         return
-    # Chunks start at multiples of FG_BLOCK: each element then takes the same vector path
-    # whatever the thread count (results identical for 1 and N threads).
-    chunk = (n + nthreads - 1) // nthreads
-    chunk = (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
+    chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = t * chunk
         stop = min(start + chunk, n)
@@ -265,8 +269,7 @@ cdef void _backward(int k, const floating *s, const floating *g, floating *out, 
         else:
             fg_backward_f64(k, s, g, out, n, a, b)
         return
-    chunk = (n + nthreads - 1) // nthreads
-    chunk = (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
+    chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = t * chunk
         stop = min(start + chunk, n)
