@@ -15,6 +15,7 @@ arrays; ``out=`` may be a device array or a NumPy array.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -189,8 +190,9 @@ def _check_linear(x: ArrayLike, W: ArrayLike, b: ArrayLike | None, dev=None):
 
 def _rows(lead: tuple[int, ...]) -> int:
     """Rows of the 2-D view of an array with leading dimensions `lead` (reshape(-1, 0)
-    cannot infer them)."""
-    return int(np.prod(lead, dtype=np.int64))
+    cannot infer them). math.prod, not np.prod: NumPy's costs ~4 µs per call, a third of
+    a small dense layer's whole backward."""
+    return math.prod(int(n) for n in lead)
 
 
 def _backend_for(shape: tuple[int, ...], backend: str | None, dev=None):

@@ -111,6 +111,9 @@ def get_backend(name: str | None = None) -> ModuleType:
             if module is not None:
                 return module
         raise RuntimeError("no fastgrad backend is available")  # numpy always is
+    module = _loaded.get(name) if isinstance(name, str) else None  # every kernel call: fast path
+    if module is not None:
+        return module
     module = _load(_check_name(name))
     if module is None:
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}")
