@@ -46,12 +46,15 @@ cdef extern from "_kernels_simd.h" nogil:
     const int fg_kernel_transcendental[]
     const int fg_kernel_transcendental_backward[]
     int fg_max_threads()
-    void fg_forward_f32(int k, const float *x, float *y, Py_ssize_t n, float a, float b)
-    void fg_forward_f64(int k, const double *x, double *y, Py_ssize_t n, double a, double b)
+    size_t FG_STREAM_MIN_BYTES
+    void fg_forward_f32(int k, const float *x, float *y, Py_ssize_t n, float a, float b,
+                        int stream)
+    void fg_forward_f64(int k, const double *x, double *y, Py_ssize_t n, double a, double b,
+                        int stream)
     void fg_backward_f32(int k, const float *s, const float *g, float *out, Py_ssize_t n,
-                         float a, float b)
+                         float a, float b, int stream)
     void fg_backward_f64(int k, const double *s, const double *g, double *out, Py_ssize_t n,
-                         double a, double b)
+                         double a, double b, int stream)
     void fg_rows_forward_f32(int k, const float *x, float *y, Py_ssize_t rows,
                              Py_ssize_t cols)
     void fg_rows_forward_f64(int k, const double *x, double *y, Py_ssize_t rows,
@@ -240,14 +243,37 @@ cdef inline Py_ssize_t _thread_chunk(Py_ssize_t n, int nthreads) noexcept nogil:
     return (chunk + FG_BLOCK - 1) // FG_BLOCK * FG_BLOCK
 
 
+cdef size_t _stream_min_bytes = FG_STREAM_MIN_BYTES
+
+
+def _set_stream_min_bytes(nbytes):
+    """Outputs of at least `nbytes` are written with streaming stores; returns the previous
+    threshold. For tests (0: always, which must not change a single bit) and benchmarks
+    (a huge value: never)."""
+    global _stream_min_bytes
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    previous = _stream_min_bytes
+    _stream_min_bytes = <size_t>min(nbytes, 2 ** 63)
+    return previous
+
+
+cdef inline int _streams(const void *out, size_t nbytes, const void *in1,
+                         const void *in2) noexcept nogil:
+    """Whether to write `out` with streaming stores (see fg_stream_copy): large enough that
+    no cache keeps it, and not in place."""
+    return nbytes >= _stream_min_bytes and out != in1 and out != in2
+
+
 cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating a,
                    floating b, int nthreads) noexcept nogil:
     cdef Py_ssize_t t, start, stop, chunk
+    cdef int stream = _streams(y, n * sizeof(floating), x, x)
     if nthreads <= 1 or n <= FG_BLOCK:
         if floating is float:
-            fg_forward_f32(k, x, y, n, a, b)
+            fg_forward_f32(k, x, y, n, a, b, stream)
         else:
-            fg_forward_f64(k, x, y, n, a, b)
+            fg_forward_f64(k, x, y, n, a, b, stream)
         return
     chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
@@ -255,19 +281,20 @@ cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating
         stop = min(start + chunk, n)
         if start < stop:
             if floating is float:
-                fg_forward_f32(k, x + start, y + start, stop - start, a, b)
+                fg_forward_f32(k, x + start, y + start, stop - start, a, b, stream)
             else:
-                fg_forward_f64(k, x + start, y + start, stop - start, a, b)
+                fg_forward_f64(k, x + start, y + start, stop - start, a, b, stream)
 
 
 cdef void _backward(int k, const floating *s, const floating *g, floating *out, Py_ssize_t n,
                     floating a, floating b, int nthreads) noexcept nogil:
     cdef Py_ssize_t t, start, stop, chunk
+    cdef int stream = _streams(out, n * sizeof(floating), s, g)
     if nthreads <= 1 or n <= FG_BLOCK:
         if floating is float:
-            fg_backward_f32(k, s, g, out, n, a, b)
+            fg_backward_f32(k, s, g, out, n, a, b, stream)
         else:
-            fg_backward_f64(k, s, g, out, n, a, b)
+            fg_backward_f64(k, s, g, out, n, a, b, stream)
         return
     chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
@@ -275,9 +302,11 @@ cdef void _backward(int k, const floating *s, const floating *g, floating *out, 
         stop = min(start + chunk, n)
         if start < stop:
             if floating is float:
-                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b)
+                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b,
+                                stream)
             else:
-                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b)
+                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b,
+                                stream)
 
 
 cdef void _rows(int k, const floating *s, const floating *g, floating *out, Py_ssize_t rows,

@@ -306,12 +306,38 @@ static void FG(fg_rows_backward)(int k, const T *y, const T *g, T *out, ptrdiff_
 
 /* ---- entry points used by _kernels.pyx (k is validated there) ------------------------ */
 
-static void FG(fg_forward)(int k, const T *x, T *y, ptrdiff_t n, T a, T b) {
-    FG(fg_forward_table)[k](x, y, n, a, b);
+/* stream != 0 (the caller's choice, see fg_stream_copy): the output is computed
+ * FG_STREAM_CHUNK elements at a time into an L1 buffer and streamed out. Chunks are whole
+ * FG_BLOCKs, so every element takes the same vector path as without streaming. */
+#define FG_STREAM_CHUNK 1024
+
+static void FG(fg_forward)(int k, const T *x, T *y, ptrdiff_t n, T a, T b, int stream) {
+    if (!stream) {
+        FG(fg_forward_table)[k](x, y, n, a, b);
+        return;
+    }
+    T buf[FG_STREAM_CHUNK] FG_ALIGNED;
+    for (ptrdiff_t i = 0; i < n; i += FG_STREAM_CHUNK) {
+        ptrdiff_t m = n - i < FG_STREAM_CHUNK ? n - i : FG_STREAM_CHUNK;
+        FG(fg_forward_table)[k](x + i, buf, m, a, b);
+        fg_stream_copy(y + i, buf, (size_t)m * sizeof(T));
+    }
+    fg_stream_fence();
 }
 
-static void FG(fg_backward)(int k, const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
-    FG(fg_backward_table)[k](s, g, out, n, a, b);
+static void FG(fg_backward)(int k, const T *s, const T *g, T *out, ptrdiff_t n, T a, T b,
+                            int stream) {
+    if (!stream) {
+        FG(fg_backward_table)[k](s, g, out, n, a, b);
+        return;
+    }
+    T buf[FG_STREAM_CHUNK] FG_ALIGNED;
+    for (ptrdiff_t i = 0; i < n; i += FG_STREAM_CHUNK) {
+        ptrdiff_t m = n - i < FG_STREAM_CHUNK ? n - i : FG_STREAM_CHUNK;
+        FG(fg_backward_table)[k](s + i, g + i, buf, m, a, b);
+        fg_stream_copy(out + i, buf, (size_t)m * sizeof(T));
+    }
+    fg_stream_fence();
 }
 
 /* Dense layer, forward pass after the gemm: per row z = pre + bias, pre = z (unless pre

@@ -63,6 +63,55 @@ extern double erfc(double) FG_SIMD_DECL;
 #define FG_VECTOR_MATH 0
 #endif
 
+/* Streaming (non-temporal) stores. An ordinary store to a line that is not in cache first
+ * reads it (read-for-ownership): writing an output far larger than the last-level cache
+ * moves its bytes twice, a third stream beside the input's and the output's own. A
+ * non-temporal store writes the line without reading it (measured: relu into a 64 MiB
+ * output 1.2x faster on one thread). It also leaves the output out of cache, so callers
+ * stream only outputs of at least FG_STREAM_MIN_BYTES, which no cache would keep for
+ * their consumer anyway, and never in place (the input's lines are in cache already).
+ * The fence orders the streamed stores before anything the thread does next (OpenMP's
+ * barrier, the caller's return). */
+#define FG_STREAM_MIN_BYTES ((size_t)32 << 20)
+#if defined(__GNUC__)
+#define FG_ALIGNED __attribute__((aligned(64)))
+#else
+#define FG_ALIGNED
+#endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#include <stdint.h>
+/* 32-byte streams where the CPU has AVX (16-byte ones measured no better than ordinary
+ * stores here), 16-byte SSE2 ones (x86-64's baseline) elsewhere: one portable build. */
+__attribute__((target("avx"))) static void fg_stream_body_avx(char *d, const char *s,
+                                                                size_t bytes) {
+    for (size_t i = 0; i < bytes; i += 32)
+        _mm256_stream_ps((float *)(d + i), _mm256_loadu_ps((const float *)(s + i)));
+}
+static void fg_stream_body_sse2(char *d, const char *s, size_t bytes) {
+    for (size_t i = 0; i < bytes; i += 16)
+        _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
+}
+static void fg_stream_copy(void *dst, const void *src, size_t bytes) {
+    static int use_avx = -1;
+    if (use_avx < 0) use_avx = __builtin_cpu_supports("avx") != 0;  /* benign race */
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (32 - ((uintptr_t)d & 31)) & 31;  /* up to the first aligned store */
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    d += head; s += head; bytes -= head;
+    size_t body = bytes & ~(size_t)31;
+    if (use_avx) fg_stream_body_avx(d, s, body);
+    else fg_stream_body_sse2(d, s, body);
+    memcpy(d + body, s + body, bytes - body);
+}
+static void fg_stream_fence(void) { _mm_sfence(); }
+#else
+static void fg_stream_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void fg_stream_fence(void) {}
+#endif
+
 #define FG_IVDEP _Pragma("GCC ivdep")
 #define FG_BLOCK 16 /* elements; thread chunks start at multiples of this */
 

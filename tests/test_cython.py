@@ -202,6 +202,46 @@ def test_thread_split_never_changes_elementwise_results(dtype, rng):
             np.testing.assert_array_equal(part, outs[0][0][: n - 20], err_msg=spec.name)
 
 
+@pytest.fixture
+def stream_min_bytes():
+    """Sets the streaming-store threshold for one test, restoring it afterwards."""
+    previous = _kernels._set_stream_min_bytes(0)
+    try:
+        yield _kernels._set_stream_min_bytes
+    finally:
+        _kernels._set_stream_min_bytes(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_stores_never_change_results(dtype, rng, stream_min_bytes):
+    """Outputs written with streaming stores (large outputs, see fg_stream_copy) hold the
+    same bits as ordinary stores: for every elementwise kernel, forward and backward, any
+    length (chunks of 1024 and the ragged tail), any thread count, and outputs that start
+    off a 16- or 32-byte boundary (the copy's unaligned head and tail)."""
+    n = 2 * 1024 + 3 * 16 + 5
+    for spec in ELEMENTWISE:
+        k = _kernels.KERNELS[spec.name]
+        x, g = _inputs(spec, dtype, n, rng)
+        saved = None
+        results = []
+        for threshold, nthreads, offset in ((2 ** 62, 1, 0), (0, 1, 0), (0, 1, 1), (0, 3, 3)):
+            stream_min_bytes(threshold)
+            buf_y, buf_g = np.empty(n + offset, dtype), np.empty(n + offset, dtype)
+            y, gx = buf_y[offset:], buf_g[offset:]
+            _kernels.activation_forward(k, x, y, 1.0, 0.0, nthreads)
+            saved = y if spec.needs == "y" else x
+            _kernels.activation_backward(k, g, saved, gx, 1.0, 0.0, nthreads)
+            results.append((y.copy(), gx.copy()))
+        for y, gx in results[1:]:
+            np.testing.assert_array_equal(y, results[0][0], err_msg=spec.name)
+            np.testing.assert_array_equal(gx, results[0][1], err_msg=spec.name)
+
+
+def test_stream_threshold_is_checked():
+    with pytest.raises(ValueError, match="nbytes must be >= 0"):
+        _kernels._set_stream_min_bytes(-1)
+
+
 _THREAD_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
