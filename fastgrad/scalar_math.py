@@ -36,8 +36,9 @@ erfc = math.erfc
 MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf")
 
 # Functions here that other formulas call: compiled alongside them by `compile_scalar`
-# (unless `math_functions` binds the name: ncdf is also a math function).
-HELPERS = ("sigmoid_value", "ncdf")
+# (unless `math_functions` binds the name: a target may give its own, as the numba CPU
+# backend does for ncdf and softplus_tail).
+HELPERS = ("sigmoid_value", "ncdf", "softplus_tail")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -111,6 +112,12 @@ def ncdf(x):
     math function: the numba CPU backend binds a float32 form that keeps the argument
     exact, where rounding x/sqrt2 costs ~x^2/2 ulps; mpmath's ncdf is the tests' oracle)."""
     return 0.5 * erfc(-x * INV_SQRT2)
+
+
+def softplus_tail(x):
+    """log1p(exp(-|x|)) = softplus(x) - max(x, 0): exp never overflows and log1p's
+    argument is in [0, 1] (the numba CPU backend binds a float32 form shortened for that)."""
+    return log1p(exp(-abs(x)))
 
 
 def identity_forward(x, a, b):
@@ -243,7 +250,7 @@ def gelu_backward(x, g, a, b):
 
 def softplus_forward(x, a, b):
     # log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0)
-    return log1p(exp(-abs(x))) + (0.0 if x < 0 else x)
+    return softplus_tail(x) + (0.0 if x < 0 else x)
 
 
 def softplus_backward(x, g, a, b):

@@ -1,4 +1,5 @@
-"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba.
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64), erfc, ncdf and softplus_tail
+(float32) for numba.
 
 Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
 into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
@@ -17,6 +18,10 @@ by default takes every 61st) and a dense float64 sample against long double:
 
     float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
     float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
+
+ncdf (the normal CDF, for gelu) and softplus_tail (log1p(exp(-|x|)), for softplus) are
+specialised in float32 (max 3.5 and 1.9 ulp, allowed 4 and 2.5; see their comments); in
+float64 they compose libm's erfc, and exp and log1p.
 
 erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
@@ -166,7 +171,7 @@ _CONSTANTS = {
 }
 for _dtype, _c in _CONSTANTS.items():
     _c.update(LOG2E=1.4426950408889634, MAGIC=1.5 * 2.0 ** (np.finfo(_dtype).nmant),
-              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0))
+              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0), SQRT2=math.sqrt(2.0))
 
 
 # --- The implementations, written once; `retype` makes the float32 and float64 copies ----
@@ -352,6 +357,35 @@ def ncdf_impl(x):
     return q if x < 0 else 1.0 - q
 
 
+def softplus_tail_impl(x):
+    # log1p(z), z = exp(-|x|) in [0, 1]: log1p_impl without what that range never needs
+    # (its special cases; the general reduction: 1 + z in [1, 2] needs k = 0 or 1), with
+    # its two divisions f/(2 + f) and c/u made one.
+    # exp scales by one power of two shifted by NCDF_K, rounding once into the subnormals.
+    xc = -abs(x)
+    xc = EXP_LO if xc < EXP_LO else xc  # noqa: F821  (-inf clamps; NaN passes)
+    n, r = _reduce(xc)
+    z = (1.0 + _expm1_poly(r)) * _pow2(n + NCDF_K) * NCDF_SCALE  # noqa: F821
+    u = 1.0 + z
+    c = z - (u - 1.0)  # the rounding error of 1 + z, exactly (z <= 1)
+    big = u > SQRT2  # noqa: F821
+    k = 1.0 if big else 0.0
+    m = 0.5 * u if big else u
+    f = m - 1.0
+    d = 2.0 + f
+    inv = 1.0 / (d * u)
+    s = f * (u * inv)  # f / (2 + f): its rounding is damped by f^2/2 below
+    zz = s * s
+    big_r = zz * _horner(zz, ATANH_C)  # noqa: F821
+    hfsq = 0.5 * f * f
+    log_m = f - (hfsq - s * (hfsq + big_r))
+    return k * LN2_HI + (log_m + (c * (d * inv) + k * LN2_LO))  # noqa: F821
+
+
+def softplus_tail_f64(x):
+    return log1p(exp(-abs(x)))
+
+
 def ncdf_libm(x):
     return 0.5 * math.erfc(-x * INV_SQRT2)
 
@@ -383,6 +417,11 @@ def erfc(x):
     return math.erfc(x)
 
 
+def softplus_tail(x):
+    """log1p(exp(-|x|)), softplus(x) - max(x, 0) (vectorizable, shorter in float32)."""
+    return math.log1p(math.exp(-abs(x)))
+
+
 def ncdf(x):
     """The standard normal CDF Phi(x) = erfc(-x/sqrt2)/2 (vectorizable in float32,
     accurate in the left tail; libm's erfc in float64)."""
@@ -394,7 +433,8 @@ _HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
             "_erf_series": _erf_series}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
           erfc: {np.float32: erfc_impl, np.float64: erfc_libm},
-          ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm}}
+          ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm},
+          softplus_tail: {np.float32: softplus_tail_impl, np.float64: softplus_tail_f64}}
 
 
 def _build(dtype) -> dict:
@@ -410,8 +450,11 @@ def _build(dtype) -> dict:
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
 
 
+_INLINE = (erfc, ncdf, softplus_tail)
+
+
 def _register(stub: pytypes.FunctionType) -> None:
-    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub in (erfc, ncdf) else "never")
+    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub in _INLINE else "never")
     def _typed(x):
         impls = _BY_TYPE.get(x)
         return None if impls is None else impls[stub]
@@ -421,5 +464,5 @@ for _stub in _IMPLS:
     _register(_stub)
 
 VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc,
-               "ncdf": ncdf}
+               "ncdf": ncdf, "softplus_tail": softplus_tail}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
