@@ -156,13 +156,15 @@ static inline float fg_pow2_s(float n) {
     memcpy(&t, &bits, sizeof t);
     return t;
 }
-static inline float fg_ncdf_s(float x) {
+/* exp(-x^2/2) = (1 + *e) *s 2^-64, |x| as *a (clamped at 14.5, past which ncdf and npdf
+ * round to 0; NaN passes): numba_math.py's _exp_half_square. */
+static inline void fg_exp_half_square_s(float x, float *a_out, float *e_out, float *s_out) {
     float a = fabsf(x);
-    a = a > 14.5f ? 14.5f : a; /* Phi(-14.5) rounds to 0; NaN passes */
+    a = a > 14.5f ? 14.5f : a;
     float hi = (a + 49152.0f) - 49152.0f; /* a to a multiple of 2^-8: hi^2 exact */
     float h = 0.5f * (hi * hi);
     float lo = 0.5f * ((a - hi) * (a + hi)); /* a^2/2 = h + lo */
-    /* exp(-h - lo) = 2^n (1 + em1): Cody-Waite reduction, expm1's Taylor polynomial */
+    /* exp(-h - lo) = 2^n (1 + e): Cody-Waite reduction, expm1's Taylor polynomial */
     float n = (-h * 1.44269504f + 12582912.0f) - 12582912.0f;
     float r = ((-h - n * 0.693359375f) - n * -2.12194440e-4f) - lo;
     float p = 2.48015873e-05f;
@@ -172,8 +174,14 @@ static inline float fg_ncdf_s(float x) {
     p = p * r + 4.16666667e-02f;
     p = p * r + 1.66666667e-01f;
     p = p * r + 0.5f;
-    float em1 = r + r * r * p;
-    /* R(a) = Phi(-a) exp(a^2/2) = c / (a + P(a)/Q(a)) */
+    *a_out = a;
+    *e_out = r + r * r * p;
+    *s_out = fg_pow2_s(n + 64.0f);
+}
+/* Phi(x): numba_math.py's ncdf_impl, R(a) = Phi(-a) exp(a^2/2) = c / (a + P(a)/Q(a)) */
+static inline float fg_ncdf_s(float x) {
+    float a, e, s;
+    fg_exp_half_square_s(x, &a, &e, &s);
     float P = 0.0024207865353673697f, Q = 0.0024204000364989042f;
     P = P * a + 0.029174959287047386f;
     P = P * a + 0.16353917121887207f;
@@ -185,8 +193,16 @@ static inline float fg_ncdf_s(float x) {
     Q = Q * a + 1.0790976285934448f;
     Q = Q * a + 1.0f;
     float u = 0.3989422917366028f / (a + P / Q);
-    float q = (u + u * em1) * fg_pow2_s(n + 64.0f) * 5.42101086e-20f; /* 2^-64 */
+    float q = (u + u * e) * s * 5.42101086e-20f; /* 2^-64 */
     return x < 0 ? q : 1.0f - q;
+}
+/* exp(-x^2/2)/sqrt(2 pi): numba_math.py's npdf_impl (inlined beside fg_ncdf_s, gcc merges
+ * the shared arithmetic) */
+static inline float fg_npdf_s(float x) {
+    float a, e, s;
+    fg_exp_half_square_s(x, &a, &e, &s);
+    const float c = 0.3989422917366028f;
+    return (c + c * e) * s * 5.42101086e-20f;
 }
 static inline float fg_gelu_exact_fwd_s(float x) {
     float phi = fg_ncdf_s(x);
@@ -194,7 +210,7 @@ static inline float fg_gelu_exact_fwd_s(float x) {
 }
 static inline float fg_gelu_exact_bwd_s(float x, float g) {
     float phi = fg_ncdf_s(x);
-    float pdf = (float)FG_INV_SQRT2PI * expf(-0.5f * x * x);
+    float pdf = fg_npdf_s(x);
     float r = pdf == 0.0f ? g * phi : g * (phi + x * pdf);
     return phi == 0.0f ? 0.0f * g : r;
 }

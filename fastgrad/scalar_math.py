@@ -33,12 +33,12 @@ expm1 = math.expm1
 log1p = math.log1p
 tanh = math.tanh
 erfc = math.erfc
-MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf")
+MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf", "npdf")
 
 # Functions here that other formulas call: compiled alongside them by `compile_scalar`
 # (unless `math_functions` binds the name: a target may give its own, as the numba CPU
-# backend does for ncdf and softplus_tail).
-HELPERS = ("sigmoid_value", "ncdf", "softplus_tail")
+# backend does for ncdf, npdf and softplus_tail).
+HELPERS = ("sigmoid_value", "ncdf", "npdf", "softplus_tail")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -112,6 +112,12 @@ def ncdf(x):
     math function: the numba CPU backend binds a float32 form that keeps the argument
     exact, where rounding x/sqrt2 costs ~x^2/2 ulps; mpmath's ncdf is the tests' oracle)."""
     return 0.5 * erfc(-x * INV_SQRT2)
+
+
+def npdf(x):
+    """The standard normal density exp(-x^2/2)/sqrt(2 pi) (a math function: the numba CPU
+    backend binds a float32 form with the exponent exact, sharing ncdf's arithmetic)."""
+    return INV_SQRT2PI * exp(-0.5 * x * x)
 
 
 def softplus_tail(x):
@@ -233,7 +239,7 @@ def gelu_backward(x, g, a, b):
         phi = ncdf(x)
         if phi == 0.0:
             return 0.0 * g
-        pdf = INV_SQRT2PI * exp(-0.5 * x * x)
+        pdf = npdf(x)
         if pdf == 0.0:  # |x| so large that x * pdf is 0 in the limit (inf * 0 otherwise)
             return g * phi
         return g * (phi + x * pdf)

@@ -1,5 +1,5 @@
-"""Vectorizable exp, expm1, log1p, tanh (float32 and float64), erfc, ncdf and softplus_tail
-(float32) for numba.
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64), erfc, ncdf, npdf and
+softplus_tail (float32) for numba.
 
 Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
 into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
@@ -19,9 +19,9 @@ by default takes every 61st) and a dense float64 sample against long double:
     float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
     float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
 
-ncdf (the normal CDF, for gelu) and softplus_tail (log1p(exp(-|x|)), for softplus) are
-specialised in float32 (max 3.5 and 1.9 ulp, allowed 4 and 2.5; see their comments); in
-float64 they compose libm's erfc, and exp and log1p.
+ncdf and npdf (the normal CDF and density, for gelu) and softplus_tail (log1p(exp(-|x|)),
+for softplus) are specialised in float32 (max 3.5, 1.4 and 1.9 ulp, allowed 4, 2 and 2.5;
+see their comments); in float64 they compose libm's erfc, exp and log1p.
 
 erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
@@ -44,7 +44,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ..scalar_math import INV_SQRT2, cast_floats, retype
+from ..scalar_math import INV_SQRT2, INV_SQRT2PI, cast_floats, retype
 
 # Compiled with FMA contraction (fastmath 'contract' only: NaN, inf and signed zeros keep
 # IEEE semantics) and numpy's error model (no ZeroDivisionError check, which would stop
@@ -336,25 +336,38 @@ def erfc_libm(x):
     return math.erfc(x)
 
 
-def ncdf_impl(x):
-    # Phi(x) = q for x < 0 and 1 - q above (q <= 1/2: no cancellation), q = Phi(-|x|) =
-    # exp(-x^2/2) R(|x|). x^2/2 is split exactly (as in _exp_neg_square, but on x itself:
-    # erfc(-x/sqrt2) would round x/sqrt2 first, an error exp amplifies x^2/2-fold), and
-    # R(a) = NCDF_C / (a + P(a)/Q(a)): the rational part is a correction to a, so its
-    # rounding errors are damped by P/Q / (a + P/Q) (a rational fit of R itself, Horner
-    # on a up to 14.5, was 5.6 ulp off). exp(r) = 1 + em1 enters as u + u em1 (one
-    # rounding fewer), then 2^n, shifted by NCDF_K to stay normal; the last factor
-    # rounds once into the subnormals.
+def _exp_half_square(x):
+    """(e, s) with exp(-x^2/2) = (1 + e) s, for the float32 ncdf and npdf: x^2/2 split
+    exactly (as in _exp_neg_square, but on x itself: erfc(-x/sqrt2) would round x/sqrt2
+    first, an error exp amplifies x^2/2-fold); s = 2^n times NCDF_SCALE, applied last so
+    that a subnormal result is rounded once. |x| clamps at NCDF_HI, past which both
+    functions round to 0 (NaN passes). ncdf and npdf inlined into one loop share it (LLVM
+    merges the identical arithmetic)."""
     a = abs(x)
-    a = NCDF_HI if a > NCDF_HI else a  # noqa: F821  (NaN passes)
+    a = NCDF_HI if a > NCDF_HI else a  # noqa: F821
     hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
     h = 0.5 * (hi * hi)  # exact
     lo = 0.5 * ((a - hi) * (a + hi))  # a^2/2 = h + lo
     n, r = _reduce(-h)
-    em1 = _expm1_poly(r - lo)
+    return a, _expm1_poly(r - lo), _pow2(n + NCDF_K)  # noqa: F821
+
+
+def ncdf_impl(x):
+    # Phi(x) = q for x < 0 and 1 - q above (q <= 1/2: no cancellation), q = Phi(-|x|) =
+    # exp(-x^2/2) R(|x|), R(a) = NCDF_C / (a + P(a)/Q(a)): the rational part is a
+    # correction to a, so its rounding errors are damped by P/Q / (a + P/Q) (a rational
+    # fit of R itself, Horner on a up to 14.5, was 5.6 ulp off). exp's 1 + e enters as
+    # u + u e (one rounding fewer).
+    a, e, s = _exp_half_square(x)
     u = NCDF_C / (a + _horner(a, NCDF_P) / _horner(a, NCDF_Q))  # noqa: F821
-    q = (u + u * em1) * _pow2(n + NCDF_K) * NCDF_SCALE  # noqa: F821
+    q = (u + u * e) * s * NCDF_SCALE  # noqa: F821
     return q if x < 0 else 1.0 - q
+
+
+def npdf_impl(x):
+    # exp(-x^2/2) / sqrt(2 pi), the exponent exact (see _exp_half_square).
+    a, e, s = _exp_half_square(x)
+    return (NCDF_C + NCDF_C * e) * s * NCDF_SCALE  # noqa: F821
 
 
 def softplus_tail_impl(x):
@@ -390,6 +403,10 @@ def ncdf_libm(x):
     return 0.5 * math.erfc(-x * INV_SQRT2)
 
 
+def npdf_f64(x):
+    return INV_SQRT2PI * exp(-0.5 * x * x)
+
+
 # --- Bare-name entry points: math's in Python, the dtype's implementation when compiled --
 
 def exp(x):
@@ -417,6 +434,12 @@ def erfc(x):
     return math.erfc(x)
 
 
+def npdf(x):
+    """The standard normal density exp(-x^2/2)/sqrt(2 pi) (in float32 with the exponent
+    exact, sharing ncdf's arithmetic)."""
+    return INV_SQRT2PI * math.exp(-0.5 * x * x)
+
+
 def softplus_tail(x):
     """log1p(exp(-|x|)), softplus(x) - max(x, 0) (vectorizable, shorter in float32)."""
     return math.log1p(math.exp(-abs(x)))
@@ -430,10 +453,11 @@ def ncdf(x):
 
 _HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
             "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
-            "_erf_series": _erf_series}
+            "_erf_series": _erf_series, "_exp_half_square": _exp_half_square}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
           erfc: {np.float32: erfc_impl, np.float64: erfc_libm},
           ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm},
+          npdf: {np.float32: npdf_impl, np.float64: npdf_f64},
           softplus_tail: {np.float32: softplus_tail_impl, np.float64: softplus_tail_f64}}
 
 
@@ -450,7 +474,7 @@ def _build(dtype) -> dict:
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
 
 
-_INLINE = (erfc, ncdf, softplus_tail)
+_INLINE = (erfc, ncdf, npdf, softplus_tail)
 
 
 def _register(stub: pytypes.FunctionType) -> None:
@@ -464,5 +488,5 @@ for _stub in _IMPLS:
     _register(_stub)
 
 VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc,
-               "ncdf": ncdf, "softplus_tail": softplus_tail}
+               "ncdf": ncdf, "npdf": npdf, "softplus_tail": softplus_tail}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
