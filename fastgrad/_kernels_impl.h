@@ -58,10 +58,11 @@ static inline T FG(elu_b)(T x, T g, T a, T b) {
 static inline T FG(swish_f)(T x, T a, T b) { (void)b; return (T)fg_swish_fwd_d(x, a); }
 static inline T FG(swish_b)(T x, T g, T a, T b) { (void)b; return (T)fg_swish_bwd_d(x, g, a); }
 
-static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)fg_gelu_exact_fwd_d(x); }
+/* exact gelu: in float for float (fg_ncdf_s), in double for double */
+static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)FG_GELU_EXACT_FWD(x); }
 static inline T FG(gelu_exact_b)(T x, T g, T a, T b) {
     (void)a; (void)b;
-    return (T)fg_gelu_exact_bwd_d(x, g);
+    return (T)FG_GELU_EXACT_BWD(x, g);
 }
 static inline T FG(gelu_tanh_f)(T x, T a, T b) { (void)a; (void)b; return (T)fg_gelu_tanh_fwd_d(x); }
 static inline T FG(gelu_tanh_b)(T x, T g, T a, T b) {

@@ -28,6 +28,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -151,7 +152,8 @@ static const int fg_loss_rowwise[FG_NUM_LOSSES] = {0, 0, 1};
 #define FG_SELU_ALPHA 1.6732632423543772
 #define FG_SELU_SCALE 1.0507009873554805
 
-/* swish and gelu are computed in double for float32 too: in float the rounding of the
+/* swish and gelu's tanh form are computed in double for float32 too (exact gelu: see
+ * fg_ncdf_s): in float the rounding of the
  * sigmoid/erfc argument is amplified ~|x| (swish) to ~x^2 (gelu) times in the left tail
  * (hundreds of ulp at x = -10), swish's product x s underflows through subnormal s, and
  * its derivative s (1 + beta x (1 - s)) cancels near x = -1.28; in double the float32
@@ -187,6 +189,79 @@ static inline double fg_gelu_exact_bwd_d(double x, double g) {
     double pdf = FG_INV_SQRT2PI * exp(-0.5 * x * x);
     double r = pdf == 0.0 ? g * phi : g * (phi + x * pdf);
     return phi == 0.0 ? 0.0 * g : r;
+}
+/* float32 exact gelu: in float (16 lanes), through Phi = fg_ncdf_s, the float arithmetic of
+ * fastgrad/backends/numba_math.py's ncdf_impl with its constants (written without FMA:
+ * -ffp-contract=off keeps every ISA variant's results identical). In double, libmvec's
+ * erfc made gelu half as fast; float erfc(-x/sqrt2) was 52-1274 ulp off in the left tail
+ * because x/sqrt2 is rounded before the exp: here x^2/2 is split exactly instead. */
+static inline float fg_pow2_s(float n) {
+    /* 2^n for an integer-valued n in the normal exponent range: n + 1.5 2^23 holds n in
+     * its low mantissa bits; adding the bias and shifting them up gives 2^n's bits. */
+    float t = n + 12582912.0f;
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + 127u) << 23;
+    memcpy(&t, &bits, sizeof t);
+    return t;
+}
+/* exp(-x^2/2) = (1 + *e) *s 2^-64, |x| as *a (clamped at 14.5, past which ncdf and npdf
+ * round to 0; NaN passes): numba_math.py's _exp_half_square. */
+static inline void fg_exp_half_square_s(float x, float *a_out, float *e_out, float *s_out) {
+    float a = fabsf(x);
+    a = a > 14.5f ? 14.5f : a;
+    float hi = (a + 49152.0f) - 49152.0f; /* a to a multiple of 2^-8: hi^2 exact */
+    float h = 0.5f * (hi * hi);
+    float lo = 0.5f * ((a - hi) * (a + hi)); /* a^2/2 = h + lo */
+    /* exp(-h - lo) = 2^n (1 + e): Cody-Waite reduction, expm1's Taylor polynomial */
+    float n = (-h * 1.44269504f + 12582912.0f) - 12582912.0f;
+    float r = ((-h - n * 0.693359375f) - n * -2.12194440e-4f) - lo;
+    float p = 2.48015873e-05f;
+    p = p * r + 1.98412698e-04f;
+    p = p * r + 1.38888889e-03f;
+    p = p * r + 8.33333333e-03f;
+    p = p * r + 4.16666667e-02f;
+    p = p * r + 1.66666667e-01f;
+    p = p * r + 0.5f;
+    *a_out = a;
+    *e_out = r + r * r * p;
+    *s_out = fg_pow2_s(n + 64.0f);
+}
+/* Phi(x): numba_math.py's ncdf_impl, R(a) = Phi(-a) exp(a^2/2) = c / (a + P(a)/Q(a)) */
+static inline float fg_ncdf_s(float x) {
+    float a, e, s;
+    fg_exp_half_square_s(x, &a, &e, &s);
+    float P = 0.0024207865353673697f, Q = 0.0024204000364989042f;
+    P = P * a + 0.029174959287047386f;
+    P = P * a + 0.16353917121887207f;
+    P = P * a + 0.49761509895324707f;
+    P = P * a + 0.7978845834732056f;
+    Q = Q * a + 0.02919076383113861f;
+    Q = Q * a + 0.16806510090827942f;
+    Q = Q * a + 0.5597984790802002f;
+    Q = Q * a + 1.0790976285934448f;
+    Q = Q * a + 1.0f;
+    float u = 0.3989422917366028f / (a + P / Q);
+    float q = (u + u * e) * s * 5.42101086e-20f; /* 2^-64 */
+    return x < 0 ? q : 1.0f - q;
+}
+/* exp(-x^2/2)/sqrt(2 pi): numba_math.py's npdf_impl (inlined beside fg_ncdf_s, gcc merges
+ * the shared arithmetic) */
+static inline float fg_npdf_s(float x) {
+    float a, e, s;
+    fg_exp_half_square_s(x, &a, &e, &s);
+    const float c = 0.3989422917366028f;
+    return (c + c * e) * s * 5.42101086e-20f;
+}
+static inline float fg_gelu_exact_fwd_s(float x) {
+    float phi = fg_ncdf_s(x);
+    return phi == 0.0f ? 0.0f : x * phi;
+}
+static inline float fg_gelu_exact_bwd_s(float x, float g) {
+    float phi = fg_ncdf_s(x);
+    float pdf = fg_npdf_s(x);
+    float r = pdf == 0.0f ? g * phi : g * (phi + x * pdf);
+    return phi == 0.0f ? 0.0f * g : r;
 }
 static inline double fg_gelu_tanh_fwd_d(double x) {
     double phi = fg_sigmoid_d(2.0 * FG_SQRT_2_OVER_PI * (x + FG_GELU_TANH_C * x * x * x));
@@ -227,6 +302,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_LOG1P log1pf
 #define FG_LOG logf
 #define FG_FABS fabsf
+#define FG_GELU_EXACT_FWD(x) fg_gelu_exact_fwd_s(x)
+#define FG_GELU_EXACT_BWD(x, g) fg_gelu_exact_bwd_s(x, g)
 #include "_kernels_impl.h"
 #undef FG_T
 #undef FG_SUFFIX
@@ -236,6 +313,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #undef FG_LOG1P
 #undef FG_LOG
 #undef FG_FABS
+#undef FG_GELU_EXACT_FWD
+#undef FG_GELU_EXACT_BWD
 
 #define FG_T double
 #define FG_SUFFIX _f64
@@ -245,6 +324,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_LOG1P log1p
 #define FG_LOG log
 #define FG_FABS fabs
+#define FG_GELU_EXACT_FWD(x) fg_gelu_exact_fwd_d(x)
+#define FG_GELU_EXACT_BWD(x, g) fg_gelu_exact_bwd_d(x, g)
 #include "_kernels_impl.h"
 
 #endif /* FASTGRAD_KERNELS_SIMD_H */

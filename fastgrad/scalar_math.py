@@ -33,10 +33,12 @@ expm1 = math.expm1
 log1p = math.log1p
 tanh = math.tanh
 erfc = math.erfc
-MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc")
+MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf", "npdf")
 
-# Functions here that other formulas call: compiled alongside them by `compile_scalar`.
-HELPERS = ("sigmoid_value",)
+# Functions here that other formulas call: compiled alongside them by `compile_scalar`
+# (unless `math_functions` binds the name: a target may give its own, as the numba CPU
+# backend does for ncdf, npdf and softplus_tail).
+HELPERS = ("sigmoid_value", "ncdf", "npdf", "softplus_tail")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -55,6 +57,8 @@ def compile_scalar(fn: Callable, jit: Callable,
     """
     namespace = cast_floats({**fn.__globals__, **(math_functions or {})}, dtype)
     for name in HELPERS:
+        if name in (math_functions or {}):
+            continue
         namespace[name] = jit(retype(globals()[name], namespace, dtype))
     return jit(retype(fn, namespace, dtype))
 
@@ -101,6 +105,25 @@ def sigmoid_value(x):
     z = exp(-abs(x))
     s = 1.0 / (1.0 + z)
     return s if x >= 0 else z * s
+
+
+def ncdf(x):
+    """The standard normal CDF Phi(x) = erfc(-x/sqrt2)/2, accurate in the left tail (a
+    math function: the numba CPU backend binds a float32 form that keeps the argument
+    exact, where rounding x/sqrt2 costs ~x^2/2 ulps; mpmath's ncdf is the tests' oracle)."""
+    return 0.5 * erfc(-x * INV_SQRT2)
+
+
+def npdf(x):
+    """The standard normal density exp(-x^2/2)/sqrt(2 pi) (a math function: the numba CPU
+    backend binds a float32 form with the exponent exact, sharing ncdf's arithmetic)."""
+    return INV_SQRT2PI * exp(-0.5 * x * x)
+
+
+def softplus_tail(x):
+    """log1p(exp(-|x|)) = softplus(x) - max(x, 0): exp never overflows and log1p's
+    argument is in [0, 1] (the numba CPU backend binds a float32 form shortened for that)."""
+    return log1p(exp(-abs(x)))
 
 
 def identity_forward(x, a, b):
@@ -200,10 +223,10 @@ def swish_backward(x, g, a, b):
 
 
 def gelu_forward(x, a, b):
-    # a = 0: exact x * Phi(x), Phi through erfc (accurate in the left tail);
+    # a = 0: exact x * Phi(x), Phi the normal CDF (accurate in the left tail);
     # a = 1: tanh approximation, x * sigmoid(2u) == 0.5 x (1 + tanh(u)) without cancellation.
     if a == 0.0:
-        phi = 0.5 * erfc(-x * INV_SQRT2)
+        phi = ncdf(x)
     else:
         phi = sigmoid_value(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x))
     if phi == 0.0:
@@ -213,10 +236,10 @@ def gelu_forward(x, a, b):
 
 def gelu_backward(x, g, a, b):
     if a == 0.0:
-        phi = 0.5 * erfc(-x * INV_SQRT2)
+        phi = ncdf(x)
         if phi == 0.0:
             return 0.0 * g
-        pdf = INV_SQRT2PI * exp(-0.5 * x * x)
+        pdf = npdf(x)
         if pdf == 0.0:  # |x| so large that x * pdf is 0 in the limit (inf * 0 otherwise)
             return g * phi
         return g * (phi + x * pdf)
@@ -233,7 +256,7 @@ def gelu_backward(x, g, a, b):
 
 def softplus_forward(x, a, b):
     # log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0)
-    return log1p(exp(-abs(x))) + (0.0 if x < 0 else x)
+    return softplus_tail(x) + (0.0 if x < 0 else x)
 
 
 def softplus_backward(x, g, a, b):

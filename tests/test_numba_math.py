@@ -26,17 +26,21 @@ from fastgrad.backends import numba_cpu, numba_math
 from fastgrad.scalar_math import compile_scalar
 
 NAMES = ("exp", "expm1", "log1p", "tanh")
-# erfc: vectorized in float32 only (float64 calls libm's): float32 tests only.
-F32_NAMES = (*NAMES, "erfc")
+# erfc and ncdf: vectorized in float32 only (float64 calls libm's); npdf and softplus_tail
+# have their own forms in float32 only (float64 composes exp and log1p): float32 tests only.
+F32_NAMES = (*NAMES, "erfc", "ncdf", "npdf", "softplus_tail")
 F32_MAX = float(np.finfo(np.float32).max)
 
 # Sweep ranges (float32): past where each result saturates (exp: overflow and underflow to
 # 0; expm1: -1; tanh: +-1), so the saturation is checked too.
 F32_RANGE = {"exp": (-104.5, 89.0), "expm1": (-104.5, 89.0), "log1p": (-1.0, F32_MAX),
-             "tanh": (-20.0, 20.0), "erfc": (-10.5, 10.5)}
+             "tanh": (-20.0, 20.0), "erfc": (-10.5, 10.5),
+             "ncdf": (-14.75, 14.75), "npdf": (-14.75, 14.75),
+             "softplus_tail": (-110.0, 110.0)}
 # Allowed max error in ulps: what the implementations reach (see the report printed by
 # -s) plus a little margin, far below the tests' tolerance of the activations.
-MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5, "erfc": 5.0},
+MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5, "erfc": 5.0,
+                        "ncdf": 4.0, "npdf": 2.0, "softplus_tail": 2.5},
            np.float64: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5}}
 STRIDE = 1 if os.environ.get("FASTGRAD_EXHAUSTIVE") else 61
 CHUNK = 1 << 22
@@ -113,7 +117,9 @@ def _report(name, dtype, err, x):
 @pytest.mark.parametrize("name", F32_NAMES)
 def test_float32_sweep_within_ulps(name):
     worst, worst_x, count = 0.0, None, 0
-    f64 = special.erfc if name == "erfc" else getattr(np, name)
+    f64 = {"erfc": special.erfc, "ncdf": special.ndtr,
+           "npdf": lambda v: np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi),
+           "softplus_tail": lambda v: np.log1p(np.exp(-np.abs(v)))}.get(name) or getattr(np, name)
     for x in _float32_bits(*F32_RANGE[name], STRIDE):
         got = vmath(name, x)
         assert got.dtype == np.float32
@@ -170,6 +176,12 @@ EDGES = {
              (-30.0, -1.0), (1e-30, 1e-30), (-1e-30, -1e-30)],
     "erfc": [(NAN, NAN), (INF, 0.0), (-INF, 2.0), (0.0, 1.0), (-0.0, 1.0), (30.0, 0.0),
              (-30.0, 2.0), (1e-30, 1.0), (-1e-30, 1.0)],
+    "ncdf": [(NAN, NAN), (INF, 1.0), (-INF, 0.0), (0.0, 0.5), (-0.0, 0.5), (40.0, 1.0),
+             (-40.0, 0.0), (1e-30, 0.5), (-1e-30, 0.5)],
+    "npdf": [(NAN, NAN), (INF, 0.0), (-INF, 0.0), (0.0, 1 / math.sqrt(2 * math.pi)),
+             (-0.0, 1 / math.sqrt(2 * math.pi)), (40.0, 0.0), (-40.0, 0.0)],
+    "softplus_tail": [(NAN, NAN), (INF, 0.0), (-INF, 0.0), (1000.0, 0.0), (-1000.0, 0.0),
+                      (1e-30, math.log(2.0)), (-1e-30, math.log(2.0))],
 }
 
 

@@ -1,4 +1,5 @@
-"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba.
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64), erfc, ncdf, npdf and
+softplus_tail (float32) for numba.
 
 Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
 into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
@@ -17,6 +18,10 @@ by default takes every 61st) and a dense float64 sample against long double:
 
     float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
     float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
+
+ncdf and npdf (the normal CDF and density, for gelu) and softplus_tail (log1p(exp(-|x|)),
+for softplus) are specialised in float32 (max 3.5, 1.4 and 1.9 ulp, allowed 4, 2 and 2.5;
+see their comments); in float64 they compose libm's erfc, exp and log1p.
 
 erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
@@ -39,7 +44,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ..scalar_math import cast_floats, retype
+from ..scalar_math import INV_SQRT2, INV_SQRT2PI, cast_floats, retype
 
 # Compiled with FMA contraction (fastmath 'contract' only: NaN, inf and signed zeros keep
 # IEEE semantics) and numpy's error model (no ZeroDivisionError check, which would stop
@@ -146,6 +151,17 @@ _CONSTANTS = {
                    0.002434713886243055, 0.11424204333830365, -0.049902416528983924,
                    -0.2039864295821392, 0.08313014556839793, 0.5874786182699611,
                    0.7819244189713578, 0.5713397843871513),
+        # ncdf: Phi(-a) = exp(-a^2/2) NCDF_C / (a + NCDF_P(a)/NCDF_Q(a)) on [0, NCDF_HI]:
+        # NCDF_C = float32(1/sqrt(2 pi)) and the rational fit of NCDF_C / R(a) - a, R(a) =
+        # erfcx(a/sqrt2)/2 (docs/numba_math.md), float32 coefficients, all positive (no
+        # cancellation in Horner's scheme), max error 4.3e-9 relative to a + P/Q. Past
+        # NCDF_HI, Phi(-a) rounds to 0 in float32.
+        "NCDF_HI": 14.5, "NCDF_K": 64.0, "NCDF_SCALE": 2.0 ** -64,
+        "NCDF_C": 0.3989422917366028,
+        "NCDF_P": (0.0024207865353673697, 0.029174959287047386, 0.16353917121887207,
+                   0.49761509895324707, 0.7978845834732056),
+        "NCDF_Q": (0.0024204000364989042, 0.02919076383113861, 0.16806510090827942,
+                   0.5597984790802002, 1.0790976285934448, 1.0),
     },
     np.float64: {
         "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
@@ -155,7 +171,7 @@ _CONSTANTS = {
 }
 for _dtype, _c in _CONSTANTS.items():
     _c.update(LOG2E=1.4426950408889634, MAGIC=1.5 * 2.0 ** (np.finfo(_dtype).nmant),
-              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0))
+              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0), SQRT2=math.sqrt(2.0))
 
 
 # --- The implementations, written once; `retype` makes the float32 and float64 copies ----
@@ -320,6 +336,77 @@ def erfc_libm(x):
     return math.erfc(x)
 
 
+def _exp_half_square(x):
+    """(e, s) with exp(-x^2/2) = (1 + e) s, for the float32 ncdf and npdf: x^2/2 split
+    exactly (as in _exp_neg_square, but on x itself: erfc(-x/sqrt2) would round x/sqrt2
+    first, an error exp amplifies x^2/2-fold); s = 2^n times NCDF_SCALE, applied last so
+    that a subnormal result is rounded once. |x| clamps at NCDF_HI, past which both
+    functions round to 0 (NaN passes). ncdf and npdf inlined into one loop share it (LLVM
+    merges the identical arithmetic)."""
+    a = abs(x)
+    a = NCDF_HI if a > NCDF_HI else a  # noqa: F821
+    hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
+    h = 0.5 * (hi * hi)  # exact
+    lo = 0.5 * ((a - hi) * (a + hi))  # a^2/2 = h + lo
+    n, r = _reduce(-h)
+    return a, _expm1_poly(r - lo), _pow2(n + NCDF_K)  # noqa: F821
+
+
+def ncdf_impl(x):
+    # Phi(x) = q for x < 0 and 1 - q above (q <= 1/2: no cancellation), q = Phi(-|x|) =
+    # exp(-x^2/2) R(|x|), R(a) = NCDF_C / (a + P(a)/Q(a)): the rational part is a
+    # correction to a, so its rounding errors are damped by P/Q / (a + P/Q) (a rational
+    # fit of R itself, Horner on a up to 14.5, was 5.6 ulp off). exp's 1 + e enters as
+    # u + u e (one rounding fewer).
+    a, e, s = _exp_half_square(x)
+    u = NCDF_C / (a + _horner(a, NCDF_P) / _horner(a, NCDF_Q))  # noqa: F821
+    q = (u + u * e) * s * NCDF_SCALE  # noqa: F821
+    return q if x < 0 else 1.0 - q
+
+
+def npdf_impl(x):
+    # exp(-x^2/2) / sqrt(2 pi), the exponent exact (see _exp_half_square).
+    a, e, s = _exp_half_square(x)
+    return (NCDF_C + NCDF_C * e) * s * NCDF_SCALE  # noqa: F821
+
+
+def softplus_tail_impl(x):
+    # log1p(z), z = exp(-|x|) in [0, 1]: log1p_impl without what that range never needs
+    # (its special cases; the general reduction: 1 + z in [1, 2] needs k = 0 or 1), with
+    # its two divisions f/(2 + f) and c/u made one.
+    # exp scales by one power of two shifted by NCDF_K, rounding once into the subnormals.
+    xc = -abs(x)
+    xc = EXP_LO if xc < EXP_LO else xc  # noqa: F821  (-inf clamps; NaN passes)
+    n, r = _reduce(xc)
+    z = (1.0 + _expm1_poly(r)) * _pow2(n + NCDF_K) * NCDF_SCALE  # noqa: F821
+    u = 1.0 + z
+    c = z - (u - 1.0)  # the rounding error of 1 + z, exactly (z <= 1)
+    big = u > SQRT2  # noqa: F821
+    k = 1.0 if big else 0.0
+    m = 0.5 * u if big else u
+    f = m - 1.0
+    d = 2.0 + f
+    inv = 1.0 / (d * u)
+    s = f * (u * inv)  # f / (2 + f): its rounding is damped by f^2/2 below
+    zz = s * s
+    big_r = zz * _horner(zz, ATANH_C)  # noqa: F821
+    hfsq = 0.5 * f * f
+    log_m = f - (hfsq - s * (hfsq + big_r))
+    return k * LN2_HI + (log_m + (c * (d * inv) + k * LN2_LO))  # noqa: F821
+
+
+def softplus_tail_f64(x):
+    return log1p(exp(-abs(x)))
+
+
+def ncdf_libm(x):
+    return 0.5 * math.erfc(-x * INV_SQRT2)
+
+
+def npdf_f64(x):
+    return INV_SQRT2PI * exp(-0.5 * x * x)
+
+
 # --- Bare-name entry points: math's in Python, the dtype's implementation when compiled --
 
 def exp(x):
@@ -347,11 +434,31 @@ def erfc(x):
     return math.erfc(x)
 
 
+def npdf(x):
+    """The standard normal density exp(-x^2/2)/sqrt(2 pi) (in float32 with the exponent
+    exact, sharing ncdf's arithmetic)."""
+    return INV_SQRT2PI * math.exp(-0.5 * x * x)
+
+
+def softplus_tail(x):
+    """log1p(exp(-|x|)), softplus(x) - max(x, 0) (vectorizable, shorter in float32)."""
+    return math.log1p(math.exp(-abs(x)))
+
+
+def ncdf(x):
+    """The standard normal CDF Phi(x) = erfc(-x/sqrt2)/2 (vectorizable in float32,
+    accurate in the left tail; libm's erfc in float64)."""
+    return 0.5 * math.erfc(-x * INV_SQRT2)
+
+
 _HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
             "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
-            "_erf_series": _erf_series}
+            "_erf_series": _erf_series, "_exp_half_square": _exp_half_square}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
-          erfc: {np.float32: erfc_impl, np.float64: erfc_libm}}
+          erfc: {np.float32: erfc_impl, np.float64: erfc_libm},
+          ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm},
+          npdf: {np.float32: npdf_impl, np.float64: npdf_f64},
+          softplus_tail: {np.float32: softplus_tail_impl, np.float64: softplus_tail_f64}}
 
 
 def _build(dtype) -> dict:
@@ -367,8 +474,11 @@ def _build(dtype) -> dict:
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
 
 
+_INLINE = (erfc, ncdf, npdf, softplus_tail)
+
+
 def _register(stub: pytypes.FunctionType) -> None:
-    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub is erfc else "never")
+    @overload(stub, jit_options=_JIT_OPTIONS, inline="always" if stub in _INLINE else "never")
     def _typed(x):
         impls = _BY_TYPE.get(x)
         return None if impls is None else impls[stub]
@@ -377,5 +487,6 @@ def _register(stub: pytypes.FunctionType) -> None:
 for _stub in _IMPLS:
     _register(_stub)
 
-VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc}
+VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc,
+               "ncdf": ncdf, "npdf": npdf, "softplus_tail": softplus_tail}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
