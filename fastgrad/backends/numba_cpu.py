@@ -21,7 +21,7 @@ from ..losses import LOSSES
 from ..scalar_math import compile_scalar
 from . import numba_train
 from ._specialize import cache_stats, njit_tagged, specialize
-from .numba_math import VECTOR_MATH, exp
+from .numba_math import VECTOR_MATH, as_dtype_of, exp, maximum
 from .numba_train import (  # noqa: F401  (the fused epoch is a kernel of this backend)
     EpochStats,
     FusedConfig,
@@ -130,12 +130,11 @@ def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool =
 @_jit
 def _row_max(x, i):
     # Starts from the row's first element (rows are non-empty here), so the max, and
-    # every exp(x - max) after it, keeps the array's dtype.
+    # every exp(x - max) after it, keeps the array's dtype. `maximum` propagates NaN (a
+    # NaN row gives NaN) and, unlike a branch on v != v, lets the loop vectorize.
     m = x[i, 0]
     for j in range(1, x.shape[1]):
-        v = x[i, j]
-        if v > m or v != v:  # NaN wins, so a NaN row gives NaN
-            m = v
+        m = maximum(m, x[i, j])
     return m
 
 
@@ -177,7 +176,7 @@ def softmax_forward_rows(x, out):
         m = _row_max(x, i)
         for j in range(x.shape[1]):  # vectorized exp, then the sum in its own pass
             out[i, j] = exp(x[i, j] - m)
-        inv = 1.0 / _row_sum(out, i)
+        inv = as_dtype_of(1.0 / _row_sum(out, i), out)  # float32 rows stay float32
         for j in range(x.shape[1]):
             out[i, j] *= inv
 
@@ -188,7 +187,7 @@ def log_softmax_forward_rows(x, out):
         return
     for i in prange(x.shape[0]):
         m = _row_max(x, i)
-        shift = math.log(_row_sum_exp(x, i, m))
+        shift = as_dtype_of(math.log(_row_sum_exp(x, i, m)), x)
         # (x - m) - shift, not x - (m + shift): the latter loses log's digits when |m| is
         # large (m = 2e12 in float64 keeps only 11 fraction bits of log 2).
         for j in range(x.shape[1]):
@@ -208,7 +207,9 @@ def softmax_backward_rows(y, g, out):
 def log_softmax_backward_rows(y, g, out):
     # grad_x = g - exp(y) * sum(g)
     for i in prange(y.shape[0]):
-        total = _row_sum(g, i)
+        # The sum in the arrays' dtype: a float64 factor would widen the loop (half the
+        # lanes for float32).
+        total = as_dtype_of(_row_sum(g, i), g)
         for j in range(y.shape[1]):
             out[i, j] = g[i, j] - exp(y[i, j]) * total
 

@@ -104,6 +104,38 @@ def _split_sqrt2(typingctx, u):
     return types.UniTuple(u, 2)(u), codegen
 
 
+@intrinsic
+def maximum(typingctx, a, b):
+    """max(a, b) for two floats of one type, NaN if either is NaN (LLVM's llvm.maximum;
+    -0.0 < +0.0). A loop folding it over an array vectorizes as a max reduction without
+    fast-math flags; the same loop written with a branch for the NaN test (``if v > m or
+    v != v``) stays scalar, a serial chain of compares."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maximum", [fty],
+                                              ir.FunctionType(fty, [fty, fty]))
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
+def as_dtype_of(value, array):
+    """value converted to array's element type (compiled code only): a float64 scalar
+    that multiplies a float32 array otherwise widens the whole loop to float64."""
+    raise NotImplementedError("as_dtype_of is for compiled code")
+
+
+@overload(as_dtype_of, jit_options=_JIT_OPTIONS)
+def _as_dtype_of_typed(value, array):
+    dtype = getattr(array, "dtype", None)
+    if not isinstance(dtype, types.Float):
+        return None
+    return lambda value, array: dtype(value)
+
+
 # --- Per-dtype constants -----------------------------------------------------------------
 
 def _expm1_coefficients(degree: int) -> tuple[float, ...]:
