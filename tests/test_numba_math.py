@@ -248,3 +248,20 @@ def test_float32_forward_loop_is_vectorized(name):
     assert len(packed) >= 8, f"no packed float32 arithmetic in the {name} loop"
     want = fg.forward(name, x.astype(np.float64), backend="numpy")
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_maximum_propagates_nan_and_vectorized_row_max_matches_numpy():
+    """numba_math.maximum (llvm.maximum) folded over a row: the max of the row, NaN as
+    soon as one element is NaN (the row kernels' contract), in the row's dtype."""
+    from fastgrad.backends import numba_cpu
+
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((4, 203)).astype(dtype)
+        x[1, 150] = np.nan
+        x[2, 7] = np.inf
+        x[3, :] = -np.inf
+        got = [numba_cpu._row_max(x, i) for i in range(4)]
+        assert got[0] == x[0].max()
+        assert np.isnan(got[1])
+        assert got[2] == np.inf and got[3] == -np.inf
