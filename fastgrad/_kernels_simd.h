@@ -75,7 +75,11 @@ static int fg_cpu_avx512(void) { return __builtin_cpu_supports("avx512f"); }
 #define FG_VECTOR_MATH 0
 #endif
 /* Row bodies: inlined into each per-ISA variant of the row loops. */
+#if defined(__GNUC__)
 #define FG_ROW_INLINE inline __attribute__((always_inline))
+#else
+#define FG_ROW_INLINE inline
+#endif
 
 #define FG_IVDEP _Pragma("GCC ivdep")
 #define FG_BLOCK 16 /* elements; thread chunks start at multiples of this */
