@@ -104,22 +104,45 @@ def _split_sqrt2(typingctx, u):
     return types.UniTuple(u, 2)(u), codegen
 
 
+def _order_flip(builder, bits):
+    """bits ^ (0x7f..f if the sign bit is set else 0): an involution on the float's
+    same-width integer that turns the float order into the signed-integer order."""
+    ity = bits.type
+    sign = builder.ashr(bits, ir.Constant(ity, ity.width - 1))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(ity, (1 << (ity.width - 1)) - 1)))
+
+
 @intrinsic
-def maximum(typingctx, a, b):
-    """max(a, b) for two floats of one type, NaN if either is NaN (LLVM's llvm.maximum;
-    -0.0 < +0.0). A loop folding it over an array vectorizes as a max reduction without
-    fast-math flags; the same loop written with a branch for the NaN test (``if v > m or
-    v != v``) stays scalar, a serial chain of compares."""
-    if not (isinstance(a, types.Float) and a == b):
+def order_key(typingctx, v):
+    """A float's bits as a same-width signed integer ordered as the floats are (-0.0 just
+    below +0.0; NaNs with the sign bit clear above +inf, with it set below -inf).
+
+    A max over these keys is an integer max reduction, which LLVM vectorizes as it is;
+    the float max it replaces does not vectorize without fast-math flags when written
+    with a branch (``if v > m or v != v``), and llvm.maximum's NaN handling cost 3.5x the
+    integer loop (float32 rows of 1024, Zen 4). `from_order_key` inverts it."""
+    if not isinstance(v, types.Float):
+        return None
+    ity = types.int32 if v.bitwidth == 32 else types.int64
+
+    def codegen(context, builder, signature, args):
+        it, _, _, _ = _layout(args[0].type)
+        return _order_flip(builder, builder.bitcast(args[0], it))
+
+    return ity(v), codegen
+
+
+@intrinsic
+def from_order_key(typingctx, key, like):
+    """The float (of `like`'s type) whose `order_key` is `key`."""
+    if not (isinstance(like, types.Float) and isinstance(key, types.Integer)
+            and key.bitwidth == like.bitwidth):
         return None
 
     def codegen(context, builder, signature, args):
-        fty = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.maximum", [fty],
-                                              ir.FunctionType(fty, [fty, fty]))
-        return builder.call(fn, args)
+        return builder.bitcast(_order_flip(builder, args[0]), args[1].type)
 
-    return a(a, b), codegen
+    return like(key, like), codegen
 
 
 def as_dtype_of(value, array):
