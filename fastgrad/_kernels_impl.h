@@ -308,7 +308,7 @@ static FG_ROW_INLINE void FG(log_softmax_row_forward)(const T *x, T *y, ptrdiff_
      * added as exp(x - m) - 1: 0 when m is finite, NaN when it is infinite (inf - inf),
      * as the reference gives. The terms go through a stack buffer, not y: y may be x
      * (in place), and x is read again by the last pass. */
-    T buf[FG_ROW_CHUNK];
+    _Alignas(64) T buf[FG_ROW_CHUNK];
     double rest = 0;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FG_ROW_CHUNK) {
         ptrdiff_t len = n - j0 < FG_ROW_CHUNK ? n - j0 : FG_ROW_CHUNK;
