@@ -1,4 +1,5 @@
-"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba.
+"""Vectorizable exp, expm1, log1p, tanh (float32 and float64) and erfc (float32) for numba,
+and the bit-level helpers the row kernels use (order_key for a vectorized max, as_dtype_of).
 
 Numba from pip links no vector math library (no SVML): LLVM turns ``math.exp`` in a loop
 into ``llvm.exp.v16f32`` and then into 16 scalar ``expf`` calls, so exp-based activations
