@@ -237,7 +237,7 @@ static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNE
  * FG_SUM_LANES independent accumulators, written out as arrays that gcc maps to vector
  * registers: a single running max or sum is a serial chain (gcc may not reorder floating
  * point without -ffast-math), ~4 cycles per element. Lanes fixed in the source, not by
- * the vector width, give a row the same result in every ISA variant. */
+ * the vector width, make a row's sums the same in every ISA variant. */
 
 #define FG_STR_(x) #x
 #define FG_STR(x) FG_STR_(x)
@@ -246,7 +246,7 @@ static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNE
 #else
 #define FG_SIMD_SUM(var)
 #endif
-#define FG_MAX_LANES 32 /* 16 measured 5x slower: gcc kept those lanes in memory */
+#define FG_MAX_LANES 32 /* 16 lanes measured 5x slower with gcc 12 */
 #define FG_SUM_LANES 16
 #define FG_ROW_CHUNK 256 /* elements of exp(x - m) buffered on the stack (log_softmax) */
 #define FG_ROW_BUFFER 2048 /* softmax rows up to this long go through a stack buffer */
@@ -309,10 +309,10 @@ static inline void FG(fg_row_exp)(const T *x, T *y, ptrdiff_t n, T m) {
 static FG_ROW_INLINE void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
     T m = FG(fg_row_max)(x, n);
     if (n <= FG_ROW_BUFFER) {
-        /* The terms go to an aligned stack buffer and y is written once: numpy's large
-         * arrays start 16 bytes past a page, so each 64-byte store to y splits across
-         * two cache lines; storing and rescaling y in place cost 1.3x (rows of 1024
-         * from DRAM). */
+        /* The terms go to an aligned stack buffer and y is written once (not stored,
+         * then rescaled in place): numpy's large arrays start 16 bytes past a page, so
+         * 64-byte stores to y split across two cache lines (such arrays measured 1.3x
+         * slower than aligned ones, rows of 1024 from DRAM, before this buffer). */
         _Alignas(64) T buf[FG_ROW_BUFFER];
         FG(fg_row_exp)(x, buf, n, m);
         T inv = (T)(1.0 / FG(fg_row_sum)(buf, n));
@@ -367,7 +367,7 @@ static FG_ROW_INLINE void FG(log_softmax_row_backward)(const T *y, const T *g, T
 }
 
 /* Rows [0, rows) of a C-contiguous (rows, cols) block: the row bodies above inlined into
- * one function per instruction set (FG_ROWS_ISA_VARIANTS), picked at run time. */
+ * one function per instruction set (FG_ROWS_VARIANT), picked at run time. */
 #define FG_ROWS_VARIANT(ATTR, SUFFIX)                                                        \
     static ATTR void FG(fg_rows_forward##SUFFIX)(int k, const T *x, T *y, ptrdiff_t rows,   \
                                                  ptrdiff_t cols) {                         \
