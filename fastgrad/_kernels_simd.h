@@ -63,7 +63,7 @@ extern double erfc(double) FG_SIMD_DECL;
  * "avx512f" clone of target_clones calls the 8-lane vector exp; prefer-vector-width=512
  * (which target_clones cannot carry) makes it the 16-lane one: the exp pass 1.3-1.6x
  * faster, measured on Zen 4 (a target attribute conflicts with target_clones, hence
- * two functions). Generic clones other than the row kernels still have the 8-lane call. */
+ * two functions). The elementwise kernels' "avx512f" clones still call the 8-lane exp. */
 #define FG_ROWS_CLONES __attribute__((target_clones("default", "avx2")))
 #define FG_ROWS_AVX512 __attribute__((target("avx512f,prefer-vector-width=512")))
 #define FG_ROWS_AVX512_VARIANT 1
