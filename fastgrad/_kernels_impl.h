@@ -229,7 +229,16 @@ static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNE
 
 /* ---- row kernels (softmax, log_softmax), along the last axis ---------------------------
  * The row max ignores NaN: a NaN anywhere in the row still makes the sum, hence every
- * output of the row, NaN (as the reference does). Sums accumulate in double. */
+ * output of the row, NaN (as the reference does). Sums accumulate in double.
+ *
+ * Each pass is its own loop over the row (in L1 at the sizes that matter): the exp pass
+ * calls libmvec's vector exp, and a call clobbers every vector register, so a running sum
+ * in the same loop would be spilled and reloaded around each call (measured 1.5x slower
+ * than exp-and-store followed by a separate sum). The max and the sums keep FG_MAX_LANES /
+ * FG_SUM_LANES independent accumulators, written out as arrays that gcc maps to vector
+ * registers: a single running max or sum is a serial chain (gcc may not reorder floating
+ * point without -ffast-math), ~4 cycles per element. Lanes fixed in the source, not by
+ * the vector width, make a row's sums the same in every ISA variant. */
 
 #define FG_STR_(x) #x
 #define FG_STR(x) FG_STR_(x)
@@ -238,41 +247,111 @@ static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNE
 #else
 #define FG_SIMD_SUM(var)
 #endif
+#define FG_MAX_LANES 32 /* 16 lanes measured 5x slower with gcc 12 */
+#define FG_SUM_LANES 16
+#define FG_ROW_CHUNK 256 /* elements of exp(x - m) buffered on the stack (log_softmax) */
+#define FG_ROW_BUFFER 2048 /* softmax rows up to this long go through a stack buffer */
+
+/* Elements before y + j is 64-byte aligned (at most n). Passes that only store
+ * arithmetic of their inputs run these separately so that the vector loop's stores do not
+ * split across cache lines (numpy's large arrays start 16 bytes past a page); the results
+ * are the same either way (no FMA contraction, no library call). */
+static inline ptrdiff_t FG(fg_align_peel)(const T *y, ptrdiff_t n) {
+    ptrdiff_t p = (ptrdiff_t)((64 - ((size_t)y & 63)) & 63) / (ptrdiff_t)sizeof(T);
+    return ((size_t)y % sizeof(T) != 0 || p > n) ? n : p;
+}
 
 static inline T FG(fg_row_max)(const T *x, ptrdiff_t n) {
-    T m = C(-INFINITY);
-    for (ptrdiff_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    T acc[FG_MAX_LANES], m = C(-INFINITY);
+    ptrdiff_t j = 0;
+    for (int l = 0; l < FG_MAX_LANES; l++) acc[l] = C(-INFINITY);
+    /* The lanes from a 64-byte boundary on (the max is exact in any order; only the sign
+     * of a zero max can depend on it). */
+    for (ptrdiff_t p = FG(fg_align_peel)(x, n); j < p; j++) m = x[j] > m ? x[j] : m;
+    for (; j + FG_MAX_LANES <= n; j += FG_MAX_LANES)
+        for (int l = 0; l < FG_MAX_LANES; l++) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int l = 0; l < FG_MAX_LANES; l++) m = acc[l] > m ? acc[l] : m;
     return m;
 }
 
-static FG_CLONES void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
-    T m = FG(fg_row_max)(x, n);
-    double total = 0;
+/* sum of y[0..n) in double, FG_SUM_LANES partial sums added in a fixed order. */
+static inline double FG(fg_row_sum)(const T *y, ptrdiff_t n) {
+    double acc[FG_SUM_LANES], total = 0;
+    ptrdiff_t j = 0;
+    for (int l = 0; l < FG_SUM_LANES; l++) acc[l] = 0;
+    for (; j + FG_SUM_LANES <= n; j += FG_SUM_LANES)
+        for (int l = 0; l < FG_SUM_LANES; l++) acc[l] += (double)y[j + l];
+    for (int l = 0; l < FG_SUM_LANES; l++) total += acc[l];
+    for (; j < n; j++) total += (double)y[j];
+    return total;
+}
+
+/* The first j with x[j] == m, or -1: whole blocks tested at once (an early-exit loop
+ * does not vectorize), then the element within the block. */
+static inline ptrdiff_t FG(fg_row_find)(const T *x, ptrdiff_t n, T m) {
+    ptrdiff_t j = 0;
+    for (; j + FG_MAX_LANES <= n; j += FG_MAX_LANES) {
+        int hit = 0;
+        for (int l = 0; l < FG_MAX_LANES; l++) hit |= x[j + l] == m;
+        if (hit) break;
+    }
+    for (; j < n; j++) {
+        if (x[j] == m) return j;
+    }
+    return -1;
+}
+
+/* y = exp(x - m); a loop of its own so that gcc calls the vector exp. */
+static inline void FG(fg_row_exp)(const T *x, T *y, ptrdiff_t n, T m) {
     FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = FG_EXP(x[j] - m);
-    FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += y[j];
-    T inv = (T)(1.0 / total);
+}
+
+static FG_ROW_INLINE void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
+    T m = FG(fg_row_max)(x, n);
+    if (n <= FG_ROW_BUFFER) {
+        /* The terms go to an aligned stack buffer and y is written once (not stored,
+         * then rescaled in place): numpy's large arrays start 16 bytes past a page, so
+         * 64-byte stores to y split across two cache lines (such arrays measured 1.3x
+         * slower than aligned ones, rows of 1024 from DRAM, before this buffer). */
+        _Alignas(64) T buf[FG_ROW_BUFFER];
+        FG(fg_row_exp)(x, buf, n, m);
+        T inv = (T)(1.0 / FG(fg_row_sum)(buf, n));
+        ptrdiff_t p = FG(fg_align_peel)(y, n);
+        for (ptrdiff_t j = 0; j < p; j++) y[j] = buf[j] * inv;
+        FG_IVDEP for (ptrdiff_t j = p; j < n; j++) y[j] = buf[j] * inv;
+        return;
+    }
+    FG(fg_row_exp)(x, y, n, m); /* in place (y == x) too: x[j] is read before y[j] */
+    T inv = (T)(1.0 / FG(fg_row_sum)(y, n));
     FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] *= inv;
 }
 
-static FG_CLONES void FG(log_softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
+static FG_ROW_INLINE void FG(log_softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
     T m = FG(fg_row_max)(x, n);
-    ptrdiff_t jm = -1; /* the (first) max element */
-    for (ptrdiff_t j = 0; j < n; j++) {
-        if (x[j] == m) { jm = j; break; }
-    }
+    ptrdiff_t jm = FG(fg_row_find)(x, n, m); /* the (first) max element */
     /* log-sum-exp = log1p(sum of the other terms): log(1 + small) would lose the small
      * part's digits, and y at the max element is exactly -lse. The max's own term is
      * added as exp(x - m) - 1: 0 when m is finite, NaN when it is infinite (inf - inf),
-     * as the reference gives. y may be x (in place): the sum reads x before y is written. */
+     * as the reference gives. The terms go through a stack buffer, not y: y may be x
+     * (in place), and x is read again by the last pass. */
+    _Alignas(64) T buf[FG_ROW_CHUNK];
     double rest = 0;
-    FG_SIMD_SUM(rest) for (ptrdiff_t j = 0; j < n; j++) rest += j == jm ? C(0) : FG_EXP(x[j] - m);
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += FG_ROW_CHUNK) {
+        ptrdiff_t len = n - j0 < FG_ROW_CHUNK ? n - j0 : FG_ROW_CHUNK;
+        FG(fg_row_exp)(x + j0, buf, len, m);
+        if (jm >= j0 && jm < j0 + len) buf[jm - j0] = C(0);
+        rest += FG(fg_row_sum)(buf, len);
+    }
     if (jm >= 0) rest += (double)FG_EXP(x[jm] - m) - 1.0;
     T lse = (T)log1p(rest);
-    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = (x[j] - m) - lse;
+    ptrdiff_t p = FG(fg_align_peel)(y, n);
+    for (ptrdiff_t j = 0; j < p; j++) y[j] = (x[j] - m) - lse;
+    FG_IVDEP for (ptrdiff_t j = p; j < n; j++) y[j] = (x[j] - m) - lse;
 }
 
 /* grad_x = y * (g - sum(g * y)) */
-static FG_CLONES void FG(softmax_row_backward)(const T *y, const T *g, T *out, ptrdiff_t n) {
+static FG_ROW_INLINE void FG(softmax_row_backward)(const T *y, const T *g, T *out, ptrdiff_t n) {
     double dot = 0;
     FG_SIMD_SUM(dot) for (ptrdiff_t j = 0; j < n; j++) dot += (double)g[j] * y[j];
     T d = (T)dot;
@@ -280,7 +359,7 @@ static FG_CLONES void FG(softmax_row_backward)(const T *y, const T *g, T *out, p
 }
 
 /* grad_x = g - exp(y) * sum(g) */
-static FG_CLONES void FG(log_softmax_row_backward)(const T *y, const T *g, T *out,
+static FG_ROW_INLINE void FG(log_softmax_row_backward)(const T *y, const T *g, T *out,
                                                    ptrdiff_t n) {
     double total = 0;
     FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += g[j];
@@ -288,21 +367,49 @@ static FG_CLONES void FG(log_softmax_row_backward)(const T *y, const T *g, T *ou
     FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) out[j] = g[j] - FG_EXP(y[j]) * t;
 }
 
-/* Rows [0, rows) of a C-contiguous (rows, cols) block. */
-static void FG(fg_rows_forward)(int k, const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols) {
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        if (k == FG_SOFTMAX) FG(softmax_row_forward)(x + i * cols, y + i * cols, cols);
-        else FG(log_softmax_row_forward)(x + i * cols, y + i * cols, cols);
+/* Rows [0, rows) of a C-contiguous (rows, cols) block: the row bodies above inlined into
+ * one function per instruction set (FG_ROWS_VARIANT), picked at run time. */
+#define FG_ROWS_VARIANT(ATTR, SUFFIX)                                                        \
+    static ATTR void FG(fg_rows_forward##SUFFIX)(int k, const T *x, T *y, ptrdiff_t rows,   \
+                                                 ptrdiff_t cols) {                         \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                             \
+            if (k == FG_SOFTMAX) FG(softmax_row_forward)(x + i * cols, y + i * cols, cols); \
+            else FG(log_softmax_row_forward)(x + i * cols, y + i * cols, cols);            \
+        }                                                                                  \
+    }                                                                                      \
+    static ATTR void FG(fg_rows_backward##SUFFIX)(int k, const T *y, const T *g, T *out,   \
+                                                  ptrdiff_t rows, ptrdiff_t cols) {        \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                             \
+            const T *yi = y + i * cols, *gi = g + i * cols;                                \
+            if (k == FG_SOFTMAX) FG(softmax_row_backward)(yi, gi, out + i * cols, cols);   \
+            else FG(log_softmax_row_backward)(yi, gi, out + i * cols, cols);               \
+        }                                                                                  \
     }
+
+FG_ROWS_VARIANT(FG_ROWS_CLONES, _generic)
+#if FG_ROWS_AVX512_VARIANT
+FG_ROWS_VARIANT(FG_ROWS_AVX512, _avx512)
+#endif
+
+static void FG(fg_rows_forward)(int k, const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols) {
+#if FG_ROWS_AVX512_VARIANT
+    if (fg_cpu_avx512()) {
+        FG(fg_rows_forward_avx512)(k, x, y, rows, cols);
+        return;
+    }
+#endif
+    FG(fg_rows_forward_generic)(k, x, y, rows, cols);
 }
 
 static void FG(fg_rows_backward)(int k, const T *y, const T *g, T *out, ptrdiff_t rows,
                                  ptrdiff_t cols) {
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        const T *yi = y + i * cols, *gi = g + i * cols;
-        if (k == FG_SOFTMAX) FG(softmax_row_backward)(yi, gi, out + i * cols, cols);
-        else FG(log_softmax_row_backward)(yi, gi, out + i * cols, cols);
+#if FG_ROWS_AVX512_VARIANT
+    if (fg_cpu_avx512()) {
+        FG(fg_rows_backward_avx512)(k, y, g, out, rows, cols);
+        return;
     }
+#endif
+    FG(fg_rows_backward_generic)(k, y, g, out, rows, cols);
 }
 
 /* ---- entry points used by _kernels.pyx (k is validated there) ------------------------ */
@@ -406,8 +513,7 @@ static FG_CLONES void FG(fg_loss_grad)(int k, const T *p, const T *t, T *out, pt
  * (or an infinite max: inf - inf) still makes s NaN, hence the whole row's loss and
  * gradient NaN, as the reference gives. */
 static FG_CLONES void FG(fg_row_lse)(const T *z, ptrdiff_t n, double *m_out, double *s_out) {
-    double m = -INFINITY, s = 0;
-    for (ptrdiff_t j = 0; j < n; j++) m = z[j] > m ? (double)z[j] : m;
+    double m = (double)FG(fg_row_max)(z, n), s = 0;
     FG_SIMD_SUM(s) for (ptrdiff_t j = 0; j < n; j++) s += exp((double)z[j] - m);
     *m_out = m;
     *s_out = s;

@@ -260,3 +260,30 @@ def test_float32_forward_loop_is_vectorized(name):
     assert len(packed) >= 8, f"no packed float32 arithmetic in the {name} loop"
     want = fg.forward(name, x.astype(np.float64), backend="numpy")
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_row_max_by_order_keys_matches_numpy_and_propagates_nan():
+    """The numba row max (an integer max over numba_math.order_key): the row's max, -0.0
+    below +0.0, NaN for a row holding np.nan; and the row kernels
+    give a NaN row for a NaN of either sign."""
+    from fastgrad.backends import numba_cpu
+
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((6, 203)).astype(dtype)
+        x[1, 150] = np.nan
+        x[2, 7] = np.inf
+        x[3, :] = -np.inf
+        x[4, :] = -np.abs(x[4, :])
+        x[4, 77] = -0.0
+        x[4, 78] = 0.0
+        x[5, 9] = np.copysign(np.nan, -1.0)  # a NaN with the sign bit set
+        got = [numba_cpu._row_max(x, i) for i in range(6)]
+        assert got[0] == x[0].max()
+        assert np.isnan(got[1])
+        assert got[2] == np.inf and got[3] == -np.inf
+        assert got[4] == 0.0 and not np.signbit(got[4])
+        for name in ("softmax", "log_softmax"):
+            y = fg.forward(name, x, backend="numba")
+            assert np.isnan(y[[1, 5]]).all(), name
+            assert not np.isnan(y[[0, 4]]).any(), name
