@@ -56,9 +56,9 @@ cdef extern from "_kernels_simd.h" nogil:
     void fg_backward_f64(int k, const double *s, const double *g, double *out, Py_ssize_t n,
                          double a, double b, int stream)
     void fg_rows_forward_f32(int k, const float *x, float *y, Py_ssize_t rows,
-                             Py_ssize_t cols)
+                             Py_ssize_t cols, int stream)
     void fg_rows_forward_f64(int k, const double *x, double *y, Py_ssize_t rows,
-                             Py_ssize_t cols)
+                             Py_ssize_t cols, int stream)
     void fg_rows_backward_f32(int k, const float *y, const float *g, float *out,
                               Py_ssize_t rows, Py_ssize_t cols)
     void fg_rows_backward_f64(int k, const double *y, const double *g, double *out,
@@ -314,23 +314,24 @@ cdef void _rows(int k, const floating *s, const floating *g, floating *out, Py_s
     """Row kernels; threads take whole rows, so each row's sums are the same for any
     thread count."""
     cdef Py_ssize_t t, start, stop, chunk
+    cdef int stream = not backward and _streams(out, rows * cols * sizeof(floating), s, s)
     if nthreads > rows:
         nthreads = <int>rows
     if nthreads <= 1:
         start, stop = 0, rows
-        _rows_block(k, s, g, out, start, stop, cols, backward)
+        _rows_block(k, s, g, out, start, stop, cols, backward, stream)
         return
     chunk = (rows + nthreads - 1) // nthreads
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = t * chunk
         stop = min(start + chunk, rows)
         if start < stop:
-            _rows_block(k, s, g, out, start, stop, cols, backward)
+            _rows_block(k, s, g, out, start, stop, cols, backward, stream)
 
 
 cdef inline void _rows_block(int k, const floating *s, const floating *g, floating *out,
                              Py_ssize_t start, Py_ssize_t stop, Py_ssize_t cols,
-                             bint backward) noexcept nogil:
+                             bint backward, int stream) noexcept nogil:
     cdef Py_ssize_t off = start * cols
     if backward:
         if floating is float:
@@ -339,9 +340,9 @@ cdef inline void _rows_block(int k, const floating *s, const floating *g, floati
             fg_rows_backward_f64(k, s + off, g + off, out + off, stop - start, cols)
     else:
         if floating is float:
-            fg_rows_forward_f32(k, s + off, out + off, stop - start, cols)
+            fg_rows_forward_f32(k, s + off, out + off, stop - start, cols, stream)
         else:
-            fg_rows_forward_f64(k, s + off, out + off, stop - start, cols)
+            fg_rows_forward_f64(k, s + off, out + off, stop - start, cols, stream)
 
 
 def activation_forward(kernel, x, out, double a=0.0, double b=0.0, int nthreads=0):

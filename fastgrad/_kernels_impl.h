@@ -307,7 +307,8 @@ static inline void FG(fg_row_exp)(const T *x, T *y, ptrdiff_t n, T m) {
     FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) y[j] = FG_EXP(x[j] - m);
 }
 
-static FG_ROW_INLINE void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n) {
+static FG_ROW_INLINE void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n,
+                                                   int stream) {
     T m = FG(fg_row_max)(x, n);
     if (n <= FG_ROW_BUFFER) {
         /* The terms go to an aligned stack buffer and y is written once (not stored,
@@ -317,6 +318,11 @@ static FG_ROW_INLINE void FG(softmax_row_forward)(const T *x, T *y, ptrdiff_t n)
         _Alignas(64) T buf[FG_ROW_BUFFER];
         FG(fg_row_exp)(x, buf, n, m);
         T inv = (T)(1.0 / FG(fg_row_sum)(buf, n));
+        if (stream) { /* see fg_stream_copy; the caller fences */
+            FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) buf[j] *= inv;
+            fg_stream_copy(y, buf, (size_t)n * sizeof(T));
+            return;
+        }
         ptrdiff_t p = FG(fg_align_peel)(y, n);
         for (ptrdiff_t j = 0; j < p; j++) y[j] = buf[j] * inv;
         FG_IVDEP for (ptrdiff_t j = p; j < n; j++) y[j] = buf[j] * inv;
@@ -371,9 +377,10 @@ static FG_ROW_INLINE void FG(log_softmax_row_backward)(const T *y, const T *g, T
  * one function per instruction set (FG_ROWS_VARIANT), picked at run time. */
 #define FG_ROWS_VARIANT(ATTR, SUFFIX)                                                        \
     static ATTR void FG(fg_rows_forward##SUFFIX)(int k, const T *x, T *y, ptrdiff_t rows,   \
-                                                 ptrdiff_t cols) {                         \
+                                                 ptrdiff_t cols, int stream) {             \
         for (ptrdiff_t i = 0; i < rows; i++) {                                             \
-            if (k == FG_SOFTMAX) FG(softmax_row_forward)(x + i * cols, y + i * cols, cols); \
+            if (k == FG_SOFTMAX)                                                           \
+                FG(softmax_row_forward)(x + i * cols, y + i * cols, cols, stream);         \
             else FG(log_softmax_row_forward)(x + i * cols, y + i * cols, cols);            \
         }                                                                                  \
     }                                                                                      \
@@ -391,14 +398,17 @@ FG_ROWS_VARIANT(FG_ROWS_CLONES, _generic)
 FG_ROWS_VARIANT(FG_ROWS_AVX512, _avx512)
 #endif
 
-static void FG(fg_rows_forward)(int k, const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols) {
+/* stream != 0: softmax's rows (up to FG_ROW_BUFFER long) are written with streaming
+ * stores (the caller's choice, see fg_stream_copy); log_softmax ignores it. */
+static void FG(fg_rows_forward)(int k, const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols,
+                                int stream) {
 #if FG_ROWS_AVX512_VARIANT
-    if (fg_cpu_avx512()) {
-        FG(fg_rows_forward_avx512)(k, x, y, rows, cols);
-        return;
-    }
+    if (fg_cpu_avx512())
+        FG(fg_rows_forward_avx512)(k, x, y, rows, cols, stream);
+    else
 #endif
-    FG(fg_rows_forward_generic)(k, x, y, rows, cols);
+        FG(fg_rows_forward_generic)(k, x, y, rows, cols, stream);
+    if (stream) fg_stream_fence();
 }
 
 static void FG(fg_rows_backward)(int k, const T *y, const T *g, T *out, ptrdiff_t rows,
@@ -455,7 +465,7 @@ static void FG(fg_bias_forward)(int k, T *pre, const T *bias, T *out, ptrdiff_t 
     if (fg_kernel_rowwise[k]) {
         for (ptrdiff_t i = 0; i < rows; i++)
             FG(identity_bias_forward)(pre + i * cols, bias, pre + i * cols, cols, a, b);
-        FG(fg_rows_forward)(k, pre, out, rows, cols);
+        FG(fg_rows_forward)(k, pre, out, rows, cols, 0);
         return;
     }
     FG(fg_bias_forward_fn) f = FG(fg_bias_forward_table)[k];

@@ -258,6 +258,27 @@ def test_streaming_stores_never_change_results(dtype, rng, stream_min_bytes):
             np.testing.assert_array_equal(gx, results[0][1], err_msg=spec.name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_row_kernels_never_change_results(dtype, rng, stream_min_bytes):
+    """The row kernels' streamed output (softmax rows up to the stack buffer's length)
+    holds the same bits as their ordinary one, at any row length, thread count and
+    output alignment."""
+    for spec in ROWWISE:
+        k = _kernels.KERNELS[spec.name]
+        for cols in (1, 7, 1024 + 5, 3000):
+            x = (rng.standard_normal((9, cols)) * 5).astype(dtype)
+            results = []
+            for threshold, nthreads, offset in ((2 ** 62, 1, 0), (0, 1, 0), (0, 1, 1),
+                                                (0, 2, 3)):
+                stream_min_bytes(threshold)
+                buf = np.empty(x.size + offset, dtype)
+                y = buf[offset:].reshape(x.shape)
+                _kernels.activation_forward(k, x, y, 0.0, 0.0, nthreads)
+                results.append(y.copy())
+            for y in results[1:]:
+                np.testing.assert_array_equal(y, results[0], err_msg=f"{spec.name} {cols}")
+
+
 def test_stream_threshold_is_checked():
     with pytest.raises(ValueError, match="nbytes must be >= 0"):
         _kernels._set_stream_min_bytes(-1)
