@@ -546,7 +546,7 @@ class _FitAdapter:
         self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
         self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
         spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
-        self.kernel = _nt._epoch_kernel(spec)
+        self.kernel = _nt._epoch_kernel(spec, dtype)
         self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
 
     @staticmethod
