@@ -465,6 +465,15 @@ def _optimizer_state(opt) -> tuple[str, tuple, dict]:
     raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
 
 
+def _written_state(opt_name: str, hyper: dict) -> tuple[int, ...]:
+    """Which of _optimizer_state's (m, v) arrays the kernel's update writes (numba_train's
+    _update): sgd m (the velocity) with momentum; adam/adamw both; rmsprop v, and m with
+    momentum."""
+    uses_m = hyper.get("momentum", 0.0) != 0 or opt_name in ("adam", "adamw")
+    uses_v = opt_name != "sgd"
+    return tuple(i for i, used in enumerate((uses_m, uses_v)) if used)
+
+
 def train_epoch_reason(plan) -> str | None:
     """Why the fused runner cannot run `plan` (a fastgrad.train.EpochPlan), or None when it
     can: one elementwise hidden activation (same parameters in every hidden layer), logits
@@ -595,15 +604,19 @@ def train_epoch(plan, *args, **kwargs):
          plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
         hyper.get("nesterov", False), opt.decay)
     start_step = opt.steps
+    # epoch-start copies for the replay, of the state arrays this update writes only (plain
+    # sgd writes none; sgd's two slots are one array): a few us per epoch saved, which is
+    # several percent of an epoch of a small net
+    written = _written_state(opt_name, hyper)
     np.copyto(ad.start_params, plan.params)
-    for saved, arr in zip(ad.start_state, state_arrays):
-        np.copyto(saved, arr)
+    for i in written:
+        np.copyto(ad.start_state[i], state_arrays[i])
     done = _run(ad, plan, 0, len(plan.X), start_step)
     if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
         # The update of batch done-1 broke the weights: replay to just before it.
         np.copyto(plan.params, ad.start_params)
-        for saved, arr in zip(ad.start_state, state_arrays):
-            np.copyto(arr, saved)
+        for i in written:
+            np.copyto(state_arrays[i], ad.start_state[i])
         cut = (done - 1) * plan.batch_size
         if cut:
             _run(ad, plan, 0, cut, start_step)

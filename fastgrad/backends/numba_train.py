@@ -508,8 +508,8 @@ def _dot_t(g, W, out, wt):
     m, k = W.shape
     if k < _DOT_T_MAX_K and m * k <= wt.size:
         Wt = wt[: k * m].reshape((k, m))
-        for c in range(m):
-            for j in range(k):
+        for j in range(k):
+            for c in range(m):
                 Wt[j, c] = W[c, j]
         np.dot(g, Wt, out)
     else:
