@@ -387,7 +387,7 @@ def fused_supports(activation: str | Sequence[str], loss: str, optimizer: str,
 def _flat(typingctx, a):
     """A 1-D view of the C-contiguous array `a` (its data, all its elements). As
     ``a.reshape(a.size)`` without the call into Numba's C helper that every reshape makes
-    (~11 ns, some 20 times per step of the small net)."""
+    (~11 ns; a dozen per step of the small net in the update and the checks)."""
     if not (isinstance(a, types.Array) and a.layout == "C"):
         return None
     flat = types.Array(a.dtype, 1, "C")
@@ -498,13 +498,14 @@ def _update(p, g, m, v, opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, in
             p[i] -= lr_t * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
-# Below this many columns of W (the K of g @ W.T), OpenBLAS refuses its small-matrix kernel
-# for a transposed left operand (sgemm "TN", K < 32) and takes its general path, whose
-# packing costs more than the product at these sizes; a plain product with a transposed
-# copy of W takes the small kernel (measured: 32x10 @ 10x64, 1.17 us -> 0.87 us with the
-# copy). Above it, or for a W larger than _DOT_T_MAX_SIZE (whose copy would cost more than
-# the kernel saves; the workspace's scratch is sized for the smaller ones only), np.dot's
-# layout flag.
+# g @ W.T with both row-major is a "TN" sgemm. For a W of few columns (the K here), SciPy's
+# OpenBLAS (the one Numba calls; SKYLAKEX kernels on this machine) runs it on its general
+# path (perf: sgemm_tn and its packing copies) rather than the small-matrix kernel it takes
+# for the step's other products, and the packing costs more than the product: a plain
+# product with a transposed copy of W runs the small kernel (32x10 @ 10x64: 1.17 us through
+# the layout flag, 0.18 us copy + 0.46 us product). Below _DOT_T_MAX_K columns and up to
+# _DOT_T_MAX_SIZE elements (a larger copy costs more than it saves; the workspace's scratch
+# is sized for these only) _dot_t copies; otherwise np.dot's layout flag.
 _DOT_T_MAX_K = 32
 _DOT_T_MAX_SIZE = 4096
 
@@ -559,8 +560,8 @@ def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, 
                 # skipped here but makes s, hence the loss and the whole row of g, NaN
                 m = zj if zj > m else m
             if dense:
-                # the row's sum_j t_j (m - z_j) in the dtype (one product per one-hot row:
-                # exact there), one chain per row so that rows overlap
+                # the row's sum_j t_j (m - z_j) in the dtype (a one-hot row: m - z_y
+                # rounded once, as with class indices), one chain per row: rows overlap
                 acc = zero
                 for j in range(k):
                     d = z[i, j] - m
