@@ -447,11 +447,17 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
 
 from . import numba_train as _nt  # noqa: E402  (the section's own import)
 
+_OPTIM = None  # fastgrad.optim, imported on first use (it imports the backends)
+
 
 def _optimizer_state(opt) -> tuple[str, tuple, dict]:
     """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
     for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
-    from ..optim import SGD, Adam, AdamW, RMSprop
+    global _OPTIM
+    if _OPTIM is None:  # an import statement per epoch costs ~1 us
+        from .. import optim
+        _OPTIM = optim
+    SGD, Adam, AdamW, RMSprop = _OPTIM.SGD, _OPTIM.Adam, _OPTIM.AdamW, _OPTIM.RMSprop
     kind = type(opt)  # exact types: a subclass may change the update
     if kind is SGD:
         return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
@@ -529,6 +535,8 @@ class _FitAdapter:
 
     def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
         self.key = self.key_of(plan, state_arrays)
+        self.last: tuple | None = None  # what _adapter last matched (its fast path)
+        self.configured: tuple | None = None  # the run-time switches last written to ws
         dtype = plan.params.dtype
         Ws = tuple(W for W, *_ in plan.layers)
         bs = tuple(b for _W, b, *_ in plan.layers)
@@ -573,8 +581,18 @@ class _FitAdapter:
 def _adapter(plan, opt_name: str, state_arrays: tuple) -> _FitAdapter:
     cache = plan.cache if plan.cache is not None else {}
     adapter = cache.get("numba.train_epoch")
+    # Fast path, every epoch of a fit after its first: the very objects of the last call
+    # (fit builds plan.layers once per fit; the adapter holds them, so none is a new object
+    # at a reused address). An epoch of a small net lasts ~150 us: the full key costs ~1%.
+    last = adapter.last if adapter is not None else None
+    if (last is not None and last[0] is plan.layers and last[1] is plan.params
+            and last[2] is plan.grads and last[3] == plan.batch_size
+            and last[4] == tuple(map(id, state_arrays))):
+        return adapter
     if adapter is None or adapter.key != _FitAdapter.key_of(plan, state_arrays):
         adapter = cache["numba.train_epoch"] = _FitAdapter(plan, opt_name, state_arrays)
+    adapter.last = (plan.layers, plan.params, plan.grads, plan.batch_size,
+                    tuple(map(id, state_arrays)))
     return adapter
 
 
@@ -597,12 +615,16 @@ def train_epoch(plan, *args, **kwargs):
     opt_name, state_arrays, hyper = _optimizer_state(opt)
     ad = _adapter(plan, opt_name, state_arrays)
     ws = ad.ws
-    _nt._configure(
-        ws, plan.loss.name, opt_name, plan.batch_size, False,
-        (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
-         hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
-         plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False), opt.decay)
+    config = (plan.loss.name, opt_name, plan.batch_size,
+              (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+               hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+               plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act,
+               hyper.get("alpha", 0.99)),
+              hyper.get("nesterov", False), opt.decay)
+    if config != ad.configured:  # written once per fit unless a schedule changes lr
+        loss_name, _, batch_size, hp, nesterov, decay = config
+        _nt._configure(ws, loss_name, opt_name, batch_size, False, hp, nesterov, decay)
+        ad.configured = config
     start_step = opt.steps
     # epoch-start copies for the replay, of the state arrays this update writes only (plain
     # sgd writes none; sgd's two slots are one array): a few us per epoch saved, which is
