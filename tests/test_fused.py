@@ -447,7 +447,7 @@ Ws = [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))]
 bs = [np.zeros(4), np.zeros(2)]
 cfg = nt.FusedConfig(loss="mse", batch_size=4, activation="leaky_relu")
 nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg)
-stats = nt._epoch_kernel(cfg.spec).stats
+stats = nt._epoch_kernel(cfg.spec, np.float64).stats
 print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 

@@ -99,7 +99,7 @@ _ENTRY_POINTS = (
     "numba_cpu._t_linear_forward__tanh_float64__",
     "numba_cpu._t_linear_backward__tanh_float64__",
     "numba_cpu.cross_entropy_forward__",
-    "numba_train._t_epoch__relu__",
+    "numba_train._t_epoch__relu_float32__",
 )
 
 

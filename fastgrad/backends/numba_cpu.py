@@ -463,11 +463,17 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
 
 from . import numba_train as _nt  # noqa: E402  (the section's own import)
 
+_OPTIM = None  # fastgrad.optim, imported on first use (it imports the backends)
+
 
 def _optimizer_state(opt) -> tuple[str, tuple, dict]:
     """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
     for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
-    from ..optim import SGD, Adam, AdamW, RMSprop
+    global _OPTIM
+    if _OPTIM is None:  # an import statement per epoch costs ~1 us
+        from .. import optim
+        _OPTIM = optim
+    SGD, Adam, AdamW, RMSprop = _OPTIM.SGD, _OPTIM.Adam, _OPTIM.AdamW, _OPTIM.RMSprop
     kind = type(opt)  # exact types: a subclass may change the update
     if kind is SGD:
         return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
@@ -479,6 +485,15 @@ def _optimizer_state(opt) -> tuple[str, tuple, dict]:
         return "rmsprop", (opt.momentum_buf, opt.square_avg), {
             "alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
     raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
+
+
+def _written_state(opt_name: str, hyper: dict) -> tuple[int, ...]:
+    """Which of _optimizer_state's (m, v) arrays the kernel's update writes (numba_train's
+    _update): sgd m (the velocity) with momentum; adam/adamw both; rmsprop v, and m with
+    momentum."""
+    uses_m = hyper.get("momentum", 0.0) != 0 or opt_name in ("adam", "adamw")
+    uses_v = opt_name != "sgd"
+    return tuple(i for i, used in enumerate((uses_m, uses_v)) if used)
 
 
 def train_epoch_reason(plan) -> str | None:
@@ -536,6 +551,8 @@ class _FitAdapter:
 
     def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
         self.key = self.key_of(plan, state_arrays)
+        self.last: tuple | None = None  # what _adapter last matched (its fast path)
+        self.configured: tuple | None = None  # the run-time switches last written to ws
         dtype = plan.params.dtype
         Ws = tuple(W for W, *_ in plan.layers)
         bs = tuple(b for _W, b, *_ in plan.layers)
@@ -562,7 +579,7 @@ class _FitAdapter:
         self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
         self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
         spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
-        self.kernel = _nt._epoch_kernel(spec)
+        self.kernel = _nt._epoch_kernel(spec, dtype)
         self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
 
     @staticmethod
@@ -580,8 +597,18 @@ class _FitAdapter:
 def _adapter(plan, opt_name: str, state_arrays: tuple) -> _FitAdapter:
     cache = plan.cache if plan.cache is not None else {}
     adapter = cache.get("numba.train_epoch")
+    # Fast path, every epoch of a fit after its first: the very objects of the last call
+    # (fit builds plan.layers once per fit; the adapter holds them, so none is a new object
+    # at a reused address). An epoch of a small net lasts ~150 us: the full key costs ~1%.
+    last = adapter.last if adapter is not None else None
+    if (last is not None and last[0] is plan.layers and last[1] is plan.params
+            and last[2] is plan.grads and last[3] == plan.batch_size
+            and last[4] == tuple(map(id, state_arrays))):
+        return adapter
     if adapter is None or adapter.key != _FitAdapter.key_of(plan, state_arrays):
         adapter = cache["numba.train_epoch"] = _FitAdapter(plan, opt_name, state_arrays)
+    adapter.last = (plan.layers, plan.params, plan.grads, plan.batch_size,
+                    tuple(map(id, state_arrays)))
     return adapter
 
 
@@ -604,22 +631,30 @@ def train_epoch(plan, *args, **kwargs):
     opt_name, state_arrays, hyper = _optimizer_state(opt)
     ad = _adapter(plan, opt_name, state_arrays)
     ws = ad.ws
-    _nt._configure(
-        ws, plan.loss.name, opt_name, plan.batch_size, False,
-        (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
-         hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
-         plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False), opt.decay)
+    config = (plan.loss.name, opt_name, plan.batch_size,
+              (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+               hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+               plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act,
+               hyper.get("alpha", 0.99)),
+              hyper.get("nesterov", False), opt.decay)
+    if config != ad.configured:  # written once per fit unless a schedule changes lr
+        loss_name, _, batch_size, hp, nesterov, decay = config
+        _nt._configure(ws, loss_name, opt_name, batch_size, False, hp, nesterov, decay)
+        ad.configured = config
     start_step = opt.steps
+    # epoch-start copies for the replay, of the state arrays this update writes only (plain
+    # sgd writes none; sgd's two slots are one array): a few us per epoch saved, which is
+    # several percent of an epoch of a small net
+    written = _written_state(opt_name, hyper)
     np.copyto(ad.start_params, plan.params)
-    for saved, arr in zip(ad.start_state, state_arrays):
-        np.copyto(saved, arr)
+    for i in written:
+        np.copyto(ad.start_state[i], state_arrays[i])
     done = _run(ad, plan, 0, len(plan.X), start_step)
     if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
         # The update of batch done-1 broke the weights: replay to just before it.
         np.copyto(plan.params, ad.start_params)
-        for saved, arr in zip(ad.start_state, state_arrays):
-            np.copyto(arr, saved)
+        for i in written:
+            np.copyto(state_arrays[i], ad.start_state[i])
         cut = (done - 1) * plan.batch_size
         if cut:
             _run(ad, plan, 0, cut, start_step)

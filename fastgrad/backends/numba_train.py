@@ -5,8 +5,11 @@ whole epoch - gather each mini-batch, forward, loss, backward, gradient checks, 
 the optimizer update, for every batch - runs inside one @njit function. The loop allocates
 nothing: every buffer comes from `make_workspace` (cached by the caller), optimizer state
 from `make_state`; matmuls are BLAS calls through ``np.dot(a, b, out)`` with transposes
-passed as layout flags (``np.dot(h.T, g, dW)``); bias + activation, the loss + its gradient
-+ the bias reduction, and the activation backward + the bias reduction are each one pass.
+passed as layout flags (``np.dot(h.T, g, dW)``), except g @ W.T for a W of few columns
+(`_dot_t`); bias + activation, the loss + its gradient + the bias reduction, and the
+activation backward + the bias reduction are each one pass (softmax cross-entropy: three
+short ones, so that its exponentials run as one vectorized loop). Elementwise work runs in
+the arrays' dtype (float32 at full vector width).
 No Numba threads (``prange``) are used: at these sizes they never helped, and they must not
 spin beside OpenBLAS's pool (DESIGN.md §5).
 
@@ -73,7 +76,11 @@ Layout choices (measured, bench/fused_step.py and DESIGN.md §5): batches are ga
 inside the kernel through row views (a vectorized copy whose cache misses overlap: at 64
 features 0.3 µs per batch of 32 in cache, ~1 µs from DRAM, faster than np.take); with
 order=None a batch is a view of X. Every matmul is BLAS (hand loops lost at every shape
-of the small net, 4-10x).
+of the small net, 4-10x; a fused g @ W.T + activation backward, 32x10 @ 10x64, ran 4x
+slower than BLAS still). Where the 64-64-10 step's ~11 µs go (batch 32, float32, one
+thread; cycle counters in the kernel, a loaded machine): the five matmuls ~7.5 µs (the
+two 32x64x64 ones at the core's peak), the softmax-CE layer ~1 µs, the SGD update
+~0.7 µs, bias + ReLU forward ~0.4 µs, its backward ~0.3 µs, the gradient checks ~0.1 µs.
 """
 
 from __future__ import annotations
@@ -84,12 +91,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
 from ._specialize import njit_tagged, specialize
+from .numba_math import VECTOR_MATH, exp
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -215,6 +226,7 @@ class Workspace:
     active: np.ndarray
     saturated: np.ndarray
     result: np.ndarray
+    wt: np.ndarray      # scratch: a transposed weight matrix (see _dot_t)
 
 
 @dataclass
@@ -345,6 +357,10 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         active=np.zeros(n_hidden_units, np.int32),
         saturated=np.zeros(n_hidden_units, np.int32),
         result=np.zeros(4, np.int64),
+        # W.T of the layers l >= 1 whose _dot_t transposes (the first layer's is never used)
+        wt=np.zeros(max([sizes[i] * sizes[i + 1] for i in range(1, L)
+                         if sizes[i + 1] < _DOT_T_MAX_K
+                         and sizes[i] * sizes[i + 1] <= _DOT_T_MAX_SIZE] or [0]), dtype),
     )
 
 
@@ -367,10 +383,29 @@ def fused_supports(activation: str | Sequence[str], loss: str, optimizer: str,
 
 # --------------------------------------------------------------------------- compiled parts
 
+@intrinsic
+def _flat(typingctx, a):
+    """A 1-D view of the C-contiguous array `a` (its data, all its elements). As
+    ``a.reshape(a.size)`` without the call into Numba's C helper that every reshape makes
+    (~11 ns; a dozen per step of the small net in the update and the checks)."""
+    if not (isinstance(a, types.Array) and a.layout == "C"):
+        return None
+    flat = types.Array(a.dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        src = make_array(signature.args[0])(context, builder, args[0])
+        dst = make_array(signature.return_type)(context, builder)
+        populate_array(dst, data=src.data, shape=[src.nitems], strides=[src.itemsize],
+                       itemsize=src.itemsize, meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, dst._getvalue())
+
+    return flat(a), codegen
+
+
 @njit(fastmath={"reassoc"}, **_JIT)
 def _sumsq(a):
     # reassoc only (never nnan/ninf): the sum may be vectorized, and NaN/inf still show.
-    f = a.reshape(a.size)
+    f = _flat(a)
     s = 0.0
     for i in range(f.size):
         v = np.float64(f[i])
@@ -378,9 +413,23 @@ def _sumsq(a):
     return s
 
 
+@njit(fastmath={"reassoc", "contract"}, **_JIT)
+def _sumsq_fast(a):
+    # _sumsq in a's own dtype: float32 runs 4x faster than through float64 (16 lanes, no
+    # conversions) and its vectorized partial sums keep ~1e-7 relative accuracy. A float32
+    # sum overflows at 3.4e38, far below float64's: callers redo a non-finite result with
+    # _sumsq (NaN and inf still show: no nnan/ninf).
+    f = _flat(a)
+    s = a.dtype.type(0.0)
+    for i in range(f.size):
+        v = f[i]
+        s += v * v
+    return np.float64(s)
+
+
 @njit(**_JIT)
 def _all_finite(a):
-    f = a.reshape(a.size)
+    f = _flat(a)
     for i in range(f.size):
         if not np.isfinite(f[i]):
             return False
@@ -449,17 +498,43 @@ def _update(p, g, m, v, opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, in
             p[i] -= lr_t * mi / (np.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
+# g @ W.T with both row-major is a "TN" sgemm. For a W of few columns (the K here), SciPy's
+# OpenBLAS (the one Numba calls; SKYLAKEX kernels on this machine) runs it on its general
+# path (perf: sgemm_tn and its packing copies) rather than the small-matrix kernel it takes
+# for the step's other products, and the packing costs more than the product: a plain
+# product with a transposed copy of W runs the small kernel (32x10 @ 10x64: 1.17 us through
+# the layout flag, 0.18 us copy + 0.46 us product). Below _DOT_T_MAX_K columns and up to
+# _DOT_T_MAX_SIZE elements (a larger copy costs more than it saves; the workspace's scratch
+# is sized for these only) _dot_t copies; otherwise np.dot's layout flag.
+_DOT_T_MAX_K = 32
+_DOT_T_MAX_SIZE = 4096
+
+
+@njit(**_JIT)
+def _dot_t(g, W, out, wt):
+    """out = g @ W.T (g (r, k), W (m, k), out (r, m)); wt: flat scratch for W.T."""
+    m, k = W.shape
+    if k < _DOT_T_MAX_K and m * k <= wt.size:
+        Wt = wt[: k * m].reshape((k, m))
+        for j in range(k):
+            for c in range(m):
+                Wt[j, c] = W[c, j]
+        np.dot(g, Wt, out)
+    else:
+        np.dot(g, W.T, out)
+
+
 _scalar = njit(inline="always", **_JIT)
 _softplus = compile_scalar(scalar_math.softplus_forward, _scalar)
 _sigmoid = compile_scalar(scalar_math.sigmoid_forward, _scalar)
 
 
-@njit_tagged(**_JIT)  # inlines scalar_math's formulas: cache keyed on that file too
+@njit_tagged(**_JIT)  # inlines scalar_math's formulas and numba_math's exp
 def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, start):
-    """Adds the bias to the logits z (r, k) and computes, in one pass per row, the batch's
-    mean loss, g = dloss/dz (the trainer's reduction: divided by r for cross-entropy, by
-    r*k for the elementwise losses) and db = column sums of g. Cross-entropy takes class
-    indices `labels` or, when labels is empty, the (n, k) rows of `targets`."""
+    """Adds the bias to the logits z (r, k) and computes the batch's mean loss,
+    g = dloss/dz (the trainer's reduction: divided by r for cross-entropy, by r*k for the
+    elementwise losses) and db = column sums of g. Cross-entropy takes class indices
+    `labels` or, when labels is empty, the (n, k) rows of `targets`."""
     r, k = z.shape
     zero = z.dtype.type(0.0)
     one = z.dtype.type(1.0)
@@ -469,37 +544,68 @@ def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, 
     for j in range(k):
         db[j] = zero
     total = 0.0
-    for i in range(r):
-        row = order[start + i] if use_order else start + i
-        if loss_code == 2:  # softmax + cross-entropy, fused
+    if loss_code == 2:  # softmax + cross-entropy, fused
+        # Three passes so that the exponentials run as one flat vectorized loop (numba_math's
+        # exp) over the whole batch rather than libm's scalar expf row by row (k is small):
+        # (1) bias, row max m, g = z - m, and the loss's m - z part (log s joins in 3);
+        # (2) g = exp(g); (3) per row s = sum(g), the loss's log s part, g = (g/s - t)/r.
+        # Loss of a row: sum_j t_j (logsumexp(z) - z_j) = sum_j t_j (m - z_j) + log(s) sum_j t_j.
+        for i in range(r):
+            row = order[start + i] if use_order else start + i
             m = z.dtype.type(-np.inf)  # typed: a float64 m would make every exp float64
             for j in range(k):
                 zj = z[i, j] + bias[j]
                 z[i, j] = zj
-                if zj > m or zj != zj:
-                    m = zj
+                # branchless max (a branch mispredicts on random logits); a NaN logit is
+                # skipped here but makes s, hence the loss and the whole row of g, NaN
+                m = zj if zj > m else m
+            if dense:
+                # the row's sum_j t_j (m - z_j) in the dtype (a one-hot row: m - z_y
+                # rounded once, as with class indices), one chain per row: rows overlap
+                acc = zero
+                for j in range(k):
+                    d = z[i, j] - m
+                    g[i, j] = d
+                    t = targets[row, j]
+                    # classes without target weight never meet m - z = inf (0 * inf)
+                    acc -= t * d if t != 0 else zero
+                total += np.float64(acc)
+            else:
+                for j in range(k):
+                    g[i, j] = z[i, j] - m
+                total += np.float64(m - z[i, labels[row]])  # m - z_y: no cancellation
+        gf = g.reshape(r * k)
+        for i in range(r * k):
+            gf[i] = exp(gf[i])
+        for i in range(r):
+            row = order[start + i] if use_order else start + i
             s = zero
             for j in range(k):
-                e = np.exp(z[i, j] - m)
-                g[i, j] = e
-                s += e
+                s += g[i, j]
+            log_s = math.log(np.float64(s))
             if dense:
-                lse = np.float64(m) + math.log(np.float64(s))
+                t_sum = zero
                 inv_s = one / s
                 for j in range(k):
                     t = targets[row, j]
-                    if t != 0:  # classes without target weight never meet lse - z = inf
-                        total += np.float64(t) * (lse - np.float64(z[i, j]))
-                    g[i, j] = (g[i, j] * inv_s - t) * inv_r
+                    t_sum += t
+                    v = (g[i, j] * inv_s - t) * inv_r
+                    g[i, j] = v
+                    db[j] += v
+                if t_sum != 0:
+                    total += np.float64(t_sum) * log_s
             else:
-                y = labels[row]
-                # m - z_y: no cancellation
-                total += np.float64(m - z[i, y]) + math.log(np.float64(s))
+                total += log_s
                 f = inv_r / s
+                y = labels[row]
                 for j in range(k):
-                    g[i, j] *= f
-                g[i, y] -= inv_r
-        elif loss_code == 1:  # sigmoid + binary cross-entropy from the logits
+                    v = g[i, j] * f - (inv_r if j == y else zero)
+                    g[i, j] = v
+                    db[j] += v
+        return total / count
+    for i in range(r):
+        row = order[start + i] if use_order else start + i
+        if loss_code == 1:  # sigmoid + binary cross-entropy from the logits
             for j in range(k):
                 zj = z[i, j] + bias[j]
                 z[i, j] = zj
@@ -583,14 +689,14 @@ def _t_hidden_backward(g, z, h, db, a, b):
 
 def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf, hbuf,
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
-          result, batch_losses, batch_sqs):
+          result, batch_losses, batch_sqs, wt):
     # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
     # use_order, decay (index into DECAYS); hp: _HP in the arrays' dtype. Outputs: loss_acc
     # (summed loss times batch rows), grad_sq (summed per layer), active/saturated (counts),
     # result: batches and samples applied, bad batch, bad layer. batch_sq is scratch.
     # batch_losses (n_batches,) and batch_sqs (n_batches, L), when not empty, receive every
     # batch's mean loss and per-layer squared gradient norm, the stopping batch's included (the
-    # trainer's EpochPlan.batch_loss / grad_sq).
+    # trainer's EpochPlan.batch_loss / grad_sq). wt: scratch for _dot_t.
     n, d0 = X.shape
     L = len(Ws)
     B = ip[0]
@@ -674,7 +780,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
                 hp_ = hbuf[p: p + r * mp].reshape((r, mp))
                 np.dot(hp_.T, g, dWs[layer])
                 gp = gbuf[p: p + r * mp].reshape((r, mp))
-                np.dot(g, W.T, gp)
+                _dot_t(g, W, gp, wt)
                 _hidden_backward(gp, zbuf[p: p + r * mp].reshape((r, mp)), hp_,
                                 dbs[layer - 1], a, b)
         # ---- scikit-learn's penalty: part of the batch loss, from the weights before the
@@ -688,7 +794,9 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
         total_sq = 0.0
         finite = np.isfinite(batch_loss)
         for layer in range(L):
-            sq = _sumsq(dWs[layer]) + _sumsq(dbs[layer])
+            sq = _sumsq_fast(dWs[layer]) + _sumsq_fast(dbs[layer])
+            if not np.isfinite(sq):  # an overflow of the dtype's sum, or a non-finite g
+                sq = _sumsq(dWs[layer]) + _sumsq(dbs[layer])
             batch_sq[layer] = sq
             if not np.isfinite(sq):
                 # inf may be an overflow of finite squares: look at the elements.
@@ -740,10 +848,8 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             wd_b = wd * 0
         for layer in range(L):
             W = Ws[layer]
-            _update(W.reshape(W.size), dWs[layer].reshape(W.size),
-                    mW[layer].reshape(mW[layer].size), vW[layer].reshape(vW[layer].size),
-                    opt, lr, mom, nesterov, wd_W, scale, b1, b2, eps, lr_t, inv_sqrt_bc2,
-                    alpha)
+            _update(_flat(W), _flat(dWs[layer]), _flat(mW[layer]), _flat(vW[layer]), opt,
+                    lr, mom, nesterov, wd_W, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
             _update(bs[layer], dbs[layer], mb[layer], vb[layer], opt, lr, mom, nesterov,
                     wd_b, scale, b1, b2, eps, lr_t, inv_sqrt_bc2, alpha)
         loss_acc[0] += batch_loss * r
@@ -752,28 +858,35 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
 
 
 
-def _build_epoch(spec: ActivationSpec):
-    """The compiled epoch function for one hidden activation (any dtype, any depth)."""
+def _build_epoch(spec: ActivationSpec, dtype: np.dtype):
+    """The compiled epoch function for one hidden activation and dtype (any depth).
+
+    The activation's formulas are compiled for `dtype` (compile_scalar's dtype: float32
+    literals stay float32, so float32 passes run at full vector width instead of through
+    float64) with numba_math's vectorizable transcendentals, as numba_cpu's elementwise
+    kernels are."""
     namespace = dict(globals())
     namespace.update(
-        _fwd=compile_scalar(spec.scalar_forward, _scalar),
-        _bwd=compile_scalar(spec.scalar_backward, _scalar),
+        _fwd=compile_scalar(spec.scalar_forward, _scalar, VECTOR_MATH, dtype.type),
+        _bwd=compile_scalar(spec.scalar_backward, _scalar, VECTOR_MATH, dtype.type),
         _SAT=_saturation_kind(spec),
         _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
     )
-
+    tag = f"{spec.name}_{dtype.name}"
     for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
-        namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
-    return specialize(_t_epoch, namespace, spec.name, **_JIT)
+        namespace[name] = specialize(globals()[f"_t{name}"], namespace, tag, **_JIT)
+    return specialize(_t_epoch, namespace, tag, **_JIT)
 
 
-_EPOCHS: dict[str, Any] = {}
+_EPOCHS: dict[tuple[str, str], Any] = {}
 
 
-def _epoch_kernel(spec: ActivationSpec):
-    k = _EPOCHS.get(spec.name)
+def _epoch_kernel(spec: ActivationSpec, dtype: Any):
+    """The compiled epoch for `spec` and `dtype` (built once per process)."""
+    key = (spec.name, np.dtype(dtype).name)
+    k = _EPOCHS.get(key)
     if k is None:
-        k = _EPOCHS[spec.name] = _build_epoch(spec)
+        k = _EPOCHS[key] = _build_epoch(spec, np.dtype(dtype))
     return k
 
 
@@ -846,7 +959,7 @@ def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
     kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
            state.step, ws.xb, ws.z, ws.h, ws.g, ws.offsets, ws.dW, ws.db, ws.hp, ws.ip,
            ws.loss_acc, ws.grad_sq, ws.batch_sq, ws.active, ws.saturated, ws.result,
-           batch_losses, batch_sqs)
+           batch_losses, batch_sqs, ws.wt)
 
 
 def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
@@ -887,7 +1000,7 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
                 config.weight_decay, config.clip_norm, config.clip_value, a, b, config.alpha),
                config.nesterov, config.decay)
-    _launch(_epoch_kernel(config.spec), X, order_arr, labels, targets, Ws, bs, state, ws)
+    _launch(_epoch_kernel(config.spec, dtype), X, order_arr, labels, targets, Ws, bs, state, ws)
     n_batches, n_samples, bad_batch, bad_layer = (int(v) for v in ws.result)
     bounds = np.cumsum((0, *sizes[1:-1]))
     active = [ws.active[bounds[i]:bounds[i + 1]].astype(np.int64)
