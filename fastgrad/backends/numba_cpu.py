@@ -593,7 +593,7 @@ def train_epoch(plan, *args, **kwargs):
         (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
          hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
          plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False), opt.decay)
+        hyper.get("nesterov", False), opt.decay, plan.split_matmuls)
     start_step = opt.steps
     np.copyto(ad.start_params, plan.params)
     for saved, arr in zip(ad.start_state, state_arrays):
@@ -612,6 +612,11 @@ def train_epoch(plan, *args, **kwargs):
     else:
         plan.last_good = None
     return done
+
+
+train_epoch.splits_matmuls = True
+"""fit may set plan.split_matmuls (BLAS held to one thread): the kernel then runs its large
+matmuls as one-thread BLAS calls on Numba's threads at once (numba_train._mm)."""
 
 
 def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:

@@ -83,6 +83,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -90,6 +91,7 @@ from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
 from ._specialize import njit_tagged, specialize
+from .numba_blas import gemm_split_rows
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -339,7 +341,7 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         g=np.zeros(total, dtype), offsets=offsets,
         dW=tuple(np.zeros((sizes[i], sizes[i + 1]), dtype) for i in range(L)),
         db=tuple(np.zeros(sizes[i + 1], dtype) for i in range(L)),
-        hp=np.zeros(len(_HP), dtype), ip=np.zeros(6, np.int64),
+        hp=np.zeros(len(_HP), dtype), ip=np.zeros(7, np.int64),
         loss_acc=np.zeros(1, np.float64), grad_sq=np.zeros(L, np.float64),
         batch_sq=np.zeros(L, np.float64),
         active=np.zeros(n_hidden_units, np.int32),
@@ -376,6 +378,23 @@ def _sumsq(a):
         v = np.float64(f[i])
         s += v * v
     return s
+
+
+SPLIT_MIN_MNK = 1 << 20
+"""`_mm` splits a product over two threads from this many multiply-adds (m*n*k) up: the
+medium net's hidden-layer products (4.2M and more) split, its output layer's (164K) does
+not (a parallel region costs a few µs; bench/gemm_split.py)."""
+
+
+@njit(**_JIT)
+def _mm(a, b, out, split):
+    # out = a @ b. With split, a large product runs as two one-thread BLAS calls at once,
+    # each on half of out's rows (no reduction): at the medium net's shapes that beats
+    # OpenBLAS's own two-thread split (bench/gemm_split.py, bench/RESULTS.md).
+    if split and out.shape[0] * out.shape[1] * a.shape[1] >= SPLIT_MIN_MNK:
+        gemm_split_rows(a, b, out, 0.0)
+    else:
+        np.dot(a, b, out)
 
 
 @njit(**_JIT)
@@ -585,9 +604,10 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
           result, batch_losses, batch_sqs):
     # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
-    # use_order, decay (index into DECAYS); hp: _HP in the arrays' dtype. Outputs: loss_acc
-    # (summed loss times batch rows), grad_sq (summed per layer), active/saturated (counts),
-    # result: batches and samples applied, bad batch, bad layer. batch_sq is scratch.
+    # use_order, decay (index into DECAYS), split (see _mm); hp: _HP in the arrays' dtype.
+    # Outputs: loss_acc (summed loss times batch rows), grad_sq (summed per layer),
+    # active/saturated (counts), result: batches and samples applied, bad batch, bad layer.
+    # batch_sq is scratch.
     # batch_losses (n_batches,) and batch_sqs (n_batches, L), when not empty, receive every
     # batch's mean loss and per-layer squared gradient norm, the stopping batch's included (the
     # trainer's EpochPlan.batch_loss / grad_sq).
@@ -599,6 +619,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     nesterov = ip[3] != 0
     use_order = ip[4] != 0
     sk_decay = ip[5] == 1
+    split = ip[6] != 0
     lr = hp[0]
     mom = hp[1]
     b1 = hp[2]
@@ -647,11 +668,11 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             z = zbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                np.dot(xb, W, z)
+                _mm(xb, W, z, split)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
-                np.dot(hbuf[p: p + r * mp].reshape((r, mp)), W, z)
+                _mm(hbuf[p: p + r * mp].reshape((r, mp)), W, z, split)
             if layer < L - 1:
                 _hidden_forward(z, hbuf[o: o + r * m].reshape((r, m)), bs[layer],
                                active[unit: unit + m], saturated[unit: unit + m], a, b)
@@ -667,14 +688,14 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             g = gbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                np.dot(xb.T, g, dWs[0])
+                _mm(xb.T, g, dWs[0], split)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
                 hp_ = hbuf[p: p + r * mp].reshape((r, mp))
-                np.dot(hp_.T, g, dWs[layer])
+                _mm(hp_.T, g, dWs[layer], split)
                 gp = gbuf[p: p + r * mp].reshape((r, mp))
-                np.dot(g, W.T, gp)
+                _mm(g, W.T, gp, split)
                 _hidden_backward(gp, zbuf[p: p + r * mp].reshape((r, mp)), hp_,
                                 dbs[layer - 1], a, b)
         # ---- scikit-learn's penalty: part of the batch loss, from the weights before the
@@ -773,6 +794,10 @@ _EPOCHS: dict[str, Any] = {}
 def _epoch_kernel(spec: ActivationSpec):
     k = _EPOCHS.get(spec.name)
     if k is None:
+        # The kernel links in a parallel function (numba_blas.gemm_split_rows). Numba starts
+        # its thread pool when it compiles one, not when a caller comes from the disk cache:
+        # a cached kernel then crashed (segfault) on its first call. Start it here.
+        numba.get_num_threads()
         k = _EPOCHS[spec.name] = _build_epoch(spec)
     return k
 
@@ -832,11 +857,13 @@ _NO_BATCH_SQS = np.zeros((0, 0))
 
 
 def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_order: bool,
-               hp: tuple, nesterov: bool, decay: str = "pytorch") -> None:
-    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`."""
+               hp: tuple, nesterov: bool, decay: str = "pytorch", split: bool = False) -> None:
+    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`.
+    split: run the large matmuls as two one-thread BLAS calls on two Numba threads
+    (`_mm`); the caller must hold SciPy's BLAS to one thread meanwhile."""
     ws.hp[:] = hp
     ws.ip[:] = (batch_size, LOSSES.index(loss), OPTIMIZERS.index(optimizer), int(nesterov),
-                int(use_order), DECAYS.index(decay))
+                int(use_order), DECAYS.index(decay), int(split))
 
 
 def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
