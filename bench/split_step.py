@@ -54,7 +54,8 @@ def main() -> None:
     ctl = ThreadpoolController()
 
     def epoch(split: bool) -> None:
-        nt._configure(ws, "cross_entropy", "sgd", B, False, hp, False, "pytorch", split)
+        nt._configure(ws, "cross_entropy", "sgd", B, False, hp, False, "pytorch",
+                      nt.SPLIT_MIN_MNK if split else 0)
         nt._launch(kernel, X, order, labels, targets, tuple(Ws), tuple(bs), state, ws)
 
     modes = {"blas 2T": (2, False), "split": (1, True), "blas 1T": (1, False)}

@@ -19,7 +19,7 @@ so that its pool never spins beside Numba's (DESIGN.md §5).
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -127,14 +127,15 @@ def gemm_split(a, b, out, beta):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def gemm_split_rows(a, b, out, beta):
-    """``out = a @ b + beta * out`` as one one-thread BLAS call per Numba thread, run at
-    once, each on a block of out's (and a's) rows (no reduction). Limit BLAS to one thread
-    around it."""
+def gemm_split_rows(a, b, out, beta, parts):
+    """``out = a @ b + beta * out`` as `parts` one-thread BLAS calls run at once on Numba's
+    threads (pass numba.get_num_threads(): read inside, it would make this function and
+    every caller uncacheable), each on a block of out's (and a's) rows, no reduction.
+    Limit BLAS to one thread around it."""
     m = a.shape[0]
-    parts = min(get_num_threads(), max(1, m // 8))
+    parts = max(1, min(parts, m // 8))
     step = (m + parts - 1) // parts
     for t in prange(parts):
-        i0 = t * step
+        i0 = min(m, t * step)
         i1 = min(m, i0 + step)
         gemm(a[i0:i1], b, out[i0:i1], beta)

@@ -593,7 +593,8 @@ def train_epoch(plan, *args, **kwargs):
         (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
          hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
          plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False), opt.decay, plan.split_matmuls)
+        hyper.get("nesterov", False), opt.decay,
+        _nt.SPLIT_MIN_MNK if plan.split_matmuls else 0)
     start_step = opt.steps
     np.copyto(ad.start_params, plan.params)
     for saved, arr in zip(ad.start_state, state_arrays):
