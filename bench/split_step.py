@@ -2,7 +2,7 @@
 
 - ``blas 2T``: every matmul one np.dot call on OpenBLAS's two threads (the kernel before);
 - ``split``: BLAS held to one thread, the large matmuls split over two Numba threads by
-  rows (numba_train._mm, ip[6] = 1);
+  rows (numba_train._mm_split, split_min = SPLIT_MIN_MNK);
 - ``blas 1T``: one thread for everything (the floor's other reference).
 
 Steps/s of SGD (softmax cross-entropy, relu, float32), each block one epoch of `--batches`
@@ -49,14 +49,15 @@ def main() -> None:
     ws = nt.make_workspace(sizes, B, np.float32)
     labels, targets, order = nt._check_data(X, Y, None, sizes, np.dtype(np.float32),
                                             "cross_entropy")
-    kernel = nt._epoch_kernel(nt.FusedConfig(loss="cross_entropy", batch_size=B).spec)
+    spec = nt.FusedConfig(loss="cross_entropy", batch_size=B).spec
+    kernels = {False: nt._epoch_kernel(spec), True: nt._epoch_kernel(spec, True)}
     hp = (1e-3, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.99)
     ctl = ThreadpoolController()
 
     def epoch(split: bool) -> None:
         nt._configure(ws, "cross_entropy", "sgd", B, False, hp, False, "pytorch",
                       nt.SPLIT_MIN_MNK if split else 0)
-        nt._launch(kernel, X, order, labels, targets, tuple(Ws), tuple(bs), state, ws)
+        nt._launch(kernels[split], X, order, labels, targets, tuple(Ws), tuple(bs), state, ws)
 
     modes = {"blas 2T": (2, False), "split": (1, True), "blas 1T": (1, False)}
     res: dict[str, list[float]] = {k: [] for k in modes}

@@ -477,8 +477,9 @@ bs = [np.zeros(4), np.zeros(2)]
 cfg = nt.FusedConfig(loss="mse", batch_size=4, activation="leaky_relu")
 nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg)
 nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg, split_min=1)
-stats = nt._epoch_kernel(cfg.spec).stats
-print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+for split in (False, True):
+    stats = nt._epoch_kernel(cfg.spec, split).stats
+    print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 
 
@@ -495,7 +496,7 @@ def test_compiled_epoch_loads_from_the_disk_cache_in_a_new_process():
     runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE], cwd=root, env=env,
                            capture_output=True, text=True, check=True).stdout.split()
             for _ in range(2)]
-    hits, misses = (int(v) for v in runs[1])  # the first run may compile; the second loads
+    hits, misses, split_hits, split_misses = (int(v) for v in runs[1])  # the second loads
     # (the probe's split epoch: a cached kernel whose split ran before Numba's thread pool
     # was started segfaulted; check=True above fails on that)
-    assert (hits, misses) == (1, 0), runs
+    assert (hits, misses, split_hits, split_misses) == (1, 0, 1, 0), runs

@@ -546,6 +546,7 @@ class _FitAdapter:
         self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
         self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
         spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
+        self.spec = spec
         self.kernel = _nt._epoch_kernel(spec)
         self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
 
@@ -617,7 +618,7 @@ def train_epoch(plan, *args, **kwargs):
 
 train_epoch.splits_matmuls = True
 """fit may set plan.split_matmuls (BLAS held to one thread): the kernel then runs its large
-matmuls as one-thread BLAS calls on Numba's threads at once (numba_train._mm)."""
+matmuls as one-thread BLAS calls on Numba's threads at once (numba_train._mm_split)."""
 
 
 def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
@@ -625,7 +626,8 @@ def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
     optimizer step `step`; returns the number of batches it completed (offset by lo's)."""
     ad.state.step[0] = step
     k0 = lo // plan.batch_size
-    _nt._launch(ad.kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
+    kernel = _nt._epoch_kernel(ad.spec, True) if plan.split_matmuls else ad.kernel
+    _nt._launch(kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
                 ad.Ws, ad.bs, ad.state, ad.ws, plan.batch_loss[k0:], plan.grad_sq[k0:])
     plan.optimizer.steps = int(ad.state.step[0])
     return k0 + int(ad.ws.result[0])

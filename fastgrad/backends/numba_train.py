@@ -390,7 +390,14 @@ layer's (164K) does not (a parallel region costs a few µs; bench/gemm_split.py)
 
 
 @njit(**_JIT)
-def _mm(a, b, out, split_min, parts):
+def _mm_serial(a, b, out, split_min, parts):
+    # out = a @ b: the epoch kernel's matmul without splitting (the kernel used unless a
+    # split is asked for: it needs no Numba thread pool).
+    np.dot(a, b, out)
+
+
+@njit(**_JIT)
+def _mm_split(a, b, out, split_min, parts):
     # out = a @ b. From split_min multiply-adds up (0: never), one one-thread BLAS call per
     # Numba thread at once, each on a block of out's rows (no reduction): at the medium
     # net's shapes that beats OpenBLAS's own two-thread split (bench/gemm_split.py).
@@ -551,7 +558,7 @@ def _saturation_kind(spec: ActivationSpec) -> int:
 # full recompile each time); globals are frozen at compile time instead. Each copy gets
 # its own __qualname__ (so its own cache entry): see _specialize. These placeholders are
 # never compiled.
-_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = None
+_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = _mm = None
 _SAT = _SAT_NONE
 _SAVED_Y = False
 
@@ -778,32 +785,47 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
 
 
 
-def _build_epoch(spec: ActivationSpec):
-    """The compiled epoch function for one hidden activation (any dtype, any depth)."""
-    namespace = dict(globals())
-    namespace.update(
-        _fwd=compile_scalar(spec.scalar_forward, _scalar),
-        _bwd=compile_scalar(spec.scalar_backward, _scalar),
-        _SAT=_saturation_kind(spec),
-        _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
-    )
-
-    for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
-        namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
-    return specialize(_t_epoch, namespace, spec.name, **_JIT)
+_NAMESPACES: dict[str, dict] = {}
 
 
-_EPOCHS: dict[str, Any] = {}
+def _namespace(spec: ActivationSpec) -> dict:
+    """The globals of one hidden activation's compiled parts (its formulas bound)."""
+    namespace = _NAMESPACES.get(spec.name)
+    if namespace is None:
+        namespace = _NAMESPACES[spec.name] = dict(globals())
+        namespace.update(
+            _fwd=compile_scalar(spec.scalar_forward, _scalar),
+            _bwd=compile_scalar(spec.scalar_backward, _scalar),
+            _SAT=_saturation_kind(spec),
+            _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
+        )
+        for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
+            namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
+    return namespace
 
 
-def _epoch_kernel(spec: ActivationSpec):
-    k = _EPOCHS.get(spec.name)
+def _build_epoch(spec: ActivationSpec, split: bool = False):
+    """The compiled epoch function for one hidden activation (any dtype, any depth); with
+    split, the variant whose large matmuls may run split over Numba's threads (`split_min`):
+    a variant of its own, so that the kernel without it needs no thread pool."""
+    namespace = {**_namespace(spec), "_mm": _mm_split if split else _mm_serial}
+    tag = spec.name + ("_split" if split else "")
+    return specialize(_t_epoch, namespace, tag, **_JIT)
+
+
+_EPOCHS: dict[tuple[str, bool], Any] = {}
+
+
+def _epoch_kernel(spec: ActivationSpec, split: bool = False):
+    """The compiled epoch (see `_build_epoch`), built once per process."""
+    k = _EPOCHS.get((spec.name, split))
     if k is None:
-        # The kernel links in a parallel function (numba_blas.gemm_split_rows). Numba starts
-        # its thread pool when it compiles one, not when a caller comes from the disk cache:
-        # a cached kernel then crashed (segfault) on its first call. Start it here.
-        numba.get_num_threads()
-        k = _EPOCHS[spec.name] = _build_epoch(spec)
+        if split:
+            # This variant links in a parallel function (numba_blas.gemm_split_rows). Numba
+            # starts its thread pool when it compiles one, not when a caller comes from the
+            # disk cache: such a kernel crashed (segfault) on its first call. Start it here.
+            numba.get_num_threads()
+        k = _EPOCHS[(spec.name, split)] = _build_epoch(spec, split)
     return k
 
 
@@ -930,7 +952,8 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
                 config.weight_decay, config.clip_norm, config.clip_value, a, b, config.alpha),
                config.nesterov, config.decay, split_min)
-    _launch(_epoch_kernel(config.spec), X, order_arr, labels, targets, Ws, bs, state, ws)
+    _launch(_epoch_kernel(config.spec, split_min > 0), X, order_arr, labels, targets, Ws, bs,
+            state, ws)
     n_batches, n_samples, bad_batch, bad_layer = (int(v) for v in ws.result)
     bounds = np.cumsum((0, *sizes[1:-1]))
     active = [ws.active[bounds[i]:bounds[i + 1]].astype(np.int64)
