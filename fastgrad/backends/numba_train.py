@@ -630,7 +630,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     nesterov = ip[3] != 0
     use_order = ip[4] != 0
     sk_decay = ip[5] == 1
-    split = ip[6]
+    split_min = ip[6]
     parts = ip[7]
     lr = hp[0]
     mom = hp[1]
@@ -680,11 +680,11 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             z = zbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                _mm(xb, W, z, split, parts)
+                _mm(xb, W, z, split_min, parts)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
-                _mm(hbuf[p: p + r * mp].reshape((r, mp)), W, z, split, parts)
+                _mm(hbuf[p: p + r * mp].reshape((r, mp)), W, z, split_min, parts)
             if layer < L - 1:
                 _hidden_forward(z, hbuf[o: o + r * m].reshape((r, m)), bs[layer],
                                active[unit: unit + m], saturated[unit: unit + m], a, b)
@@ -700,14 +700,14 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             g = gbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                _mm(xb.T, g, dWs[0], split, parts)
+                _mm(xb.T, g, dWs[0], split_min, parts)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
                 hp_ = hbuf[p: p + r * mp].reshape((r, mp))
-                _mm(hp_.T, g, dWs[layer], split, parts)
+                _mm(hp_.T, g, dWs[layer], split_min, parts)
                 gp = gbuf[p: p + r * mp].reshape((r, mp))
-                _mm(g, W.T, gp, split, parts)
+                _mm(g, W.T, gp, split_min, parts)
                 _hidden_backward(gp, zbuf[p: p + r * mp].reshape((r, mp)), hp_,
                                 dbs[layer - 1], a, b)
         # ---- scikit-learn's penalty: part of the batch loss, from the weights before the
