@@ -9,17 +9,20 @@ batch 512) MLP steps, float32, timed from compiled code (as the fused epoch call
 - ``split cols`` / ``split rows``: fastgrad.backends.numba_blas.gemm_split(_rows), BLAS on 1
   thread, each Numba thread one half of the output's columns / rows.
 
-Blocks of calls (~`--ms` each) of each method alternate, `--rounds` times; a block counts
-only when no other process took CPU while it ran (bench/quiet.py: the 2 cores are shared,
-and a two-thread call stalls whenever one of its cores is taken). The table gives each
-method's median over rounds of the block's time per call; `tries`: blocks run per kept one.
+Blocks of calls (~`--ms` each) of each method alternate, `--rounds` times; the table gives
+each method's median over rounds of the block's time per call. Two-thread timings mean
+something only on an idle machine (check the load average before and after): a two-thread
+call stalls whenever another process holds one of its cores. (A filter that kept only the
+blocks during which /proc/stat showed no other process running was tried and let disturbed
+blocks through: clock-tick accounting is too coarse for 40 ms blocks.)
 
-    python -m bench.gemm_split [--rounds 7] [--ms 40]
+    python -m bench.gemm_split [--rounds 7] [--ms 40] [--only fwd]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from functools import partial
 
 import numpy as np
@@ -27,7 +30,6 @@ import scipy.linalg  # noqa: F401  (SciPy's OpenBLAS, the one numba calls, joins
 from numba import njit
 from threadpoolctl import ThreadpoolController
 
-from bench.quiet import timed_quiet
 from fastgrad.backends.numba_blas import gemm, gemm_split, gemm_split_rows
 
 
@@ -69,17 +71,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--ms", type=float, default=40.0, help="length of one timed block")
     p.add_argument("--only", default="", help="only the products whose name holds this")
-    p.add_argument("--any-load", action="store_true",
-                   help="keep every block (e.g. under `nice -n -15`, when other processes "
-                        "never leave both cores free)")
     args = p.parse_args()
-    tol = float("inf") if args.any_load else 0.015
     ctl = ThreadpoolController()
     rng = np.random.default_rng(0)
     cases = products(128, (784, 256, 128, 10), rng) + products(512, (784, 1024, 1024, 10), rng)
     print("| product | MFLOP | np.dot 2T µs | np.dot 1T µs | split cols µs | split rows µs "
-          "| 2T GFLOP/s | cols GFLOP/s | rows GFLOP/s | best split / 2T | tries |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| 2T GFLOP/s | cols GFLOP/s | rows GFLOP/s | best split / 2T |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, a, b, out in cases:
         if args.only not in name:
             continue
@@ -97,21 +95,19 @@ def main() -> None:
             "rows": (1, partial(_loop_split, a, b, out, reps, True)),
         }
         res = {k: [] for k in runs}
-        tries = 0
         for _ in range(args.rounds):  # interleaved: every method sees the same machine
             for key, (threads, block) in runs.items():
                 with ctl.limit(limits=threads, user_api="blas"):
                     block()  # warm: the pools and the caches
-                    wall, t = timed_quiet(block, tol)
-                res[key].append(wall / reps)
-                tries += t
+                    t0 = time.perf_counter()
+                    block()
+                    res[key].append((time.perf_counter() - t0) / reps)
         med = {k: float(np.median(v)) * 1e6 for k, v in res.items()}
         gf = {k: flop / v / 1e3 for k, v in med.items()}
         best = min(med["cols"], med["rows"])
         print(f"| {name} | {flop / 1e6:.1f} | {med['2T']:.0f} | {med['1T']:.0f} | "
               f"{med['cols']:.0f} | {med['rows']:.0f} | {gf['2T']:.0f} | {gf['cols']:.0f} | "
-              f"{gf['rows']:.0f} | {med['2T'] / best:.2f}x | {tries / (4 * args.rounds):.1f} |",
-              flush=True)
+              f"{gf['rows']:.0f} | {med['2T'] / best:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,9 +149,6 @@ class EpochPlan:
     grad_sq: np.ndarray = field(default=None)
     last_good: np.ndarray | None = None
     cache: dict | None = None
-    split_matmuls: bool = False
-    """True when fit holds BLAS to one thread so that a runner with ``splits_matmuls``
-    may split its large matmuls over threads of its own."""
 
     @property
     def n_batches(self) -> int:
@@ -424,26 +421,15 @@ def machine_busy() -> bool:
     return load > (os.cpu_count() or 1) - 0.5
 
 
-def parallel_matmuls(layers: Sequence[tuple], batch_size: int) -> bool:
-    """Whether fit's matmuls should use more than one thread: the batch's matmuls reach
-    BLAS_SINGLE_THREAD_FLOPS and the machine has an idle core (not `machine_busy`)."""
-    return (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
-            and not machine_busy())
-
-
-def blas_thread_limit(layers: Sequence[tuple], batch_size: int, split: bool = False,
-                      parallel: bool | None = None):
-    """A context manager for fit's training loop: one BLAS thread when the matmuls stay
-    serial (not `parallel_matmuls`) or when the runner splits them over threads of its own
-    (`split`: BLAS's pool must not spin beside them, DESIGN.md §5), through threadpoolctl
-    (an optional dependency: without it, a no-op), restoring every library's previous limit
-    on exit. Imports scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls,
-    is loaded and limited along with NumPy's. parallel: `parallel_matmuls`' answer when the
-    caller has it already."""
+def blas_thread_limit(layers: Sequence[tuple], batch_size: int):
+    """A context manager for fit's training loop: one BLAS thread when the batch's matmuls
+    are below BLAS_SINGLE_THREAD_FLOPS or the machine is busy, through threadpoolctl (an
+    optional dependency: without it, a no-op), restoring every library's previous limit on
+    exit. Imports scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls, is
+    loaded and limited along with NumPy's."""
     from contextlib import nullcontext
-    if parallel is None:
-        parallel = parallel_matmuls(layers, batch_size)
-    if parallel and not split:
+    if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
+            and not machine_busy()):
         return nullcontext()
     controller = _blas_controller()
     if controller is None:
@@ -585,10 +571,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     # several batches of a small net: run it only when something reads what it gives.
     diagnose = health_cfg is not None or (stopper is not None and stopper.monitor == metric)
     # threadpoolctl applies its limits when the limiter is made: make it right here
-    parallel = parallel_matmuls(layers, batch_size)
-    threads = blas_thread_limit(layers, batch_size, parallel=parallel)
+    threads = blas_thread_limit(layers, batch_size)
     threads.__enter__()
-    split = False
     try:
         for epoch in range(epochs):
             epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
@@ -614,16 +598,6 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 runner = _epoch_runner(model, plan, batch_callbacks=False, fused=fused)
                 history.runner = ("layers" if runner is train_epoch_layers
                                   or getattr(runner, "layer_by_layer", False) else "fused")
-                # A runner that splits its large matmuls over threads of its own (numba's
-                # fused epoch) beats BLAS's two-thread calls at the medium net's shapes
-                # (bench/gemm_split.py): it runs them with BLAS held to one thread.
-                if (parallel and getattr(runner, "splits_matmuls", False)
-                        and _blas_controller() is not None):
-                    threads.__exit__(None, None, None)
-                    threads = blas_thread_limit(layers, batch_size, split=True, parallel=True)
-                    threads.__enter__()
-                    split = True
-            plan.split_matmuls = split
             snapshot = model.params.copy()
             done = runner(plan)
             if done < plan.n_batches:

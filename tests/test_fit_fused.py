@@ -311,23 +311,16 @@ def test_blas_limited_to_one_thread_for_small_batches_and_restored(monkeypatch):
               callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
         assert all(n == 1 for threads in seen for _, n in threads) and len(seen) == 2
         assert _blas_threads() == before, "fit restores the previous BLAS limits"
-        # above the threshold the layer runner leaves BLAS alone; numba's fused runner
-        # splits the large matmuls over Numba's threads, BLAS held to one thread
+        # above the threshold fit leaves BLAS alone
         big = [np.zeros((256, 256)), np.zeros((256, 10))]
         assert train.batch_matmul_flops([(W,) for W in big], 128) >= \
             train.BLAS_SINGLE_THREAD_FLOPS
         seen.clear()
         Xb = rng.standard_normal((128, 256))
         fg.MLP([256, 256, 3], backend="numba", seed=0).fit(
-            Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0, fused=False,
-            callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
-        assert seen == [before]
-        seen.clear()
-        h = fg.MLP([256, 256, 3], backend="numba", seed=0).fit(
             Xb, np.arange(128) % 3, epochs=1, batch_size=128, verbose=0,
             callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
-        assert h.runner == "fused"
-        assert all(n == 1 for _, n in seen[0]) and _blas_threads() == before
+        assert seen == [before]
         # ... unless the machine is busy
         monkeypatch.setattr(train, "machine_busy", lambda: True)
         seen.clear()
@@ -337,35 +330,6 @@ def test_blas_limited_to_one_thread_for_small_batches_and_restored(monkeypatch):
         assert all(n == 1 for _, n in seen[0]) and _blas_threads() == before
     assert train.batch_matmul_flops([(np.zeros((8, 16)),), (np.zeros((16, 3)),)], 16) == \
         6 * 16 * (8 * 16 + 16 * 3)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_split_matmuls_train_as_the_layer_runner(monkeypatch, dtype):
-    # Above BLAS_SINGLE_THREAD_FLOPS on an idle machine fit runs numba's fused epoch with
-    # its large matmuls split over Numba's threads (split_min set): same training as the
-    # layer-by-layer runner. 64-200-10 at batch 64: 6*64*(12800+2000) = 5.7 MFLOP, so both
-    # thresholds are lowered to make it count as large and split every product (the test
-    # stays small).
-    pytest.importorskip("threadpoolctl", reason="fit splits only when it can limit BLAS")
-    from fastgrad.backends import numba_train
-    monkeypatch.setattr(train, "machine_busy", lambda: False)
-    monkeypatch.setattr(train, "BLAS_SINGLE_THREAD_FLOPS", 1e6)
-    monkeypatch.setattr(numba_train, "SPLIT_MIN_MNK", 1)
-    splits = []
-    configure = numba_train._configure
-    monkeypatch.setattr(numba_train, "_configure",
-                        lambda *a, **k: splits.append(a[-1]) or configure(*a, **k))
-    rng = np.random.default_rng(3)
-    X, y = rng.standard_normal((150, 64)), rng.integers(0, 10, 150)
-    y[:10] = np.arange(10)
-    runs = []
-    for fused in (True, False):
-        m = fg.MLP([64, 200, 10], "relu", dtype=dtype, backend="numba", seed=1)
-        opt = optim.make_optimizer("sgd", lr=0.05, momentum=0.9)
-        runs.append((m, m.fit(X, y, optimizer=opt, epochs=2, batch_size=64, verbose=0,
-                              fused=fused), opt))
-    assert splits == [1, 1], splits  # split_min: the last argument
-    assert_same_training(runs[0], runs[1], dtype)
 
 
 def test_machine_busy_reads_the_load_average(monkeypatch):

@@ -159,8 +159,7 @@ def make_problem(rng, sizes, n, loss, dtype):
     return X, Y, Ws, bs
 
 
-def check_against_oracle(rng, cfg, dtype, sizes=(5, 4, 3), n=13, epochs=1, shuffle=True,
-                         split_min=0):
+def check_against_oracle(rng, cfg, dtype, sizes=(5, 4, 3), n=13, epochs=1, shuffle=True):
     X, Y, Ws, bs = make_problem(rng, sizes, n, cfg.loss, dtype)
     oracle = Oracle(Ws, bs, cfg)
     state = make_state(Ws, bs, cfg.optimizer, cfg.momentum)
@@ -168,7 +167,7 @@ def check_against_oracle(rng, cfg, dtype, sizes=(5, 4, 3), n=13, epochs=1, shuff
     tol = TOL[dtype]
     for epoch in range(epochs):
         order = rng.permutation(n).astype(np.int64) if shuffle else None
-        stats = train_epoch(X, Y, order, Ws, bs, state, cfg, ws, split_min=split_min)
+        stats = train_epoch(X, Y, order, Ws, bs, state, cfg, ws)
         want = oracle.epoch(X, Y, order)
         what = f"epoch {epoch}"
         assert stats.bad_batch == -1 and want["bad_batch"] == -1
@@ -248,34 +247,6 @@ def test_cross_entropy_target_rows_equal_class_indices(rng, dtype):
     np.testing.assert_allclose(runs[0][0], runs[1][0], **TOL[dtype])
     for got, want in zip(runs[1][1], runs[0][1]):
         np.testing.assert_allclose(got, want, **TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("loss", LOSSES)
-def test_split_matmuls_match_the_oracle(rng, loss, dtype):
-    # split_min=1 splits every product over Numba's threads by rows (numba_blas): row
-    # blocks of x, of x.T (a transposed strided view), of g against W.T; batches of 20 rows
-    # and a short last one (5 rows: not split), 17 inputs (blocks of 9 and 8 rows).
-    # (BLAS held to one thread as the trainer does; the results do not depend on it)
-    import contextlib
-
-    import scipy.linalg  # noqa: F401  (SciPy's BLAS, the one numba calls, gets the limit)
-    try:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limit = contextlib.nullcontext()
-    cfg = FusedConfig(loss=loss, batch_size=20, lr=0.05)
-    with limit:
-        check_against_oracle(rng, cfg, dtype, sizes=(17, 24, 16, 5), n=45, epochs=2,
-                             split_min=1)
-
-
-def test_split_min_is_checked(rng):
-    X, Y, Ws, bs = make_problem(rng, (5, 4, 3), 8, "mse", np.float64)
-    cfg = FusedConfig(loss="mse", batch_size=4)
-    with pytest.raises(ValueError, match="split_min must be an int >= 0, got -1"):
-        train_epoch(X, Y, None, Ws, bs, make_state(Ws, bs), cfg, split_min=-1)
 
 
 def test_clipping_changes_the_result(rng):
@@ -476,10 +447,8 @@ Ws = [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))]
 bs = [np.zeros(4), np.zeros(2)]
 cfg = nt.FusedConfig(loss="mse", batch_size=4, activation="leaky_relu")
 nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg)
-nt.train_epoch(X, Y, None, Ws, bs, nt.make_state(Ws, bs), cfg, split_min=1)
-for split in (False, True):
-    stats = nt._epoch_kernel(cfg.spec, split).stats
-    print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+stats = nt._epoch_kernel(cfg.spec).stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 
 
@@ -496,7 +465,5 @@ def test_compiled_epoch_loads_from_the_disk_cache_in_a_new_process():
     runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE], cwd=root, env=env,
                            capture_output=True, text=True, check=True).stdout.split()
             for _ in range(2)]
-    hits, misses, split_hits, split_misses = (int(v) for v in runs[1])  # the second loads
-    # (the probe's split epoch: a cached kernel whose split ran before Numba's thread pool
-    # was started segfaulted; check=True above fails on that)
-    assert (hits, misses, split_hits, split_misses) == (1, 0, 1, 0), runs
+    hits, misses = (int(v) for v in runs[1])  # the first run may compile; the second loads
+    assert (hits, misses) == (1, 0), runs

@@ -546,7 +546,6 @@ class _FitAdapter:
         self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
         self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
         spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
-        self.spec = spec
         self.kernel = _nt._epoch_kernel(spec)
         self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
 
@@ -594,8 +593,7 @@ def train_epoch(plan, *args, **kwargs):
         (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
          hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
          plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act, hyper.get("alpha", 0.99)),
-        hyper.get("nesterov", False), opt.decay,
-        _nt.SPLIT_MIN_MNK if plan.split_matmuls else 0)
+        hyper.get("nesterov", False), opt.decay)
     start_step = opt.steps
     np.copyto(ad.start_params, plan.params)
     for saved, arr in zip(ad.start_state, state_arrays):
@@ -616,18 +614,12 @@ def train_epoch(plan, *args, **kwargs):
     return done
 
 
-train_epoch.splits_matmuls = True
-"""fit may set plan.split_matmuls (BLAS held to one thread): the kernel then runs its large
-matmuls as one-thread BLAS calls on Numba's threads at once (numba_train._mm_split)."""
-
-
 def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
     """Rows lo:hi of the epoch (lo a multiple of the batch size) through the kernel from
     optimizer step `step`; returns the number of batches it completed (offset by lo's)."""
     ad.state.step[0] = step
     k0 = lo // plan.batch_size
-    kernel = _nt._epoch_kernel(ad.spec, True) if plan.split_matmuls else ad.kernel
-    _nt._launch(kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
+    _nt._launch(ad.kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
                 ad.Ws, ad.bs, ad.state, ad.ws, plan.batch_loss[k0:], plan.grad_sq[k0:])
     plan.optimizer.steps = int(ad.state.step[0])
     return k0 + int(ad.ws.result[0])

@@ -7,8 +7,8 @@ nothing: every buffer comes from `make_workspace` (cached by the caller), optimi
 from `make_state`; matmuls are BLAS calls through ``np.dot(a, b, out)`` with transposes
 passed as layout flags (``np.dot(h.T, g, dW)``); bias + activation, the loss + its gradient
 + the bias reduction, and the activation backward + the bias reduction are each one pass.
-Numba threads only split the large matmuls, and only with BLAS on one thread (see
-Threads): they must not spin beside OpenBLAS's pool (DESIGN.md §5).
+No Numba threads (``prange``) are used: at these sizes they never helped, and they must not
+spin beside OpenBLAS's pool (DESIGN.md §5).
 
 Contract
 --------
@@ -64,10 +64,7 @@ loss, optimizer and the rest of the config are run-time switches outside the inn
 so a trainer and the test suite pay few compiles. cache=True, and the functions are built
 so that the cache hits in a new process (see `_build_epoch`).
 
-Threads: by default no Numba threads. With ``split_min`` (the trainer sets it when the
-matmuls are large and a core is idle) the large matmuls run as one-thread BLAS calls on
-Numba's threads at once (numba_blas.gemm_split_rows), with BLAS held to one thread by the
-caller. Numba's np.dot calls SciPy's OpenBLAS, a second library beside
+Threads: no Numba threads. Numba's np.dot calls SciPy's OpenBLAS, a second library beside
 NumPy's; a caller limiting BLAS threads with threadpoolctl must import scipy.linalg first
 so both are limited. One workspace and one state per concurrent caller (the kernel
 releases the GIL and writes into them).
@@ -86,7 +83,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -94,7 +90,6 @@ from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
 from ._specialize import njit_tagged, specialize
-from .numba_blas import gemm_split_rows
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -344,7 +339,7 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         g=np.zeros(total, dtype), offsets=offsets,
         dW=tuple(np.zeros((sizes[i], sizes[i + 1]), dtype) for i in range(L)),
         db=tuple(np.zeros(sizes[i + 1], dtype) for i in range(L)),
-        hp=np.zeros(len(_HP), dtype), ip=np.zeros(8, np.int64),
+        hp=np.zeros(len(_HP), dtype), ip=np.zeros(6, np.int64),
         loss_acc=np.zeros(1, np.float64), grad_sq=np.zeros(L, np.float64),
         batch_sq=np.zeros(L, np.float64),
         active=np.zeros(n_hidden_units, np.int32),
@@ -381,30 +376,6 @@ def _sumsq(a):
         v = np.float64(f[i])
         s += v * v
     return s
-
-
-SPLIT_MIN_MNK = 1 << 20
-"""The trainer's `split_min`: products from this many multiply-adds (m*n*k) up split over
-Numba's threads; the medium net's hidden-layer products (4.2M and more) do, its output
-layer's (164K) does not (a parallel region costs a few µs; bench/gemm_split.py)."""
-
-
-@njit(**_JIT)
-def _mm_serial(a, b, out, split_min, parts):
-    # out = a @ b: the epoch kernel's matmul without splitting (the kernel used unless a
-    # split is asked for: it needs no Numba thread pool).
-    np.dot(a, b, out)
-
-
-@njit(**_JIT)
-def _mm_split(a, b, out, split_min, parts):
-    # out = a @ b. From split_min multiply-adds up (0: never), one one-thread BLAS call per
-    # Numba thread at once, each on a block of out's rows (no reduction): at the medium
-    # net's shapes that beats OpenBLAS's own two-thread split (bench/gemm_split.py).
-    if split_min > 0 and out.shape[0] * out.shape[1] * a.shape[1] >= split_min:
-        gemm_split_rows(a, b, out, 0.0, parts)
-    else:
-        np.dot(a, b, out)
 
 
 @njit(**_JIT)
@@ -558,7 +529,7 @@ def _saturation_kind(spec: ActivationSpec) -> int:
 # full recompile each time); globals are frozen at compile time instead. Each copy gets
 # its own __qualname__ (so its own cache entry): see _specialize. These placeholders are
 # never compiled.
-_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = _mm = None
+_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = None
 _SAT = _SAT_NONE
 _SAVED_Y = False
 
@@ -614,11 +585,9 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
           gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
           result, batch_losses, batch_sqs):
     # One epoch (see the module docstring). ip: batch size, loss, optimizer, nesterov,
-    # use_order, decay (index into DECAYS), split_min and parts (see _mm); hp: _HP in the
-    # arrays' dtype.
-    # Outputs: loss_acc (summed loss times batch rows), grad_sq (summed per layer),
-    # active/saturated (counts), result: batches and samples applied, bad batch, bad layer.
-    # batch_sq is scratch.
+    # use_order, decay (index into DECAYS); hp: _HP in the arrays' dtype. Outputs: loss_acc
+    # (summed loss times batch rows), grad_sq (summed per layer), active/saturated (counts),
+    # result: batches and samples applied, bad batch, bad layer. batch_sq is scratch.
     # batch_losses (n_batches,) and batch_sqs (n_batches, L), when not empty, receive every
     # batch's mean loss and per-layer squared gradient norm, the stopping batch's included (the
     # trainer's EpochPlan.batch_loss / grad_sq).
@@ -630,8 +599,6 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     nesterov = ip[3] != 0
     use_order = ip[4] != 0
     sk_decay = ip[5] == 1
-    split_min = ip[6]
-    parts = ip[7]
     lr = hp[0]
     mom = hp[1]
     b1 = hp[2]
@@ -680,11 +647,11 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             z = zbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                _mm(xb, W, z, split_min, parts)
+                np.dot(xb, W, z)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
-                _mm(hbuf[p: p + r * mp].reshape((r, mp)), W, z, split_min, parts)
+                np.dot(hbuf[p: p + r * mp].reshape((r, mp)), W, z)
             if layer < L - 1:
                 _hidden_forward(z, hbuf[o: o + r * m].reshape((r, m)), bs[layer],
                                active[unit: unit + m], saturated[unit: unit + m], a, b)
@@ -700,14 +667,14 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             g = gbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                _mm(xb.T, g, dWs[0], split_min, parts)
+                np.dot(xb.T, g, dWs[0])
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
                 hp_ = hbuf[p: p + r * mp].reshape((r, mp))
-                _mm(hp_.T, g, dWs[layer], split_min, parts)
+                np.dot(hp_.T, g, dWs[layer])
                 gp = gbuf[p: p + r * mp].reshape((r, mp))
-                _mm(g, W.T, gp, split_min, parts)
+                np.dot(g, W.T, gp)
                 _hidden_backward(gp, zbuf[p: p + r * mp].reshape((r, mp)), hp_,
                                 dbs[layer - 1], a, b)
         # ---- scikit-learn's penalty: part of the batch loss, from the weights before the
@@ -785,47 +752,28 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
 
 
 
-_NAMESPACES: dict[str, dict] = {}
+def _build_epoch(spec: ActivationSpec):
+    """The compiled epoch function for one hidden activation (any dtype, any depth)."""
+    namespace = dict(globals())
+    namespace.update(
+        _fwd=compile_scalar(spec.scalar_forward, _scalar),
+        _bwd=compile_scalar(spec.scalar_backward, _scalar),
+        _SAT=_saturation_kind(spec),
+        _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
+    )
+
+    for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
+        namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
+    return specialize(_t_epoch, namespace, spec.name, **_JIT)
 
 
-def _namespace(spec: ActivationSpec) -> dict:
-    """The globals of one hidden activation's compiled parts (its formulas bound)."""
-    namespace = _NAMESPACES.get(spec.name)
-    if namespace is None:
-        namespace = _NAMESPACES[spec.name] = dict(globals())
-        namespace.update(
-            _fwd=compile_scalar(spec.scalar_forward, _scalar),
-            _bwd=compile_scalar(spec.scalar_backward, _scalar),
-            _SAT=_saturation_kind(spec),
-            _SAVED_Y=spec.needs == "y",  # else the pre-activation (ignored when needs is None)
-        )
-        for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
-            namespace[name] = specialize(globals()[f"_t{name}"], namespace, spec.name, **_JIT)
-    return namespace
+_EPOCHS: dict[str, Any] = {}
 
 
-def _build_epoch(spec: ActivationSpec, split: bool = False):
-    """The compiled epoch function for one hidden activation (any dtype, any depth); with
-    split, the variant whose large matmuls may run split over Numba's threads (`split_min`):
-    a variant of its own, so that the kernel without it needs no thread pool."""
-    namespace = {**_namespace(spec), "_mm": _mm_split if split else _mm_serial}
-    tag = spec.name + ("_split" if split else "")
-    return specialize(_t_epoch, namespace, tag, **_JIT)
-
-
-_EPOCHS: dict[tuple[str, bool], Any] = {}
-
-
-def _epoch_kernel(spec: ActivationSpec, split: bool = False):
-    """The compiled epoch (see `_build_epoch`), built once per process."""
-    k = _EPOCHS.get((spec.name, split))
+def _epoch_kernel(spec: ActivationSpec):
+    k = _EPOCHS.get(spec.name)
     if k is None:
-        if split:
-            # This variant links in a parallel function (numba_blas.gemm_split_rows). Numba
-            # starts its thread pool when it compiles one, not when a caller comes from the
-            # disk cache: such a kernel crashed (segfault) on its first call. Start it here.
-            numba.get_num_threads()
-        k = _EPOCHS[(spec.name, split)] = _build_epoch(spec, split)
+        k = _EPOCHS[spec.name] = _build_epoch(spec)
     return k
 
 
@@ -884,15 +832,11 @@ _NO_BATCH_SQS = np.zeros((0, 0))
 
 
 def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_order: bool,
-               hp: tuple, nesterov: bool, decay: str = "pytorch", split_min: int = 0) -> None:
-    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`.
-    split_min > 0: matmuls of at least this many multiply-adds run split over Numba's
-    threads (`_mm`, as many parts as numba.get_num_threads()); the caller must hold SciPy's
-    BLAS to one thread meanwhile."""
+               hp: tuple, nesterov: bool, decay: str = "pytorch") -> None:
+    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`."""
     ws.hp[:] = hp
     ws.ip[:] = (batch_size, LOSSES.index(loss), OPTIMIZERS.index(optimizer), int(nesterov),
-                int(use_order), DECAYS.index(decay), int(split_min),
-                numba.get_num_threads() if split_min else 1)
+                int(use_order), DECAYS.index(decay))
 
 
 def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
@@ -908,19 +852,10 @@ def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
 def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
                 weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
                 state: OptimizerState, config: FusedConfig,
-                workspace: Workspace | None = None, *, split_min: int = 0) -> EpochStats:
+                workspace: Workspace | None = None) -> EpochStats:
     """One epoch of mini-batch training in one compiled call (see the module docstring for
     the full contract). Weights, biases and state are updated in place. All arguments are
-    checked here, before any compiled code runs.
-
-    split_min: 0 (default) runs every matmul as one BLAS call; > 0 runs those of at least
-    this many multiply-adds (m*n*k; `SPLIT_MIN_MNK` is the trainer's choice) as one
-    one-thread BLAS call per Numba thread, at once, each on a block of the output's rows.
-    Hold SciPy's BLAS to one thread meanwhile (threadpoolctl, after importing scipy.linalg):
-    its pool must never spin beside Numba's."""
-    if isinstance(split_min, bool) or not isinstance(split_min, (int, np.integer)) \
-            or split_min < 0:
-        raise ValueError(f"split_min must be an int >= 0, got {split_min!r}")
+    checked here, before any compiled code runs."""
     if not isinstance(config, FusedConfig):
         raise TypeError(f"config must be a FusedConfig, got {type(config).__name__}")
     Ws, bs, dtype, sizes = _check_params(weights, biases)
@@ -951,9 +886,8 @@ def train_epoch(X: np.ndarray, Y: np.ndarray, order: np.ndarray | None,
     _configure(ws, config.loss, config.optimizer, config.batch_size, order is not None,
                (config.lr, config.momentum, config.beta1, config.beta2, config.eps,
                 config.weight_decay, config.clip_norm, config.clip_value, a, b, config.alpha),
-               config.nesterov, config.decay, split_min)
-    _launch(_epoch_kernel(config.spec, split_min > 0), X, order_arr, labels, targets, Ws, bs,
-            state, ws)
+               config.nesterov, config.decay)
+    _launch(_epoch_kernel(config.spec), X, order_arr, labels, targets, Ws, bs, state, ws)
     n_batches, n_samples, bad_batch, bad_layer = (int(v) for v in ws.result)
     bounds = np.cumsum((0, *sizes[1:-1]))
     active = [ws.active[bounds[i]:bounds[i + 1]].astype(np.int64)
