@@ -27,7 +27,7 @@ from functools import partial
 
 import numpy as np
 import scipy.linalg  # noqa: F401  (SciPy's OpenBLAS, the one numba calls, joins threadpoolctl)
-from numba import njit
+from numba import get_num_threads, njit
 from threadpoolctl import ThreadpoolController
 
 from fastgrad.backends.numba_blas import gemm, gemm_split, gemm_split_rows
@@ -72,6 +72,9 @@ def main() -> None:
     p.add_argument("--ms", type=float, default=40.0, help="length of one timed block")
     p.add_argument("--only", default="", help="only the products whose name holds this")
     args = p.parse_args()
+    # Start Numba's thread pool: _loop_split, a cached caller of the parallel splits,
+    # crashes when loaded from the disk cache before the pool runs (numba_blas's docstring).
+    get_num_threads()
     ctl = ThreadpoolController()
     rng = np.random.default_rng(0)
     cases = products(128, (784, 256, 128, 10), rng) + products(512, (784, 1024, 1024, 10), rng)

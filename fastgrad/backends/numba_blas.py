@@ -1,4 +1,4 @@
-"""General matrix products on strided views for compiled Numba code, and a two-thread split.
+"""Matrix products on strided views for compiled Numba code, and a split over threads.
 
 Numba's ``np.dot(a, b, out)`` calls BLAS only for contiguous operands and copies any other
 view first (an allocation inside a loop that is meant to allocate nothing). `gemm` calls
@@ -9,11 +9,13 @@ not by address, so kernels calling it stay in Numba's disk cache across processe
 
 `gemm_split_rows` runs one product as one-thread BLAS calls on Numba's threads at once,
 each on a block of the output's rows (no reduction: each thread owns its block of
-``out``); `gemm_split` (two halves of the columns) is kept for bench/gemm_split.py. At the
-medium MLP's shapes (128x784 @ 784x256 and its gradient 784x128 @ 128x256) OpenBLAS's own
-two-thread split reaches well under twice its one-thread rate (see bench/RESULTS.md):
-SciPy's OpenBLAS must then be limited to one thread (threadpoolctl) while the split runs,
-so that its pool never spins beside Numba's (DESIGN.md §5).
+``out``); `gemm_split` splits two halves of the columns. Hold SciPy's OpenBLAS to one
+thread (threadpoolctl) around them, so that its pool never spins beside Numba's (DESIGN.md
+§5). Measured (bench/gemm_split.py, bench/RESULTS.md): at the MLP steps' shapes they are
+level with OpenBLAS's own two threads (0.98-1.09x), so the fused epoch does not use them;
+they stay as the tested prototype of that result. A parallel function from the disk cache
+needs Numba's thread pool started first (``numba.get_num_threads()``): a cached caller
+of `gemm_split_rows` crashed on its first call without it.
 """
 
 from __future__ import annotations
