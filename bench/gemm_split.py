@@ -6,7 +6,7 @@ batch 512) MLP steps, float32, timed from compiled code (as the fused epoch call
 
 - ``np.dot 2T``: numba's np.dot (SciPy's OpenBLAS), BLAS on 2 threads;
 - ``np.dot 1T``: the same, BLAS limited to 1 thread;
-- ``split cols`` / ``split rows``: fastgrad.backends.numba_blas.gemm_split(_rows), BLAS on 1
+- ``split cols`` / ``split rows``: bench.numba_blas.gemm_split(_rows), BLAS on 1
   thread, each Numba thread one half of the output's columns / rows.
 
 Blocks of calls (~`--ms` each) of each method alternate, `--rounds` times; the table gives
@@ -30,7 +30,7 @@ import scipy.linalg  # noqa: F401  (SciPy's OpenBLAS, the one numba calls, joins
 from numba import get_num_threads, njit
 from threadpoolctl import ThreadpoolController
 
-from fastgrad.backends.numba_blas import gemm, gemm_split, gemm_split_rows
+from .numba_blas import gemm, gemm_split, gemm_split_rows
 
 
 @njit(cache=True, nogil=True)

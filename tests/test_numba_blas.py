@@ -1,13 +1,21 @@
-"""numba_blas: BLAS products on strided views from compiled code, and their row split over
-Numba's threads, against NumPy in float64."""
+"""bench/numba_blas.py (the matmul-split prototype of issue #7): BLAS products on strided
+views from compiled code, and their row split over Numba's threads, against NumPy in
+float64."""
 
 from __future__ import annotations
+
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastgrad.backends.numba_blas import gemm, gemm_split, gemm_split_rows
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ is not installed: it lives beside the package
+    sys.path.insert(0, str(ROOT))
+
+from bench.numba_blas import gemm, gemm_split, gemm_split_rows  # noqa: E402
 
 TOL = {np.float32: {"rtol": 1e-4, "atol": 1e-5}, np.float64: {"rtol": 1e-12, "atol": 1e-12}}
 
