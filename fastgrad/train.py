@@ -397,7 +397,7 @@ def _layer_runner(model: Sequential, backend) -> Callable:
 BLAS_SINGLE_THREAD_FLOPS = 2e7
 """fit limits BLAS to one thread while it trains when one batch's matmuls (forward and
 backward, 6 * batch * sum of d_in * d_out) take fewer FLOPs than this, or when the machine
-has no idle core (`machine_busy`). Why (2-core machine, DESIGN.md §5 and
+has no idle core for a second thread (`machine_busy`). Why (2-core machine, DESIGN.md §5 and
 docs/training.md): the 64-64-10 net at batch 32 (0.9 MFLOP a batch) gains nothing from a
 second thread, while 784-256-128-10 at batch 128 (181 MFLOP) runs ~1.7x faster with two
 on an idle machine; the threshold sits between the two, near their geometric mean. On a
@@ -411,14 +411,65 @@ def batch_matmul_flops(layers: Sequence[tuple], batch_size: int) -> int:
 
 
 def machine_busy() -> bool:
-    """True when the 1-minute load average leaves no idle core for a second BLAS thread
-    (load > cores - 0.5); False where the load average is unavailable."""
+    """True when other processes' runnable threads leave no idle core for a second BLAS
+    thread: more than cores - 1.5 of them (on 2 cores: any). Counted from /proc where it
+    exists (`other_runnable_threads`), else from the 1-minute load average (load > cores -
+    0.5, this process's own thread included); False where neither is available.
+
+    Not the load average alone where /proc has the count: it includes this process's own
+    threads over the last minute, so a program that has just run two threads (a benchmark,
+    a previous fit) would find its own load and train on one."""
     import os
+    cores = os.cpu_count() or 1
+    others = other_runnable_threads()
+    if others is not None:
+        return others > cores - 1.5
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return False
-    return load > (os.cpu_count() or 1) - 0.5
+    return load > cores - 0.5
+
+
+def other_runnable_threads(samples: int = 3, pause: float = 2e-4) -> int | None:
+    """Runnable threads of other processes now: /proc/loadavg's running count less this
+    process's own running threads (/proc/self/task/*/stat), the smallest of a few samples
+    `pause` seconds apart (a single sample catches short-lived kernel work). None where
+    /proc is not available."""
+    import time
+    counts = []
+    for i in range(samples):
+        if i:
+            time.sleep(pause)
+        try:
+            with open("/proc/loadavg") as f:
+                loadavg = f.read()
+            own = _own_running_threads()
+        except OSError:
+            return None
+        counts.append(running_from_loadavg(loadavg) - own)
+    return max(0, min(counts))
+
+
+def running_from_loadavg(text: str) -> int:
+    """The running count of /proc/loadavg ("0.52 0.58 0.59 3/219 4242": 3), the reading
+    thread itself included."""
+    return int(text.split()[3].split("/")[0])
+
+
+def _own_running_threads() -> int:
+    import os
+    running = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "tid (comm) S ...": the state follows the last ")" (comm may hold spaces, parens)
+        if stat[stat.rindex(")") + 2] == "R":
+            running += 1
+    return running
 
 
 def blas_thread_limit(layers: Sequence[tuple], batch_size: int):

@@ -4,6 +4,7 @@ weights, optimizer state, clipping, early stopping and the NonFiniteError path."
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -332,8 +333,25 @@ def test_blas_limited_to_one_thread_for_small_batches_and_restored(monkeypatch):
         6 * 16 * (8 * 16 + 16 * 3)
 
 
-def test_machine_busy_reads_the_load_average(monkeypatch):
+def test_machine_busy_counts_other_processes_runnable_threads(monkeypatch):
     import os
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train, "other_runnable_threads", lambda: 1)
+    assert train.machine_busy()
+    monkeypatch.setattr(train, "other_runnable_threads", lambda: 0)
+    # this process's own load (a benchmark that just ran two threads) does not count
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 0.0, 0.0))
+    assert not train.machine_busy()
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(train, "other_runnable_threads", lambda: 6)
+    assert not train.machine_busy()
+    monkeypatch.setattr(train, "other_runnable_threads", lambda: 7)
+    assert train.machine_busy()
+
+
+def test_machine_busy_falls_back_to_the_load_average(monkeypatch):
+    import os
+    monkeypatch.setattr(train, "other_runnable_threads", lambda: None)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 0.0, 0.0))
     assert train.machine_busy()
@@ -345,6 +363,37 @@ def test_machine_busy_reads_the_load_average(monkeypatch):
 
     monkeypatch.setattr(os, "getloadavg", unavailable)
     assert not train.machine_busy()
+
+
+def test_running_count_parsing():
+    assert train.running_from_loadavg("0.52 0.58 0.59 3/219 4242\n") == 3
+    assert train.running_from_loadavg("12.00 9.10 8.00 17/1024 1") == 17
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="needs Linux's /proc")
+def test_own_threads_are_not_counted_as_other_processes():
+    """This process's running threads (the test's own, at least) are subtracted: the count
+    of other processes' runnable threads is never negative, and a thread of ours spinning
+    in NumPy (GIL released) does not raise it."""
+    import threading
+
+    stop = threading.Event()
+
+    def spin():
+        a = np.ones(1 << 16)
+        while not stop.is_set():
+            np.sqrt(a, out=a)
+
+    before = train.other_runnable_threads()
+    worker = threading.Thread(target=spin, daemon=True)
+    worker.start()
+    try:
+        during = train.other_runnable_threads(samples=5)
+    finally:
+        stop.set()
+        worker.join()
+    assert before is not None and before >= 0
+    assert during is not None and during <= max(before, 0) + 1  # + 1: another process may wake
 
 
 def test_blas_policy_without_threadpoolctl(monkeypatch):
