@@ -62,6 +62,9 @@ z = rng.standard_normal((4, 5)).astype(np.float32)
 p = fg.softmax_forward(z, backend="numba")
 RESULTS["softmax"] = float(fg.softmax_backward(np.ones_like(z), y=p, backend="numba")[0, 0]
                            + p.sum())
+# ... and the threaded row kernel, from PARALLEL_THRESHOLD elements
+zb = rng.standard_normal((numba_cpu.PARALLEL_THRESHOLD // 256, 256)).astype(np.float32)
+RESULTS["softmax_rows"] = float(fg.softmax_forward(zb, backend="numba").sum())
 # the dense layer with a fused tanh, float64
 x2 = rng.standard_normal((3, 4))
 W = rng.standard_normal((4, 5))
@@ -94,8 +97,9 @@ _ENTRY_POINTS = (
     "numba_cpu._t_backward_serial__relu_float64__",
     "numba_cpu._t_forward_parallel__sigmoid_float32__",
     "numba_cpu._t_backward_serial__sigmoid_float32__",
-    "numba_cpu.softmax_forward_rows__",
-    "numba_cpu.softmax_backward_rows__",
+    "numba_cpu._t_softmax_forward_rows__serial__",
+    "numba_cpu._t_softmax_backward_rows__serial__",
+    "numba_cpu._t_softmax_forward_rows__parallel__",
     "numba_cpu._t_linear_forward__tanh_float64__",
     "numba_cpu._t_linear_backward__tanh_float64__",
     "numba_cpu.cross_entropy_forward__",

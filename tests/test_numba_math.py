@@ -287,3 +287,20 @@ def test_row_max_by_order_keys_matches_numpy_and_propagates_nan():
             y = fg.forward(name, x, backend="numba")
             assert np.isnan(y[[1, 5]]).all(), name
             assert not np.isnan(y[[0, 4]]).any(), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_kernels_serial_and_threaded_agree(dtype, rng):
+    """The numba row kernels come in a serial and a threaded copy (by size): both give
+    the same bits, forward and backward, for both row activations."""
+    x = (rng.standard_normal((37, 129)) * 4).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    for name, (forward, backward) in numba_cpu._ROWS.items():
+        ys = [np.empty_like(x) for _ in forward]
+        for kernel, y in zip(forward, ys):
+            kernel(x, y)
+        np.testing.assert_array_equal(ys[0], ys[1], err_msg=name)
+        outs = [np.empty_like(x) for _ in backward]
+        for kernel, out in zip(backward, outs):
+            kernel(ys[0], g, out)
+        np.testing.assert_array_equal(outs[0], outs[1], err_msg=name)

@@ -42,7 +42,6 @@ _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 # Module-level kernels inline code of other files (numba_math's exp, the loss formulas):
 # njit_tagged keys their cache entries on those files too.
 _jit = njit_tagged(**_JIT)
-_parallel_jit = njit_tagged(parallel=True, **_JIT)
 
 
 # Templates of the elementwise kernels, never compiled themselves: `_make_elementwise`
@@ -184,8 +183,7 @@ def _row_sum_exp(x, i, m):
     return total
 
 
-@_parallel_jit
-def softmax_forward_rows(x, out):
+def _t_softmax_forward_rows(x, out):
     if x.shape[1] == 0:
         return
     for i in prange(x.shape[0]):
@@ -196,8 +194,7 @@ def softmax_forward_rows(x, out):
             out[i, j] *= inv
 
 
-@_parallel_jit
-def log_softmax_forward_rows(x, out):
+def _t_log_softmax_forward_rows(x, out):
     if x.shape[1] == 0:
         return
     for i in prange(x.shape[0]):
@@ -209,8 +206,7 @@ def log_softmax_forward_rows(x, out):
             out[i, j] = (x[i, j] - m) - shift
 
 
-@_parallel_jit
-def softmax_backward_rows(y, g, out):
+def _t_softmax_backward_rows(y, g, out):
     # grad_x = y * (g - sum(g * y)), the Jacobian diag(y) - y y^T applied to g.
     for i in prange(y.shape[0]):
         dot = _row_dot(g, y, i)
@@ -218,8 +214,7 @@ def softmax_backward_rows(y, g, out):
             out[i, j] = y[i, j] * (g[i, j] - dot)
 
 
-@_parallel_jit
-def log_softmax_backward_rows(y, g, out):
+def _t_log_softmax_backward_rows(y, g, out):
     # grad_x = g - exp(y) * sum(g)
     for i in prange(y.shape[0]):
         # The sum in the arrays' dtype: a float64 factor would widen the loop (half the
@@ -229,10 +224,30 @@ def log_softmax_backward_rows(y, g, out):
             out[i, j] = g[i, j] - exp(y[i, j]) * total
 
 
+def _row_variants(template):
+    """(serial, parallel) compiled copies of a row-kernel template (prange is range in
+    the serial one). Small arrays take the serial one: a prange region wakes Numba's
+    threads, which then spin beside OpenBLAS's pool after a gemm (a softmax of 128 x 10
+    after the medium net's matmuls took its layer-by-layer step from ~1,000 to ~125
+    steps/s on 2 threads)."""
+    return tuple(specialize(template, globals(), variant, **_JIT, parallel=parallel)
+                 for variant, parallel in (("serial", False), ("parallel", True)))
+
+
+softmax_forward_rows = _row_variants(_t_softmax_forward_rows)
+log_softmax_forward_rows = _row_variants(_t_log_softmax_forward_rows)
+softmax_backward_rows = _row_variants(_t_softmax_backward_rows)
+log_softmax_backward_rows = _row_variants(_t_log_softmax_backward_rows)
+
 _ROWS = {
     "softmax": (softmax_forward_rows, softmax_backward_rows),
     "log_softmax": (log_softmax_forward_rows, log_softmax_backward_rows),
 }
+
+
+def _rows_kernel(spec: ActivationSpec, backward: bool, size: int):
+    """The row kernel for an array of `size` elements: threads from PARALLEL_THRESHOLD."""
+    return _ROWS[spec.name][backward][size >= PARALLEL_THRESHOLD]
 
 _KERNELS: dict[tuple[str, np.dtype], dict] = {}
 
@@ -260,7 +275,7 @@ def _scalars(dtype, a: float, b: float):
 
 def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None:
     if spec.rowwise:
-        _ROWS[spec.name][0](x, out)
+        _rows_kernel(spec, False, x.size)(x, out)
         return
     serial, parallel = _kernels(spec, x.dtype)["forward"]
     kernel = parallel if x.size >= PARALLEL_THRESHOLD else serial
@@ -269,7 +284,7 @@ def activation_forward(spec: ActivationSpec, x, out, a: float, b: float) -> None
 
 def activation_backward(spec: ActivationSpec, grad, saved, out, a: float, b: float) -> None:
     if spec.rowwise:
-        _ROWS[spec.name][1](saved, grad, out)
+        _rows_kernel(spec, True, grad.size)(saved, grad, out)
         return
     if saved is None:  # identity / binary_step: the formula ignores it
         saved = grad
@@ -283,7 +298,7 @@ def linear_forward(x, W, bias, out, pre, spec: ActivationSpec, a: float, b: floa
         identity = _kernels(ACTIVATIONS["identity"], x.dtype)["linear_forward"]
         z = out if pre is None else pre
         identity(x, W, *_bias_args(bias, out), z, z, *_scalars(x.dtype, a, b))
-        _ROWS[spec.name][0](z, out)
+        _rows_kernel(spec, False, z.size)(z, out)
         return
     kernel = _kernels(spec, x.dtype)["linear_forward"]
     kernel(x, W, *_bias_args(bias, out), out if pre is None else pre, out,
@@ -305,7 +320,7 @@ def linear_backward(grad_y, x, W, saved, spec: ActivationSpec, a: float, b: floa
     grad_x = np.empty(x.shape, dtype) if need_grad_x else np.empty((0, 0), dtype)
     if spec.rowwise:
         g = np.empty_like(grad_y)
-        _ROWS[spec.name][1](saved, grad_y, g)
+        _rows_kernel(spec, True, g.size)(saved, grad_y, g)
         spec, saved = ACTIVATIONS["identity"], g
         grad_y = g
     kernel = _kernels(spec, dtype)["linear_backward"]
