@@ -52,9 +52,9 @@ cdef extern from "_kernels_simd.h" nogil:
     void fg_forward_f64(int k, const double *x, double *y, Py_ssize_t n, double a, double b,
                         int stream)
     void fg_backward_f32(int k, const float *s, const float *g, float *out, Py_ssize_t n,
-                         float a, float b, int stream)
+                         float a, float b)
     void fg_backward_f64(int k, const double *s, const double *g, double *out, Py_ssize_t n,
-                         double a, double b, int stream)
+                         double a, double b)
     void fg_rows_forward_f32(int k, const float *x, float *y, Py_ssize_t rows,
                              Py_ssize_t cols, int stream)
     void fg_rows_forward_f64(int k, const double *x, double *y, Py_ssize_t rows,
@@ -247,9 +247,10 @@ cdef size_t _stream_min_bytes = FG_STREAM_MIN_BYTES
 
 
 def _set_stream_min_bytes(nbytes):
-    """Outputs of at least `nbytes` are written with streaming stores; returns the previous
-    threshold. For tests (0: always, which must not change a single bit) and benchmarks
-    (a huge value: never)."""
+    """Outputs of at least `nbytes` are written with streaming stores (memory-bound
+    forward kernels and softmax; see _kernels_simd.h: off by default, since whether they
+    pay depends on the cache); returns the previous threshold. For benchmarks
+    (bench/stream_stores.py) and tests (0: always, which must not change a single bit)."""
     global _stream_min_bytes
     if nbytes < 0:
         raise ValueError(f"nbytes must be >= 0, got {nbytes}")
@@ -268,7 +269,10 @@ cdef inline int _streams(const void *out, size_t nbytes, const void *in1,
 cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating a,
                    floating b, int nthreads) noexcept nogil:
     cdef Py_ssize_t t, start, stop, chunk
-    cdef int stream = _streams(y, n * sizeof(floating), x, x)
+    # Streamed (when turned on) only where memory is the bound: sigmoid ran 0.87-0.93x,
+    # its buffer copy adding to a compute-bound loop.
+    cdef int stream = (not fg_kernel_transcendental[k]
+                       and _streams(y, n * sizeof(floating), x, x))
     if nthreads <= 1 or n <= FG_BLOCK:
         if floating is float:
             fg_forward_f32(k, x, y, n, a, b, stream)
@@ -289,12 +293,11 @@ cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating
 cdef void _backward(int k, const floating *s, const floating *g, floating *out, Py_ssize_t n,
                     floating a, floating b, int nthreads) noexcept nogil:
     cdef Py_ssize_t t, start, stop, chunk
-    cdef int stream = _streams(out, n * sizeof(floating), s, g)
     if nthreads <= 1 or n <= FG_BLOCK:
         if floating is float:
-            fg_backward_f32(k, s, g, out, n, a, b, stream)
+            fg_backward_f32(k, s, g, out, n, a, b)
         else:
-            fg_backward_f64(k, s, g, out, n, a, b, stream)
+            fg_backward_f64(k, s, g, out, n, a, b)
         return
     chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
@@ -302,11 +305,9 @@ cdef void _backward(int k, const floating *s, const floating *g, floating *out, 
         stop = min(start + chunk, n)
         if start < stop:
             if floating is float:
-                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b,
-                                stream)
+                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b)
             else:
-                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b,
-                                stream)
+                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b)
 
 
 cdef void _rows(int k, const floating *s, const floating *g, floating *out, Py_ssize_t rows,

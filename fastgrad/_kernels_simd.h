@@ -82,16 +82,20 @@ static int fg_cpu_avx512(void) { return __builtin_cpu_supports("avx512f"); }
 #define FG_ROW_INLINE inline
 #endif
 
-/* Streaming (non-temporal) stores. An ordinary store to a line that is not in cache first
- * reads it (read-for-ownership): writing an output far larger than the last-level cache
- * moves its bytes twice, a third stream beside the input's and the output's own. A
- * non-temporal store writes the line without reading it (measured: relu into a 64 MiB
- * output 1.2x faster on one thread). It also leaves the output out of cache, so callers
- * stream only outputs of at least FG_STREAM_MIN_BYTES, which no cache would keep for
- * their consumer anyway, and never in place (the input's lines are in cache already).
- * The fence orders the streamed stores before anything the thread does next (OpenMP's
- * barrier, the caller's return). */
-#define FG_STREAM_MIN_BYTES ((size_t)32 << 20)
+/* Streaming (non-temporal) stores, OFF by default (FG_STREAM_MIN_BYTES = SIZE_MAX; the
+ * Cython module's _set_stream_min_bytes turns them on for outputs of at least that many
+ * bytes). An ordinary store to a line that is not in cache first reads it
+ * (read-for-ownership), a third stream of traffic beside the input's and the output's; a
+ * non-temporal store writes the line without reading it, but also without keeping it in
+ * cache. Measured with bench/stream_stores.py (2^24 float32, two threads, this shared
+ * VM, 2026-11-28): identity and relu forward 1.06-1.26x and softmax 1.03-1.18x in most
+ * runs, but identity 0.54-0.81x in runs where the ordinary stores reached 55-60 GB/s, above
+ * DRAM's copy rate: the host's cache held the 64 MiB output, which streaming throws out.
+ * Whether it pays depends on a cache size the VM does not report (it says 32 MiB), so it
+ * stays off. Memory-bound forward kernels and softmax only (sigmoid 0.87-0.93x and relu
+ * backward 0.90-0.95x even in the good runs: the buffer copy adds to their loops); never
+ * in place. The fence orders the streamed stores before anything the thread does next. */
+#define FG_STREAM_MIN_BYTES ((size_t)-1)
 #if defined(__GNUC__)
 #define FG_ALIGNED __attribute__((aligned(64)))
 #else

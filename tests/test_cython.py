@@ -235,10 +235,11 @@ def stream_min_bytes():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streaming_stores_never_change_results(dtype, rng, stream_min_bytes):
-    """Outputs written with streaming stores (large outputs, see fg_stream_copy) hold the
-    same bits as ordinary stores: for every elementwise kernel, forward and backward, any
-    length (chunks of 1024 and the ragged tail), any thread count, and outputs that start
-    off a 16- or 32-byte boundary (the copy's unaligned head and tail)."""
+    """Outputs written with streaming stores (large outputs of the memory-bound forward
+    kernels, see fg_stream_copy) hold the same bits as ordinary stores: for every
+    elementwise kernel, forward and backward (whichever of them stream), any length (chunks
+    of 1024 and the ragged tail), any thread count, and outputs that start off a 16- or
+    32-byte boundary (the copy's unaligned head and tail)."""
     n = 2 * 1024 + 3 * 16 + 5
     for spec in ELEMENTWISE:
         k = _kernels.KERNELS[spec.name]
