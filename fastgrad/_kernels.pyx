@@ -266,48 +266,41 @@ cdef inline int _streams(const void *out, size_t nbytes, const void *in1,
     return nbytes >= _stream_min_bytes and out != in1 and out != in2
 
 
-cdef void _forward(int k, const floating *x, floating *y, Py_ssize_t n, floating a,
-                   floating b, int nthreads) noexcept nogil:
+cdef void _elementwise(int k, const floating *s, const floating *g, floating *out,
+                       Py_ssize_t n, floating a, floating b, bint backward,
+                       int nthreads) noexcept nogil:
+    """Elementwise kernels: forward out = f(s) (g unused), backward out = g f'(s); threads
+    take blocks of whole FG_BLOCKs (_thread_chunk)."""
     cdef Py_ssize_t t, start, stop, chunk
-    # Streamed (when turned on) only where memory is the bound: sigmoid ran 0.87-0.93x,
-    # its buffer copy adding to a compute-bound loop.
-    cdef int stream = (not fg_kernel_transcendental[k]
-                       and _streams(y, n * sizeof(floating), x, x))
+    # Streamed (when turned on) only for forward passes where memory is the bound: sigmoid
+    # ran 0.87-0.93x, its buffer copy adding to a compute-bound loop.
+    cdef int stream = (not backward and not fg_kernel_transcendental[k]
+                       and _streams(out, n * sizeof(floating), s, s))
     if nthreads <= 1 or n <= FG_BLOCK:
-        if floating is float:
-            fg_forward_f32(k, x, y, n, a, b, stream)
-        else:
-            fg_forward_f64(k, x, y, n, a, b, stream)
+        _elementwise_block(k, s, g, out, 0, n, a, b, backward, stream)
         return
     chunk = _thread_chunk(n, nthreads)
     for t in prange(nthreads, num_threads=nthreads, schedule="static"):
         start = t * chunk
         stop = min(start + chunk, n)
         if start < stop:
-            if floating is float:
-                fg_forward_f32(k, x + start, y + start, stop - start, a, b, stream)
-            else:
-                fg_forward_f64(k, x + start, y + start, stop - start, a, b, stream)
+            _elementwise_block(k, s, g, out, start, stop, a, b, backward, stream)
 
 
-cdef void _backward(int k, const floating *s, const floating *g, floating *out, Py_ssize_t n,
-                    floating a, floating b, int nthreads) noexcept nogil:
-    cdef Py_ssize_t t, start, stop, chunk
-    if nthreads <= 1 or n <= FG_BLOCK:
+cdef inline void _elementwise_block(int k, const floating *s, const floating *g,
+                                    floating *out, Py_ssize_t start, Py_ssize_t stop,
+                                    floating a, floating b, bint backward,
+                                    int stream) noexcept nogil:
+    if backward:
         if floating is float:
-            fg_backward_f32(k, s, g, out, n, a, b)
+            fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b)
         else:
-            fg_backward_f64(k, s, g, out, n, a, b)
-        return
-    chunk = _thread_chunk(n, nthreads)
-    for t in prange(nthreads, num_threads=nthreads, schedule="static"):
-        start = t * chunk
-        stop = min(start + chunk, n)
-        if start < stop:
-            if floating is float:
-                fg_backward_f32(k, s + start, g + start, out + start, stop - start, a, b)
-            else:
-                fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b)
+            fg_backward_f64(k, s + start, g + start, out + start, stop - start, a, b)
+    else:
+        if floating is float:
+            fg_forward_f32(k, s + start, out + start, stop - start, a, b, stream)
+        else:
+            fg_forward_f64(k, s + start, out + start, stop - start, a, b, stream)
 
 
 cdef void _rows(int k, const floating *s, const floating *g, floating *out, Py_ssize_t rows,
@@ -373,16 +366,16 @@ def activation_forward(kernel, x, out, double a=0.0, double b=0.0, int nthreads=
                 _rows(k, <float *>cnp.PyArray_DATA(xa), <float *>NULL,
                       <float *>cnp.PyArray_DATA(oa), rows, cols, False, nt)
             else:
-                _forward(k, <float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(oa), n,
-                         <float>a, <float>b, nt)
+                _elementwise(k, <float *>cnp.PyArray_DATA(xa), <float *>NULL,
+                             <float *>cnp.PyArray_DATA(oa), n, <float>a, <float>b, False, nt)
     else:
         with nogil:
             if rowwise:
                 _rows(k, <double *>cnp.PyArray_DATA(xa), <double *>NULL,
                       <double *>cnp.PyArray_DATA(oa), rows, cols, False, nt)
             else:
-                _forward(k, <double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(oa),
-                         n, a, b, nt)
+                _elementwise(k, <double *>cnp.PyArray_DATA(xa), <double *>NULL,
+                             <double *>cnp.PyArray_DATA(oa), n, a, b, False, nt)
 
 
 def activation_backward(kernel, grad, saved, out, double a=0.0, double b=0.0,
@@ -424,16 +417,16 @@ def activation_backward(kernel, grad, saved, out, double a=0.0, double b=0.0,
                 _rows(k, <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(ga),
                       <float *>cnp.PyArray_DATA(oa), rows, cols, True, nt)
             else:
-                _backward(k, <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(ga),
-                          <float *>cnp.PyArray_DATA(oa), n, <float>a, <float>b, nt)
+                _elementwise(k, <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(ga),
+                             <float *>cnp.PyArray_DATA(oa), n, <float>a, <float>b, True, nt)
     else:
         with nogil:
             if rowwise:
                 _rows(k, <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(ga),
                       <double *>cnp.PyArray_DATA(oa), rows, cols, True, nt)
             else:
-                _backward(k, <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(ga),
-                          <double *>cnp.PyArray_DATA(oa), n, a, b, nt)
+                _elementwise(k, <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(ga),
+                             <double *>cnp.PyArray_DATA(oa), n, a, b, True, nt)
 
 
 # ---- the dense layer ---------------------------------------------------------------------
