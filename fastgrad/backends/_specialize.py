@@ -29,7 +29,8 @@ from numba import njit
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
-INLINED_SOURCES = ("activations.py", "scalar_math.py", "losses.py", "backends/numba_math.py")
+INLINED_SOURCES = ("activations.py", "scalar_math.py", "losses.py", "update_math.py",
+                   "backends/numba_math.py")
 """Files (relative to the fastgrad package) whose code is compiled into kernels defined
 elsewhere: a change to any of them must invalidate those kernels' cache entries."""
 

@@ -40,6 +40,7 @@ with warnings.catch_warnings():  # importing must stay silent (backend_info() im
     from numba import float32 as nb_float32
     from numba import float64 as nb_float64
 
+from .. import update_math
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..scalar_math import compile_scalar
 
@@ -668,42 +669,36 @@ def loss_backward(spec, pred, target, out) -> None:
     copy_back(2)
 
 
+_sgd_step = cuda.jit(device=True)(update_math.sgd_step)
+_adam_step = cuda.jit(device=True)(update_math.adam_step)
+_rmsprop_step = cuda.jit(device=True)(update_math.rmsprop_step)
+
+
+# The per-element steps of fastgrad.update_math, over a grid-stride loop.
 @cuda.jit
 def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        gi = g[i] + wd * nb_float64(p[i])
+        p[i], v = _sgd_step(nb_float64(p[i]), g[i], vel[i] if momentum != 0.0 else 0.0, lr,
+                            momentum, wd, nesterov)
         if momentum != 0.0:
-            v = momentum * vel[i] + gi
             vel[i] = v
-            gi = gi + momentum * v if nesterov else v
-        p[i] = p[i] - lr * gi
 
 
 @cuda.jit
 def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
-    # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0; bias corrections hoisted
-    # (step_size = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2)), as in the numba backend.
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        pi = nb_float64(p[i]) * shrink
-        gi = g[i] + l2 * pi
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+        p[i], m[i], v[i] = _adam_step(nb_float64(p[i]), g[i], m[i], v[i], beta1, beta2, eps,
+                                      shrink, l2, step_size, inv_sqrt_bc2)
 
 
 @cuda.jit
 def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-        gi = g[i] + wd * nb_float64(p[i])
-        s = alpha * sq[i] + (1.0 - alpha) * gi * gi
-        sq[i] = s
-        step = gi / (math.sqrt(s) + eps)
+        p[i], sq[i], b = _rmsprop_step(nb_float64(p[i]), g[i], sq[i],
+                                       buf[i] if momentum != 0.0 else 0.0, lr, alpha, eps,
+                                       wd, momentum)
         if momentum != 0.0:
-            step = momentum * buf[i] + step
-            buf[i] = step
-        p[i] = p[i] - lr * step
+            buf[i] = b
 
 
 def _launch_update(kernel, arrays, written, *scalars) -> None:

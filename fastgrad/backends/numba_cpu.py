@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .. import update_math
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES
 from ..scalar_math import compile_scalar
@@ -413,43 +414,37 @@ def loss_backward(spec, pred, target, out) -> None:
 
 # --- optimizer updates: one fused pass over each parameter, PyTorch's formulas ---------
 
+# The per-element steps of fastgrad.update_math, inlined (the cache key follows that file:
+# _specialize.INLINED_SOURCES).
+_sgd_step = _inline(update_math.sgd_step)
+_adam_step = _inline(update_math.adam_step)
+_rmsprop_step = _inline(update_math.rmsprop_step)
+
+
 @_jit
 def _sgd_kernel(p, g, vel, lr, momentum, wd, nesterov):
     for i in range(p.size):
-        gi = g[i] + wd * np.float64(p[i])
+        p[i], v = _sgd_step(np.float64(p[i]), g[i], vel[i] if momentum != 0.0 else 0.0, lr,
+                            momentum, wd, nesterov)
         if momentum != 0.0:
-            v = momentum * vel[i] + gi
             vel[i] = v
-            gi = gi + momentum * v if nesterov else v
-        p[i] = p[i] - lr * gi
 
 
 @_jit
 def _adam_kernel(p, g, m, v, beta1, beta2, eps, shrink, l2, step_size, inv_sqrt_bc2):
-    # shrink = 1 - lr wd (AdamW) or 1; l2 = wd (Adam) or 0: no branch in the loop.
-    # lr (m / bc1) / (sqrt(v / bc2) + eps) with the bias corrections hoisted:
-    # step_size = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2): one sqrt, one division.
     for i in range(p.size):
-        pi = np.float64(p[i]) * shrink
-        gi = g[i] + l2 * pi
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+        p[i], m[i], v[i] = _adam_step(np.float64(p[i]), g[i], m[i], v[i], beta1, beta2, eps,
+                                      shrink, l2, step_size, inv_sqrt_bc2)
 
 
 @_jit
 def _rmsprop_kernel(p, g, sq, buf, lr, alpha, eps, wd, momentum):
     for i in range(p.size):
-        gi = g[i] + wd * np.float64(p[i])
-        s = alpha * sq[i] + (1.0 - alpha) * gi * gi
-        sq[i] = s
-        step = gi / (math.sqrt(s) + eps)
+        p[i], sq[i], b = _rmsprop_step(np.float64(p[i]), g[i], sq[i],
+                                       buf[i] if momentum != 0.0 else 0.0, lr, alpha, eps,
+                                       wd, momentum)
         if momentum != 0.0:
-            step = momentum * buf[i] + step
-            buf[i] = step
-        p[i] = p[i] - lr * step
+            buf[i] = b
 
 
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
