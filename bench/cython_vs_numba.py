@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from functools import partial
 
 import numpy as np
@@ -26,17 +25,9 @@ import numpy as np
 import fastgrad as fg
 from fastgrad import _kernels
 
+from .timing import median_seconds
+
 BACKENDS = ("numba", "cython")
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and Numba's compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def copy_bandwidth(n: int, repeats: int) -> tuple[float, float]:

@@ -11,20 +11,12 @@ can be set where the speedup crosses 1. Indicative only on a shared machine.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from fastgrad import _kernels
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from .timing import median_seconds
 
 
 def main() -> None:
@@ -41,8 +33,8 @@ def main() -> None:
             x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
             out = np.empty_like(x)
             repeats = max(20, min(2000, (1 << 24) // n))
-            ts = [median_time(lambda t=t, k=k, x=x, out=out: _kernels.activation_forward(
-                k, x, out, 1.0, 0.0, t), repeats) for t in (1, args.threads)]
+            ts = [median_seconds(lambda t=t, k=k, x=x, out=out: _kernels.activation_forward(
+                k, x, out, 1.0, 0.0, t), repeats, warmup=0) for t in (1, args.threads)]
             print(f"| {name} | 2^{p} | {ts[0] * 1e6:.1f} | {ts[1] * 1e6:.1f} | "
                   f"{ts[0] / ts[1]:.2f} |")
 

@@ -84,6 +84,19 @@ def measure(fn: Callable[[], object], budget: Budget, *, max_number: int = 1_000
     return Stats(tuple(times), number)
 
 
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of single calls of fn() after `warmup` untimed ones: the plain
+    timer of the one-finding scripts (compare.py's sections use `measure`)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def fmt_time(seconds: float) -> str:
     """A duration with a unit that keeps 3 significant digits readable."""
     if seconds >= 1:
