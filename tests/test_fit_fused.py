@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -372,28 +373,46 @@ def test_running_count_parsing():
 
 @pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="needs Linux's /proc")
 def test_own_threads_are_not_counted_as_other_processes():
-    """This process's running threads (the test's own, at least) are subtracted: the count
-    of other processes' runnable threads is never negative, and a thread of ours spinning
-    in NumPy (GIL released) does not raise it."""
+    """This process's running threads are subtracted, another process's are not. Spinners
+    that stay runnable the whole time: a compiled loop without the GIL in a thread of
+    ours, a busy Python loop in a child process."""
+    import subprocess
+    import sys
     import threading
 
-    stop = threading.Event()
+    from numba import njit
 
-    def spin():
-        a = np.ones(1 << 16)
-        while not stop.is_set():
-            np.sqrt(a, out=a)
+    @njit(nogil=True)
+    def spin(seconds):  # ~seconds of arithmetic, never blocking
+        acc = 0.0
+        for i in range(int(seconds * 3e8)):
+            acc += i * 1e-9
+        return acc
 
+    spin(0.0)  # compile before timing anything
     before = train.other_runnable_threads()
-    worker = threading.Thread(target=spin, daemon=True)
+    worker = threading.Thread(target=spin, args=(0.5,), daemon=True)
     worker.start()
     try:
+        own = train._own_running_threads()  # this thread and the spinner: both runnable
         during = train.other_runnable_threads(samples=5)
     finally:
-        stop.set()
         worker.join()
     assert before is not None and before >= 0
+    assert own >= 2
     assert during is not None and during <= max(before, 0) + 1  # + 1: another process may wake
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\n"
+                              "while time.time() - t < 5: pass"])
+    try:
+        deadline = time.monotonic() + 4
+        seen = 0
+        while not seen and time.monotonic() < deadline:  # until the child is running
+            seen = train.other_runnable_threads()
+    finally:
+        child.kill()
+        child.wait()
+    assert seen >= 1
 
 
 def test_blas_policy_without_threadpoolctl(monkeypatch):
