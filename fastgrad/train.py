@@ -623,9 +623,25 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     diagnose = health_cfg is not None or (stopper is not None and stopper.monitor == metric)
     # threadpoolctl applies its limits when the limiter is made: make it right here
     threads = blas_thread_limit(layers, batch_size)
+    # After the first epoch (which picks the runner), a runner with a block form runs the
+    # rest in blocks of epochs, one call each, when nothing reads or acts between epochs:
+    # the same training, batches and history (tested), without the per-epoch Python.
+    blockable = (not callbacks and stopper is None and not diagnose and Xv is None
+                 and schedule is None and bar is None and verbose == 0 and monitor is None
+                 and not callable(shuffle) and X.flags.c_contiguous and T.flags.c_contiguous)
+    blocks = False
     threads.__enter__()
     try:
-        for epoch in range(epochs):
+        epoch = 0
+        while epoch < epochs:
+            if blocks:
+                done = _fit_block(model, runner, history, layers, X, T, batch_size, opt,
+                                  clip_norm, clip_value, cache, bool(shuffle), epoch,
+                                  epochs - epoch)
+                if done:
+                    epoch += done
+                    continue
+                blocks = False  # a non-finite batch: replay the block epoch by epoch
             epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
             if shuffle:
                 if callable(shuffle):
@@ -653,10 +669,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             done = runner(plan)
             if done < plan.n_batches:
                 _raise_nonfinite(model, plan, epoch, done, snapshot, runner)
-            sizes = np.full(plan.n_batches, batch_size, np.float64)
-            sizes[-1] = n - batch_size * (plan.n_batches - 1)
-            logs: dict[str, Any] = {"loss": float(np.dot(plan.batch_loss, sizes) / n)}
-            norms = np.sqrt(np.mean(plan.grad_sq, axis=0))
+            losses, norms = _epoch_summaries(plan.batch_loss, plan.grad_sq, batch_size, n)
+            logs: dict[str, Any] = {"loss": float(losses[0])}
             if diagnose:
                 logits, dead, saturated = _diagnose(model, diag_rows, runner)
                 logs[metric] = score_logits(model, logits, T[:len(diag_rows)], diag_labels)
@@ -665,7 +679,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 logs["val_loss"] = loss_kernel(model.loss_spec, zv, Tv)
                 logs["val_" + metric] = score_logits(model, zv, Tv, labels_v)
             logs["lr"] = epoch_lr
-            logs["grad_norm"] = norms.tolist()
+            logs["grad_norm"] = norms[0].tolist()
             if diagnose:
                 logs["dead_relu"], logs["saturated"] = dead, saturated
             history.append(epoch, logs)
@@ -700,6 +714,9 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             if stop:
                 history.stopped_early = True
                 break
+            if epoch == 0 and blockable:
+                blocks = getattr(runner, "train_epochs", None) is not None
+            epoch += 1
     finally:
         threads.__exit__(None, None, None)
         if bar is not None:
@@ -707,6 +724,56 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     if best_params is not None:
         model.params[...] = best_params
     return history
+
+
+def _epoch_summaries(batch_loss: np.ndarray, grad_sq: np.ndarray, batch_size: int,
+                     n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per epoch, of E epochs of n rows whose batches' losses are batch_loss (E * nb,) and
+    squared gradient norms grad_sq (E * nb, L): the loss (the batches' losses weighted by
+    their rows, / n) and the per-layer gradient norm (the root mean square over batches),
+    (E,) and (E, L). One formula for one epoch and for a block, so both log the same."""
+    nb = -(-n // batch_size)
+    sizes = np.full(nb, batch_size, np.float64)
+    sizes[-1] = n - batch_size * (nb - 1)
+    losses = (batch_loss.reshape(-1, nb) * sizes).sum(axis=1) / n
+    norms = np.sqrt(grad_sq.reshape(-1, nb, grad_sq.shape[1]).mean(axis=1))
+    return losses, norms
+
+
+# Largest block of epochs fit runs in one call: its row orders (E x n int64) and batch
+# records stay below ~8 MiB, and a block of a small net lasts well under a second.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tuple],
+               X: np.ndarray, T: np.ndarray, batch_size: int, opt: Optimizer,
+               clip_norm: float | None, clip_value: float | None, cache: dict,
+               shuffle: bool, epoch: int, remaining: int) -> int:
+    """Epochs epoch, epoch+1, ... of fit in one call of the runner's block form, their
+    history logged as fit logs them; returns how many ran, or 0 when one met a non-finite
+    batch (the runner put the weights and optimizer state back, and the model's random
+    stream is put back here, so fit replays them epoch by epoch and reports the failure)."""
+    n = len(X)
+    nb = -(-n // batch_size)
+    count = max(1, min(remaining, _BLOCK_ELEMENTS // (max(n, nb * len(layers)))))
+    rng_state = model._rng.bit_generator.state if shuffle else None
+    # the very permutations the epoch-by-epoch loop draws, in its order
+    orders = (np.stack([model._rng.permutation(n) for _ in range(count)]) if shuffle
+              else np.zeros((count, 0), np.int64))
+    plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, X, T, batch_size,
+                     model.loss_spec, opt, opt.lr, clip_norm, clip_value, model.backend,
+                     cache=cache)
+    plan.batch_loss = np.zeros(count * nb)
+    plan.grad_sq = np.zeros((count * nb, len(layers)))
+    if runner.train_epochs(plan, orders.astype(np.int64, copy=False)) < count:
+        if rng_state is not None:
+            model._rng.bit_generator.state = rng_state
+        return 0
+    losses, norms = _epoch_summaries(plan.batch_loss, plan.grad_sq, batch_size, n)
+    for i in range(count):
+        history.append(epoch + i, {"loss": float(losses[i]), "lr": opt.lr,
+                                   "grad_norm": norms[i].tolist()})
+    return count
 
 
 def _early_stopping(spec, has_validation: bool) -> EarlyStopping | None:

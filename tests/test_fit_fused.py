@@ -514,3 +514,90 @@ def test_shuffle_callable_gives_each_epoch_order(rng):
     assert_close(a[0].params, model.params, "float64", "weights")
     with pytest.raises(ValueError, match="permutation of range"):
         run(X, y, d_out, output, "float64", True, epochs=1, shuffle=lambda e: orders[0][:5])
+
+
+# --- blocks of epochs: fit with nothing between epochs runs them in one call each ---------
+
+def _count_block_calls(monkeypatch, epochs_per_block, n):
+    """Make fit's blocks `epochs_per_block` epochs long (for n rows) and record the size of
+    every block call."""
+    calls = []
+    real = numba_cpu.train_epoch.train_epochs
+
+    def counting(plan, orders):
+        calls.append(len(orders))
+        return real(plan, orders)
+
+    monkeypatch.setattr(numba_cpu.train_epoch, "train_epochs", counting)
+    monkeypatch.setattr(train, "_BLOCK_ELEMENTS", epochs_per_block * n)
+    return calls
+
+
+def _optimizer_arrays(opt):
+    return [a.copy() for a in numba_cpu._optimizer_state(opt)[1]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("opt", ["adam-wd", "sgd-nesterov-sklearn-l2"])
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "cross_entropy"])
+def test_blocks_of_epochs_train_exactly_as_epoch_by_epoch(rng, monkeypatch, loss, opt, shuffle,
+                                                          dtype):
+    X, y, d_out, output = problem(rng, loss)
+    calls = _count_block_calls(monkeypatch, 3, len(X))
+    runs = []
+    for callbacks in (None, [lambda epoch, logs: None]):  # a callback: epoch by epoch
+        model, history, o = run(X, y, d_out, output, dtype, True, epochs=9, batch_size=8,
+                                shuffle=shuffle, health=False, callbacks=callbacks,
+                                opt=OPTIMIZERS[opt])
+        runs.append((model, history, o, _optimizer_arrays(o)))
+    # the first epoch picks the runner; then blocks of 3, 3 and the 2 left
+    assert calls == [3, 3, 2]
+    (ma, ha, oa, sa), (mb, hb, ob, sb) = runs
+    assert ha.epoch == hb.epoch == list(range(9))
+    assert ha.history == hb.history  # loss, lr, grad_norm: bit for bit
+    np.testing.assert_array_equal(ma.params, mb.params)
+    for a, b in zip(sa, sb):
+        np.testing.assert_array_equal(a, b)
+    assert oa.steps == ob.steps == 9 * 5
+    # the model's random stream drew the same permutations
+    assert ma._rng.bit_generator.state == mb._rng.bit_generator.state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_block_that_meets_a_non_finite_batch_is_replayed_to_report_it(rng, monkeypatch,
+                                                                         dtype):
+    X = rng.standard_normal((32, 3))
+    y = 10 * rng.standard_normal(32)
+    calls = _count_block_calls(monkeypatch, 4, len(X))
+    outcomes = []
+    for callbacks in (None, [lambda epoch, logs: None]):
+        m = fg.MLP([3, 16, 16, 1], "tanh", seed=0, dtype=dtype, backend="numba")
+        with pytest.raises(fg.NonFiniteError) as info:
+            m.fit(X, y, epochs=300, batch_size=4, optimizer="sgd", lr=1.0, verbose=0,
+                  health=False, callbacks=callbacks)
+        e = info.value
+        outcomes.append(((e.epoch, e.batch, e.layer, e.what, str(e)), m.params.copy(),
+                         m.history_.epoch, m.history_.history))
+    (err_a, params_a, epochs_a, hist_a), (err_b, params_b, epochs_b, hist_b) = outcomes
+    assert err_a[0] >= 1, "the test needs a failure after the first epoch"
+    assert calls, "the test needs blocks to run"
+    assert err_a == err_b
+    assert np.all(np.isfinite(params_a)), "the model keeps its last finite weights"
+    np.testing.assert_array_equal(params_a, params_b)
+    assert epochs_a == epochs_b and hist_a == hist_b
+
+
+def test_fit_uses_blocks_only_when_nothing_runs_between_epochs(rng, monkeypatch):
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    calls = _count_block_calls(monkeypatch, 2, len(X))
+    quiet = dict(epochs=3, batch_size=8, health=False)
+    run(X, y, d_out, output, "float64", True, **quiet)
+    assert calls == [2]
+    for extra in ({"health": True}, {"callbacks": [lambda e, logs: None]},
+                  {"validation_split": 0.25}, {"early_stopping": 5},
+                  {"lr_schedule": lambda epoch, lr: lr},
+                  {"shuffle": lambda epoch: np.arange(len(X))}):
+        calls.clear()
+        run(X, y, d_out, output, "float64", True, **{**quiet, **extra})
+        assert calls == [], extra

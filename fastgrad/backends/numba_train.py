@@ -635,7 +635,7 @@ def _saturation_kind(spec: ActivationSpec) -> int:
 # full recompile each time); globals are frozen at compile time instead. Each copy gets
 # its own __qualname__ (so its own cache entry): see _specialize. These placeholders are
 # never compiled.
-_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = None
+_fwd = _bwd = _hidden_forward = _uncount = _hidden_backward = _epoch = None
 _SAT = _SAT_NONE
 _SAVED_Y = False
 
@@ -858,6 +858,28 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
 
 
 
+def _t_epochs(X, orders, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf, hbuf,
+              gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active, saturated,
+              result, batch_losses, batch_sqs, wt):
+    # orders.shape[0] epochs one after another (fit's blocks of epochs: one call instead of
+    # one per epoch, whose Python costs ~1.5 us a step of the small net), epoch e over the
+    # rows in the order orders[e] when ip[4] != 0 (else orders is (E, 0) and the rows run
+    # in order). batch_losses (E * n_batches,) and batch_sqs (E * n_batches, L) receive
+    # every epoch's batches, epoch after epoch. Returns the epochs completed: e < E when
+    # epoch e stopped at a non-finite batch (result[2] says which; the epoch's earlier
+    # batches were applied).
+    n_batches = (X.shape[0] + ip[0] - 1) // ip[0]
+    for e in range(orders.shape[0]):
+        lo = e * n_batches
+        _epoch(X, orders[e], labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf,
+               hbuf, gbuf, offsets, dWs, dbs, hp, ip, loss_acc, grad_sq, batch_sq, active,
+               saturated, result, batch_losses[lo: lo + n_batches],
+               batch_sqs[lo: lo + n_batches], wt)
+        if result[2] >= 0:
+            return e
+    return orders.shape[0]
+
+
 def _build_epoch(spec: ActivationSpec, dtype: np.dtype):
     """The compiled epoch function for one hidden activation and dtype (any depth).
 
@@ -875,7 +897,10 @@ def _build_epoch(spec: ActivationSpec, dtype: np.dtype):
     tag = f"{spec.name}_{dtype.name}"
     for name in ("_hidden_forward", "_uncount", "_hidden_backward"):
         namespace[name] = specialize(globals()[f"_t{name}"], namespace, tag, **_JIT)
-    return specialize(_t_epoch, namespace, tag, **_JIT)
+    namespace["_epoch"] = specialize(_t_epoch, namespace, tag, **_JIT)
+    # compiled on its first call only (fit's blocks), calling the epoch above
+    namespace["_epochs"] = specialize(_t_epochs, namespace, tag, **_JIT)
+    return namespace["_epoch"]
 
 
 _EPOCHS: dict[tuple[str, str], Any] = {}
@@ -888,6 +913,11 @@ def _epoch_kernel(spec: ActivationSpec, dtype: Any):
     if k is None:
         k = _EPOCHS[key] = _build_epoch(spec, np.dtype(dtype))
     return k
+
+
+def _epochs_kernel(spec: ActivationSpec, dtype: Any):
+    """The compiled run of several epochs (`_t_epochs`) for `spec` and `dtype`."""
+    return _epoch_kernel(spec, dtype).py_func.__globals__["_epochs"]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -953,10 +983,11 @@ def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_or
 
 
 def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
-            batch_losses=_NO_BATCH_LOSSES, batch_sqs=_NO_BATCH_SQS) -> None:
-    """Run the compiled epoch on arguments already checked (no checks here: callers that
-    built every array themselves, like the trainer's adapter, skip train_epoch's)."""
-    kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
+            batch_losses=_NO_BATCH_LOSSES, batch_sqs=_NO_BATCH_SQS):
+    """Run the compiled epoch (or `_t_epochs`, with orders for order_arr) on arguments
+    already checked (no checks here: callers that built every array themselves, like the
+    trainer's adapter, skip train_epoch's); returns what the kernel returns."""
+    return kernel(X, order_arr, labels, targets, Ws, bs, state.m_W, state.m_b, state.v_W, state.v_b,
            state.step, ws.xb, ws.z, ws.h, ws.g, ws.offsets, ws.dW, ws.db, ws.hp, ws.ip,
            ws.loss_acc, ws.grad_sq, ws.batch_sq, ws.active, ws.saturated, ws.result,
            batch_losses, batch_sqs, ws.wt)
