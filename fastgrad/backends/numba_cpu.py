@@ -680,7 +680,8 @@ def _configured_adapter(plan, opt_name: str, state_arrays: tuple, hyper: dict,
               hyper.get("nesterov", False), opt.decay)
     if config != ad.configured:
         loss_name, _, batch_size, _, hp, nesterov, decay = config
-        _nt._configure(ad.ws, loss_name, opt_name, batch_size, use_order, hp, nesterov, decay)
+        _nt._configure(ad.ws, loss_name, opt_name, batch_size, use_order, hp, nesterov, decay,
+                       count_units=False)
         ad.configured = config
     return ad
 

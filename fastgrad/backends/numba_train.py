@@ -351,7 +351,7 @@ def make_workspace(layer_sizes: Sequence[int], batch_size: int, dtype: Any) -> W
         g=np.zeros(total, dtype), offsets=offsets,
         dW=tuple(np.zeros((sizes[i], sizes[i + 1]), dtype) for i in range(L)),
         db=tuple(np.zeros(sizes[i + 1], dtype) for i in range(L)),
-        hp=np.zeros(len(_HP), dtype), ip=np.zeros(6, np.int64),
+        hp=np.zeros(len(_HP), dtype), ip=np.zeros(7, np.int64),
         loss_acc=np.zeros(1, np.float64), grad_sq=np.zeros(L, np.float64),
         batch_sq=np.zeros(L, np.float64),
         active=np.zeros(n_hidden_units, np.int32),
@@ -640,9 +640,16 @@ _SAT = _SAT_NONE
 _SAVED_Y = False
 
 
-def _t_hidden_forward(z, h, bias, active, saturated, a, b):
-    # z (r, m) += bias; h = f(z); counts of active (z > 0) and saturated units.
+def _t_hidden_forward(z, h, bias, active, saturated, a, b, count):
+    # z (r, m) += bias; h = f(z); with count, counts of active (z > 0) and saturated units.
     r, m = z.shape
+    if not count:  # fit reads no counts: the counting was ~40% of this pass
+        for i in range(r):
+            for j in range(m):
+                zj = z[i, j] + bias[j]
+                z[i, j] = zj
+                h[i, j] = _fwd(zj, a, b)
+        return
     lo = z.dtype.type(0.01)
     hi = z.dtype.type(0.99)
     for i in range(r):
@@ -705,6 +712,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
     nesterov = ip[3] != 0
     use_order = ip[4] != 0
     sk_decay = ip[5] == 1
+    count_units = ip[6] != 0
     lr = hp[0]
     mom = hp[1]
     b1 = hp[2]
@@ -760,7 +768,8 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
                 np.dot(hbuf[p: p + r * mp].reshape((r, mp)), W, z)
             if layer < L - 1:
                 _hidden_forward(z, hbuf[o: o + r * m].reshape((r, m)), bs[layer],
-                               active[unit: unit + m], saturated[unit: unit + m], a, b)
+                               active[unit: unit + m], saturated[unit: unit + m], a, b,
+                               count_units)
                 unit += m
             else:
                 batch_loss = _output_layer(z, bs[layer], gbuf[o: o + r * m].reshape((r, m)),
@@ -812,7 +821,7 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
         if not finite:
             result[2] = k
             unit = 0
-            for layer in range(L - 1):
+            for layer in range(L - 1 if count_units else 0):
                 m = Ws[layer].shape[1]
                 o = offsets[layer]
                 _uncount(zbuf[o: o + r * m].reshape((r, m)),
@@ -975,11 +984,14 @@ _NO_BATCH_SQS = np.zeros((0, 0))
 
 
 def _configure(ws: Workspace, loss: str, optimizer: str, batch_size: int, use_order: bool,
-               hp: tuple, nesterov: bool, decay: str = "pytorch") -> None:
-    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`."""
+               hp: tuple, nesterov: bool, decay: str = "pytorch",
+               count_units: bool = True) -> None:
+    """Write the run-time switches and hyper-parameters (in _HP's order) into `ws`.
+    count_units=False leaves EpochStats' active/saturated counts at 0 (fit does not read
+    them: its diagnosis has its own pass)."""
     ws.hp[:] = hp
     ws.ip[:] = (batch_size, LOSSES.index(loss), OPTIMIZERS.index(optimizer), int(nesterov),
-                int(use_order), DECAYS.index(decay))
+                int(use_order), DECAYS.index(decay), int(count_units))
 
 
 def _launch(kernel, X, order_arr, labels, targets, Ws, bs, state, ws,
