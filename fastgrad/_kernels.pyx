@@ -765,3 +765,6 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, double lr, double alph
                                   <double *>cnp.PyArray_DATA(sa),
                                   <double *>cnp.PyArray_DATA(ba),
                                   n, lr, alpha, eps, weight_decay, momentum)
+
+
+include "_train.pxi"

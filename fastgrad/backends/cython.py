@@ -10,6 +10,8 @@ is documented in `fastgrad.backends`: this backend has every kernel it names, so
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _kernels
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..losses import LOSSES, LossSpec
@@ -83,3 +85,117 @@ def _update(name: str):
 sgd_update = _update("sgd_update")
 adam_update = _update("adam_update")
 rmsprop_update = _update("rmsprop_update")
+
+
+# =========================================================================================
+# The trainer's fused epoch runner: an adapter from `fastgrad.train.EpochPlan` to the
+# compiled epochs of _kernels.train_epochs (fastgrad/_train.pxi): one call without the GIL
+# per epoch, or per block of epochs.
+# =========================================================================================
+
+from . import _fit_adapter  # noqa: E402  (the section's own imports)
+
+_OPTIMIZER_CODES = {name: i for i, name in enumerate(getattr(_kernels, "TRAIN_OPTIMIZERS", ()))}
+_SAVED_CODES = {None: 0, "x": 1, "y": 2}  # an activation's `needs` -> _kernels.TRAIN_SAVED
+
+
+def train_epoch_reason(plan) -> str | None:
+    """Why the fused runner cannot run `plan` (a fastgrad.train.EpochPlan), or None when it
+    can: what every fused runner needs (`_fit_adapter.plan_reason`: float32/float64, logits
+    out of the last layer, a loss and an optimizer (exact type) with a compiled form, X and
+    T C-contiguous in the parameters' dtype), and the trainer's flat layout (each layer's W
+    then b, layers one after another). Any activations, mixed or row-wise; clipping and
+    both weight-decay conventions; the optimizers' hyper-parameters in double, as the
+    layer-by-layer kernels take them."""
+    if not hasattr(_kernels, "train_epochs"):
+        return f"fastgrad._kernels ({_kernels.__file__}) has no train_epochs: rebuild it"
+    why = _fit_adapter.plan_reason(plan, LOSSES)
+    if why is not None:
+        return why
+    start = 0
+    for s, (W, b, *_rest) in zip(plan.layer_slices, plan.layers):
+        if s.start != start or s.stop != start + W.size + b.size:
+            return "the parameters are not laid out as the trainer's flat buffer"
+        start = s.stop
+    if start != plan.params.size:
+        return "the parameters are not laid out as the trainer's flat buffer"
+    return None
+
+
+def supports_train_epoch(plan) -> bool:
+    """Whether `train_epoch(plan)` runs this plan (see `train_epoch_reason`)."""
+    return train_epoch_reason(plan) is None
+
+
+class _FitAdapter(_fit_adapter.FitAdapter):
+    """The compiled kernel's side of the shared adapter: its per-layer arguments (sizes,
+    kernel ids, saved-tensor codes, activation parameters), the workspace, the
+    hyper-parameter vector and the step counter."""
+
+    cache_name = "cython.train_epoch"
+
+    def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
+        super().__init__(plan, opt_name, state_arrays)
+        Ws = [W for W, *_ in plan.layers]
+        sizes = [Ws[0].shape[0], *(W.shape[1] for W in Ws)]
+        self.sizes = np.array(sizes, np.int64)
+        self.kernels = np.array([_KERNEL_IDS[spec.name] for _W, _b, spec, *_ in plan.layers],
+                                np.int32)
+        self.saved = np.array([_SAVED_CODES[spec.needs] for _W, _b, spec, *_ in plan.layers],
+                              np.int32)
+        self.act = np.array([(a, b) for *_rest, a, b in plan.layers], np.float64)
+        self.ws = np.empty(_kernels.train_workspace_size(sizes, plan.batch_size),
+                           plan.params.dtype)
+        self.hyper = np.zeros(len(_kernels.TRAIN_HYPER))
+        self.step = np.zeros(1, np.int64)
+        self.no_order = np.zeros((1, 0), np.int64)  # one epoch over rows in the given order
+        self.switches = (0, 0, False, False)  # loss id, optimizer code, nesterov, sklearn
+
+    def configure(self, plan, hyper: dict, use_order: bool) -> None:
+        opt = plan.optimizer
+        values = (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+                  hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+                  hyper.get("alpha", 0.99), plan.clip_norm or 0.0, plan.clip_value or 0.0)
+        config = (plan.loss.name, self.opt_name, values, hyper.get("nesterov", False),
+                  opt.decay)
+        if config != self.configured:
+            self.hyper[:] = values
+            self.switches = (_LOSS_IDS[plan.loss.name], _OPTIMIZER_CODES[self.opt_name],
+                             bool(config[3]), opt.decay == "sklearn")
+            self.configured = config
+
+    def _launch(self, plan, X, T, orders, batch_loss, grad_sq, step: int) -> int:
+        loss, code, nesterov, sklearn = self.switches
+        self.step[0] = step
+        return _kernels.train_epochs(
+            plan.params, plan.grads, self.state_arrays[0], self.state_arrays[1], X, T, orders,
+            self.sizes, self.kernels, self.act, self.saved, loss, code, self.hyper, nesterov,
+            sklearn, plan.batch_size, self.ws, batch_loss, grad_sq, self.step)
+
+    def run(self, plan, lo: int, hi: int, step: int) -> int:
+        k0 = lo // plan.batch_size
+        done = self._launch(plan, plan.X[lo:hi], plan.T[lo:hi], self.no_order,
+                            plan.batch_loss[k0:], plan.grad_sq[k0:], step)
+        plan.optimizer.steps = int(self.step[0])
+        return k0 + done
+
+    def run_epochs(self, plan, orders: np.ndarray, step: int) -> tuple[int, int]:
+        done = self._launch(plan, plan.X, plan.T, orders, plan.batch_loss, plan.grad_sq, step)
+        return done // plan.n_batches if plan.n_batches else len(orders), int(self.step[0])
+
+
+def train_epoch(plan) -> int:
+    """The fused epoch runner for `fastgrad.train.fit`: the whole epoch of `plan` (a
+    fastgrad.train.EpochPlan) in one call of the compiled _kernels.train_epochs, which runs
+    the layer-by-layer runner's own kernels batch after batch without the GIL; the runner
+    contract of `_fit_adapter.train_epoch` (batch records, the non-finite replay)."""
+    return _fit_adapter.train_epoch(_FitAdapter, plan)
+
+
+def train_epochs(plan, orders: np.ndarray) -> int:
+    """Several epochs of `plan` in one compiled call (fit's blocks of epochs; rows gathered
+    inside the kernel in each epoch's order): `_fit_adapter.train_epochs`'s contract."""
+    return _fit_adapter.train_epochs(_FitAdapter, plan, orders)
+
+
+train_epoch.train_epochs = train_epochs  # the runner's form for blocks of epochs (fit)

@@ -471,49 +471,21 @@ def rmsprop_update(param, grad, square_avg, momentum_buf, lr, alpha, eps, weight
 # compiled epoch of numba_train. Kept apart from the kernels above on purpose.
 # =========================================================================================
 
-from . import numba_train as _nt  # noqa: E402  (the section's own import)
-
-_OPTIM = None  # fastgrad.optim, imported on first use (it imports the backends)
-
-
-def _optimizer_state(opt) -> tuple[str, tuple, dict]:
-    """(fused optimizer name, (m array, v array) flat state of `opt`, hyper-parameters)
-    for an optimizer of fastgrad.optim; ValueError when it has no fused equivalent."""
-    global _OPTIM
-    if _OPTIM is None:  # an import statement per epoch costs ~1 us
-        from .. import optim
-        _OPTIM = optim
-    SGD, Adam, AdamW, RMSprop = _OPTIM.SGD, _OPTIM.Adam, _OPTIM.AdamW, _OPTIM.RMSprop
-    kind = type(opt)  # exact types: a subclass may change the update
-    if kind is SGD:
-        return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
-                                                      "nesterov": opt.nesterov}
-    if kind in (Adam, AdamW):
-        return kind.name, (opt.m, opt.v), {"beta1": opt.beta1, "beta2": opt.beta2,
-                                           "eps": opt.eps}
-    if kind is RMSprop:
-        return "rmsprop", (opt.momentum_buf, opt.square_avg), {
-            "alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
-    raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
-
-
-def _written_state(opt_name: str, hyper: dict) -> tuple[int, ...]:
-    """Which of _optimizer_state's (m, v) arrays the kernel's update writes (numba_train's
-    _update): sgd m (the velocity) with momentum; adam/adamw both; rmsprop v, and m with
-    momentum."""
-    uses_m = hyper.get("momentum", 0.0) != 0 or opt_name in ("adam", "adamw")
-    uses_v = opt_name != "sgd"
-    return tuple(i for i, used in enumerate((uses_m, uses_v)) if used)
+from . import _fit_adapter  # noqa: E402  (the section's own imports)
+from . import numba_train as _nt  # noqa: E402
+from ._fit_adapter import optimizer_state as _optimizer_state  # noqa: E402
 
 
 def train_epoch_reason(plan) -> str | None:
     """Why the fused runner cannot run `plan` (a fastgrad.train.EpochPlan), or None when it
-    can: one elementwise hidden activation (same parameters in every hidden layer), logits
-    out of the last layer, a loss and an optimizer (exact type) the kernel implements, X and
-    T C-contiguous in the parameters' dtype."""
+    can: what every fused runner needs (`_fit_adapter.plan_reason`: logits out of the last
+    layer, a loss and an optimizer (exact type) the kernel implements, X and T C-contiguous
+    in the parameters' dtype), one elementwise hidden activation (same parameters in every
+    hidden layer), and hyper-parameters representable in the dtype."""
+    why = _fit_adapter.plan_reason(plan, _nt.LOSSES)
+    if why is not None:
+        return why
     dtype = plan.params.dtype
-    if dtype not in (np.float32, np.float64):
-        return f"dtype {dtype} (float32 or float64 only)"
     hidden = {(spec.name, a, b) for _W, _b, spec, a, b in plan.layers[:-1]}
     if len(hidden) > 1:
         return (f"mixed hidden activations (or parameters) "
@@ -522,16 +494,7 @@ def train_epoch_reason(plan) -> str | None:
         spec = ACTIVATIONS[name]
         if spec.rowwise or spec.scalar_forward is None:
             return f"hidden activation {name!r} is not elementwise"
-    if plan.layers[-1][2].name != "identity":
-        return f"the last layer applies {plan.layers[-1][2].name!r}, not logits"
-    if plan.loss.name not in _nt.LOSSES:
-        return f"loss {plan.loss.name!r}"
-    if plan.optimizer.__dict__.get("_size") is None:
-        return "the optimizer is not bound to the parameters"
-    try:
-        _name, _state, hyper = _optimizer_state(plan.optimizer)
-    except (ValueError, AttributeError) as exc:
-        return str(exc)
+    _name, _state, hyper = _optimizer_state(plan.optimizer)
     # The kernel computes in the arrays' dtype: a hyper-parameter that overflows or
     # flushes to zero in it would train differently from the float64 optimizer kernels.
     finfo = np.finfo(dtype)
@@ -540,11 +503,6 @@ def train_epoch_reason(plan) -> str | None:
                     *((k, v) for k, v in hyper.items() if k != "nesterov")):
         if v is not None and v != 0 and not (finfo.tiny <= abs(v) <= finfo.max):
             return f"{name}={v!r} is not representable in {dtype}"
-    for name, arr in (("X", plan.X), ("T", plan.T)):
-        if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != 2:
-            return f"{name} is not a C-contiguous 2-D {dtype} array"
-    if len(plan.X) >= 2**31:
-        return f"{len(plan.X)} rows per epoch (fewer than 2**31)"
     return None
 
 
@@ -553,16 +511,15 @@ def supports_train_epoch(plan) -> bool:
     return train_epoch_reason(plan) is None
 
 
-class _FitAdapter:
-    """What the fused runner keeps per model between epochs and fits: the per-layer views
-    the kernel takes (weights, biases, gradients into the model's flat buffers; optimizer
-    state into the optimizer's flat arrays, so switching runners or fitting again continues
-    the same state), the workspace, and epoch-start copies for the non-finite replay."""
+class _FitAdapter(_fit_adapter.FitAdapter):
+    """The numba kernel's side of the shared adapter: per-layer views (weights, biases,
+    gradients into the model's flat buffers; optimizer state into the optimizer's flat
+    arrays) and numba_train's workspace."""
+
+    cache_name = "numba.train_epoch"
 
     def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
-        self.key = self.key_of(plan, state_arrays)
-        self.last: tuple | None = None  # what _adapter last matched (its fast path)
-        self.configured: tuple | None = None  # the run-time switches last written to ws
+        super().__init__(plan, opt_name, state_arrays)
         dtype = plan.params.dtype
         Ws = tuple(W for W, *_ in plan.layers)
         bs = tuple(b for _W, b, *_ in plan.layers)
@@ -583,154 +540,70 @@ class _FitAdapter:
         m_W, m_b = views(state_arrays[0])
         v_W, v_b = views(state_arrays[1])
         self.state = _nt.OptimizerState(opt_name, m_W, m_b, v_W, v_b, np.zeros(1, np.int64))
-        self.state_arrays = state_arrays
-        self.start_params = np.empty_like(plan.params)
-        self.start_state = tuple(np.empty_like(a) for a in state_arrays)
         self.labels = np.zeros(0, np.int64)  # cross-entropy takes T's one-hot rows
         self.no_order = np.zeros(0, np.int64)  # X and T come shuffled: batches are views
         spec = plan.layers[0][2] if len(plan.layers) > 1 else ACTIVATIONS["identity"]
         self.spec = spec
         self.kernel = _nt._epoch_kernel(spec, dtype)
-        self.epochs_kernel = None  # train_epochs's, compiled on first use
+        self.epochs_kernel = None  # run_epochs's, compiled on first use
         self.act = plan.layers[0][3:5] if len(plan.layers) > 1 else (0.0, 0.0)
 
-    @staticmethod
-    def key_of(plan, state_arrays) -> tuple:
-        # Identities of every buffer the views point into (the adapter holds them, so an
-        # id cannot be reused while it lives), and what the workspace is sized for.
-        # (the activation by name: comparing ActivationSpec dataclasses field by field
-        # costs more than the rest of the key)
-        hidden = ((plan.layers[0][2].name, *plan.layers[0][3:5]) if len(plan.layers) > 1
-                  else None)
-        return (id(plan.params), id(plan.grads), plan.batch_size, hidden,
-                tuple(id(a) for a in state_arrays), tuple(W.shape for W, *_ in plan.layers))
+    def configure(self, plan, hyper: dict, use_order: bool) -> None:
+        # written into the workspace only when they changed: once per fit unless a
+        # schedule changes lr
+        opt = plan.optimizer
+        config = (plan.loss.name, self.opt_name, plan.batch_size, use_order,
+                  (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
+                   hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
+                   plan.clip_norm or 0.0, plan.clip_value or 0.0, *self.act,
+                   hyper.get("alpha", 0.99)),
+                  hyper.get("nesterov", False), opt.decay)
+        if config != self.configured:
+            loss_name, opt_name, batch_size, _, hp, nesterov, decay = config
+            _nt._configure(self.ws, loss_name, opt_name, batch_size, use_order, hp, nesterov,
+                           decay, count_units=False)
+            self.configured = config
 
+    def run(self, plan, lo: int, hi: int, step: int) -> int:
+        self.state.step[0] = step
+        k0 = lo // plan.batch_size
+        _nt._launch(self.kernel, plan.X[lo:hi], self.no_order, self.labels, plan.T[lo:hi],
+                    self.Ws, self.bs, self.state, self.ws, plan.batch_loss[k0:],
+                    plan.grad_sq[k0:])
+        plan.optimizer.steps = int(self.state.step[0])
+        return k0 + int(self.ws.result[0])
 
-def _adapter(plan, opt_name: str, state_arrays: tuple) -> _FitAdapter:
-    cache = plan.cache if plan.cache is not None else {}
-    adapter = cache.get("numba.train_epoch")
-    # Fast path, every epoch of a fit after its first: the very objects of the last call
-    # (fit builds plan.layers once per fit; the adapter holds them, so none is a new object
-    # at a reused address). An epoch of a small net lasts ~150 us: the full key costs ~1%.
-    last = adapter.last if adapter is not None else None
-    if (last is not None and last[0] is plan.layers and last[1] is plan.params
-            and last[2] is plan.grads and last[3] == plan.batch_size
-            and last[4] == tuple(map(id, state_arrays))):
-        return adapter
-    if adapter is None or adapter.key != _FitAdapter.key_of(plan, state_arrays):
-        adapter = cache["numba.train_epoch"] = _FitAdapter(plan, opt_name, state_arrays)
-    adapter.last = (plan.layers, plan.params, plan.grads, plan.batch_size,
-                    tuple(map(id, state_arrays)))
-    return adapter
+    def run_epochs(self, plan, orders: np.ndarray, step: int) -> tuple[int, int]:
+        if self.epochs_kernel is None:
+            self.epochs_kernel = _nt._epochs_kernel(self.spec, plan.params.dtype)
+        self.state.step[0] = step
+        done = _nt._launch(self.epochs_kernel, plan.X, orders, self.labels, plan.T, self.Ws,
+                           self.bs, self.state, self.ws, plan.batch_loss, plan.grad_sq)
+        return int(done), int(self.state.step[0])
 
 
 def train_epoch(plan, *args, **kwargs):
     """The fused epoch runner for `fastgrad.train.fit`: the whole epoch of `plan` (a
     fastgrad.train.EpochPlan) in one compiled call of numba_train's kernel, with the
     trainer's conventions (PyTorch's losses and updates, the optimizer's own state arrays
-    and step count). Fills plan.batch_loss and plan.grad_sq and returns the number of
-    batches completed, as train_epoch_layers does; on a non-finite batch whose previous
-    update left non-finite weights, it replays the epoch up to that update (deterministic,
-    from epoch-start copies) to hand fit the weights before it in plan.last_good, as the
-    layer-by-layer runner does, at no cost to the epochs that stay finite.
+    and step count) and the runner contract of `_fit_adapter.train_epoch` (batch records,
+    the non-finite replay).
 
     Called with the fused kernel's own arguments ``(X, Y, order, weights, biases, state,
     config, workspace=None)``, it is numba_train.train_epoch, the standalone API of
     docs/fused.md, and returns its EpochStats."""
     if args or kwargs:
         return _nt.train_epoch(plan, *args, **kwargs)
-    opt = plan.optimizer
-    opt_name, state_arrays, hyper = _optimizer_state(opt)
-    ad = _configured_adapter(plan, opt_name, state_arrays, hyper, use_order=False)
-    start_step = opt.steps
-    # epoch-start copies for the replay, of the state arrays this update writes only (plain
-    # sgd writes none; sgd's two slots are one array): a few us per epoch saved, which is
-    # several percent of an epoch of a small net
-    written = _written_state(opt_name, hyper)
-    np.copyto(ad.start_params, plan.params)
-    for i in written:
-        np.copyto(ad.start_state[i], state_arrays[i])
-    done = _run(ad, plan, 0, len(plan.X), start_step)
-    if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
-        # The update of batch done-1 broke the weights: replay to just before it.
-        np.copyto(plan.params, ad.start_params)
-        for i in written:
-            np.copyto(state_arrays[i], ad.start_state[i])
-        cut = (done - 1) * plan.batch_size
-        if cut:
-            _run(ad, plan, 0, cut, start_step)
-        plan.last_good = plan.params.copy()
-        _run(ad, plan, cut, len(plan.X), opt.steps)
-    else:
-        plan.last_good = None
-    return done
-
-
-def _configured_adapter(plan, opt_name: str, state_arrays: tuple, hyper: dict,
-                        use_order: bool) -> _FitAdapter:
-    """The plan's adapter with the plan's switches and hyper-parameters written into its
-    workspace (only when they changed: once per fit unless a schedule changes lr)."""
-    ad = _adapter(plan, opt_name, state_arrays)
-    opt = plan.optimizer
-    config = (plan.loss.name, opt_name, plan.batch_size, use_order,
-              (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
-               hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
-               plan.clip_norm or 0.0, plan.clip_value or 0.0, *ad.act,
-               hyper.get("alpha", 0.99)),
-              hyper.get("nesterov", False), opt.decay)
-    if config != ad.configured:
-        loss_name, _, batch_size, _, hp, nesterov, decay = config
-        _nt._configure(ad.ws, loss_name, opt_name, batch_size, use_order, hp, nesterov, decay,
-                       count_units=False)
-        ad.configured = config
-    return ad
+    return _fit_adapter.train_epoch(_FitAdapter, plan)
 
 
 def train_epochs(plan, orders: np.ndarray) -> int:
     """Several epochs of `plan` in one compiled call: fit's blocks of epochs, for fits that
     need no Python between epochs (the per-epoch call and its bookkeeping cost ~1.5 us a
-    step of a 64-64-10 net at batch 32, ~14%).
-
-    plan.X, plan.T: the rows in their original order; orders: (E, n) int64, epoch e's row
-    order (a permutation of range(n), gathered inside the kernel as train_epoch's caller
-    gathers it, so both give the same batches), or (E, 0) for every epoch in the rows'
-    order. plan.batch_loss (E * n_batches,) and plan.grad_sq (E * n_batches, L) receive
-    every epoch's batches. Returns E when every batch was finite. Otherwise it returns the
-    epochs completed before the one that stopped, with the parameters, the optimizer state
-    and its step count put back as they were at the call: the caller replays those epochs
-    one by one (train_epoch) to report the failure with its epoch and batch."""
-    opt = plan.optimizer
-    opt_name, state_arrays, hyper = _optimizer_state(opt)
-    ad = _configured_adapter(plan, opt_name, state_arrays, hyper, use_order=orders.shape[1] > 0)
-    start_step = opt.steps
-    written = _written_state(opt_name, hyper)
-    np.copyto(ad.start_params, plan.params)
-    for i in written:
-        np.copyto(ad.start_state[i], state_arrays[i])
-    if ad.epochs_kernel is None:
-        ad.epochs_kernel = _nt._epochs_kernel(ad.spec, plan.params.dtype)
-    ad.state.step[0] = start_step
-    done = _nt._launch(ad.epochs_kernel, plan.X, orders, ad.labels, plan.T, ad.Ws, ad.bs,
-                       ad.state, ad.ws, plan.batch_loss, plan.grad_sq)
-    if done < len(orders):
-        np.copyto(plan.params, ad.start_params)
-        for i in written:
-            np.copyto(state_arrays[i], ad.start_state[i])
-        opt.steps = start_step
-    else:
-        opt.steps = int(ad.state.step[0])
-    return int(done)
+    step of a 64-64-10 net at batch 32, ~14%). Rows gathered inside the kernel as
+    train_epoch's caller gathers them, so both give the same batches; the contract is
+    `_fit_adapter.train_epochs`'s."""
+    return _fit_adapter.train_epochs(_FitAdapter, plan, orders)
 
 
 train_epoch.train_epochs = train_epochs  # the runner's form for blocks of epochs (fit)
-
-
-def _run(ad: _FitAdapter, plan, lo: int, hi: int, step: int) -> int:
-    """Rows lo:hi of the epoch (lo a multiple of the batch size) through the kernel from
-    optimizer step `step`; returns the number of batches it completed (offset by lo's)."""
-    ad.state.step[0] = step
-    k0 = lo // plan.batch_size
-    _nt._launch(ad.kernel, plan.X[lo:hi], ad.no_order, ad.labels, plan.T[lo:hi],
-                ad.Ws, ad.bs, ad.state, ad.ws, plan.batch_loss[k0:], plan.grad_sq[k0:])
-    plan.optimizer.steps = int(ad.state.step[0])
-    return k0 + int(ad.ws.result[0])

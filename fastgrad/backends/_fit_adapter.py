@@ -1,0 +1,208 @@
+"""What the backends' fused epoch runners share: the adapter from `fastgrad.train.EpochPlan`
+to a compiled epoch kernel, kept once per model in plan.cache.
+
+A backend's adapter (a `FitAdapter` subclass) holds what its kernel takes, built once per
+model (views into the trainer's flat buffers, a workspace), and implements two launches:
+`run` (rows lo:hi of the plan's epoch, from a given optimizer step) and `run_epochs`
+(several epochs, fit's blocks). This module adds the parts that are the same whatever the
+kernel: the adapter cache and its fast path, the plan checks every fused runner makes,
+the optimizer's state arrays, and the trainer's contract around a launch (epoch-start
+copies; on a non-finite batch whose previous update broke the weights, the deterministic
+replay that hands fit the weights before that update in plan.last_good; a block that fails
+puts the parameters, optimizer state and step count back).
+
+Nothing here imports a backend; the backends import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_OPTIM = None  # fastgrad.optim, imported on first use (it imports the backends)
+
+
+def optimizer_state(opt) -> tuple[str, tuple, dict]:
+    """(fused optimizer name, (a, b) flat state arrays of `opt`, hyper-parameters) for an
+    optimizer of fastgrad.optim (exact types: a subclass may change the update): sgd (the
+    velocity twice), adam/adamw (m, v), rmsprop (momentum_buf, square_avg); ValueError when
+    it has no fused equivalent."""
+    global _OPTIM
+    if _OPTIM is None:  # an import statement per epoch costs ~1 us
+        from .. import optim
+        _OPTIM = optim
+    SGD, Adam, AdamW, RMSprop = _OPTIM.SGD, _OPTIM.Adam, _OPTIM.AdamW, _OPTIM.RMSprop
+    kind = type(opt)
+    if kind is SGD:
+        return "sgd", (opt.velocity, opt.velocity), {"momentum": opt.momentum,
+                                                      "nesterov": opt.nesterov}
+    if kind in (Adam, AdamW):
+        return kind.name, (opt.m, opt.v), {"beta1": opt.beta1, "beta2": opt.beta2,
+                                           "eps": opt.eps}
+    if kind is RMSprop:
+        return "rmsprop", (opt.momentum_buf, opt.square_avg), {
+            "alpha": opt.alpha, "eps": opt.eps, "momentum": opt.momentum}
+    raise ValueError(f"optimizer {type(opt).__name__} has no fused update")
+
+
+def written_state(opt_name: str, hyper: dict) -> tuple[int, ...]:
+    """Which of optimizer_state's (a, b) arrays an update writes: sgd a (the velocity) with
+    momentum; adam/adamw both; rmsprop b, and a with momentum."""
+    uses_a = hyper.get("momentum", 0.0) != 0 or opt_name in ("adam", "adamw")
+    uses_b = opt_name != "sgd"
+    return tuple(i for i, used in enumerate((uses_a, uses_b)) if used)
+
+
+def plan_reason(plan, losses) -> str | None:
+    """Why no fused runner can run `plan` whatever its backend, or None: float32/float64
+    parameters, logits out of the last layer, a loss in `losses`, an optimizer bound to the
+    parameters with a fused equivalent (optimizer_state), X and T C-contiguous 2-D arrays
+    of the parameters' dtype, fewer than 2**31 rows."""
+    dtype = plan.params.dtype
+    if dtype not in (np.float32, np.float64):
+        return f"dtype {dtype} (float32 or float64 only)"
+    if plan.layers[-1][2].name != "identity":
+        return f"the last layer applies {plan.layers[-1][2].name!r}, not logits"
+    if plan.loss.name not in losses:
+        return f"loss {plan.loss.name!r}"
+    if plan.optimizer.__dict__.get("_size") is None:
+        return "the optimizer is not bound to the parameters"
+    try:
+        optimizer_state(plan.optimizer)
+    except (ValueError, AttributeError) as exc:
+        return str(exc)
+    for name, arr in (("X", plan.X), ("T", plan.T)):
+        if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != 2:
+            return f"{name} is not a C-contiguous 2-D {dtype} array"
+    if len(plan.X) >= 2**31:
+        return f"{len(plan.X)} rows per epoch (fewer than 2**31)"
+    return None
+
+
+class FitAdapter:
+    """What a fused runner keeps per model between epochs and fits (subclasses add what
+    their kernel takes): the optimizer's state arrays (the optimizer's own, so switching
+    runners or fitting again continues the same state) and epoch-start copies for the
+    non-finite replay. Subclasses set `cache_name` (their key in plan.cache) and implement
+    `configure`, `run` and `run_epochs`."""
+
+    cache_name = ""
+
+    def __init__(self, plan, opt_name: str, state_arrays: tuple) -> None:
+        self.key = self.key_of(plan, state_arrays)
+        self.last: tuple | None = None  # what for_plan last matched (its fast path)
+        self.configured: tuple | None = None  # the run-time switches last configured
+        self.opt_name = opt_name
+        self.state_arrays = state_arrays
+        self.start_params = np.empty_like(plan.params)
+        self.start_state = tuple(np.empty_like(a) for a in state_arrays)
+
+    @staticmethod
+    def key_of(plan, state_arrays) -> tuple:
+        # Identities of every buffer the adapter points into (it holds them, so an id
+        # cannot be reused while it lives), and what it is built for. (activations by name:
+        # comparing ActivationSpec dataclasses field by field costs more than the rest)
+        acts = tuple((spec.name, a, b) for _W, _b, spec, a, b in plan.layers)
+        return (id(plan.params), id(plan.grads), plan.batch_size, acts,
+                tuple(id(a) for a in state_arrays), tuple(W.shape for W, *_ in plan.layers))
+
+    @classmethod
+    def for_plan(cls, plan, opt_name: str, state_arrays: tuple) -> FitAdapter:
+        """The model's adapter from plan.cache, built when missing or when the plan no
+        longer matches it."""
+        cache = plan.cache if plan.cache is not None else {}
+        adapter = cache.get(cls.cache_name)
+        # Fast path, every epoch of a fit after its first: the very objects of the last
+        # call (fit builds plan.layers once per fit; the adapter holds them, so none is a
+        # new object at a reused address). An epoch of a small net lasts ~150 us: the full
+        # key costs ~1%.
+        last = adapter.last if adapter is not None else None
+        if (last is not None and last[0] is plan.layers and last[1] is plan.params
+                and last[2] is plan.grads and last[3] == plan.batch_size
+                and last[4] == tuple(map(id, state_arrays))):
+            return adapter
+        if adapter is None or adapter.key != cls.key_of(plan, state_arrays):
+            adapter = cache[cls.cache_name] = cls(plan, opt_name, state_arrays)
+        adapter.last = (plan.layers, plan.params, plan.grads, plan.batch_size,
+                        tuple(map(id, state_arrays)))
+        return adapter
+
+    def configure(self, plan, hyper: dict, use_order: bool) -> None:
+        """Write the plan's switches and hyper-parameters where the kernel reads them."""
+        raise NotImplementedError
+
+    def run(self, plan, lo: int, hi: int, step: int) -> int:
+        """Rows lo:hi of the epoch (lo a multiple of the batch size) through the kernel
+        from optimizer step `step`, plan.optimizer.steps left at the updates made; returns
+        the number of batches completed (offset by lo's)."""
+        raise NotImplementedError
+
+    def run_epochs(self, plan, orders: np.ndarray, step: int) -> tuple[int, int]:
+        """The epochs of `orders` (see train_epochs) from optimizer step `step`: (epochs
+        completed, the step count after them)."""
+        raise NotImplementedError
+
+    def _save_start(self, plan, written: tuple[int, ...]) -> None:
+        # epoch-start copies for the replay, of the state arrays the update writes only
+        # (plain sgd writes none; sgd's two slots are one array): a few us per epoch saved,
+        # which is several percent of an epoch of a small net
+        np.copyto(self.start_params, plan.params)
+        for i in written:
+            np.copyto(self.start_state[i], self.state_arrays[i])
+
+    def _restore_start(self, plan, written: tuple[int, ...]) -> None:
+        np.copyto(plan.params, self.start_params)
+        for i in written:
+            np.copyto(self.state_arrays[i], self.start_state[i])
+
+
+def configured(cls: type[FitAdapter], plan, use_order: bool) -> tuple[FitAdapter, tuple]:
+    """(the plan's adapter of class `cls`, configured for it; the update's written state)."""
+    opt_name, state_arrays, hyper = optimizer_state(plan.optimizer)
+    ad = cls.for_plan(plan, opt_name, state_arrays)
+    ad.configure(plan, hyper, use_order)
+    return ad, written_state(opt_name, hyper)
+
+
+def train_epoch(cls: type[FitAdapter], plan) -> int:
+    """One epoch of `plan` through `cls`'s kernel with the epoch runners' contract
+    (fastgrad.train.EpochPlan): fills plan.batch_loss and plan.grad_sq and returns the
+    batches completed; on a non-finite batch whose previous update left non-finite weights,
+    replays the epoch up to that update (deterministic, from epoch-start copies) to hand fit
+    the weights before it in plan.last_good, at no cost to the epochs that stay finite."""
+    ad, written = configured(cls, plan, use_order=False)
+    start_step = plan.optimizer.steps
+    ad._save_start(plan, written)
+    done = ad.run(plan, 0, len(plan.X), start_step)
+    if done < plan.n_batches and done > 0 and not np.isfinite(plan.params).all():
+        # The update of batch done-1 broke the weights: replay to just before it.
+        ad._restore_start(plan, written)
+        cut = (done - 1) * plan.batch_size
+        if cut:
+            ad.run(plan, 0, cut, start_step)
+        plan.last_good = plan.params.copy()
+        ad.run(plan, cut, len(plan.X), plan.optimizer.steps)
+    else:
+        plan.last_good = None
+    return done
+
+
+def train_epochs(cls: type[FitAdapter], plan, orders: np.ndarray) -> int:
+    """Several epochs of `plan` in one kernel call (fit's blocks of epochs, for fits that
+    need no Python between epochs). plan.X, plan.T: the rows in their original order;
+    orders: (E, n) int64, epoch e's row order, or (E, 0) for every epoch in the rows'
+    order. plan.batch_loss (E * n_batches,) and plan.grad_sq (E * n_batches, L) receive
+    every epoch's batches. Returns E when every batch was finite; otherwise the epochs
+    completed before the one that stopped, with the parameters, the optimizer state and
+    its step count put back as they were at the call (the caller replays those epochs one
+    by one to report the failure with its epoch and batch)."""
+    ad, written = configured(cls, plan, use_order=orders.shape[1] > 0)
+    opt = plan.optimizer
+    start_step = opt.steps
+    ad._save_start(plan, written)
+    done, step = ad.run_epochs(plan, orders, start_step)
+    if done < len(orders):
+        ad._restore_start(plan, written)
+        opt.steps = start_step
+    else:
+        opt.steps = step
+    return done
