@@ -46,7 +46,8 @@ extensions = [
     Extension(
         "fastgrad._kernels",
         ["fastgrad/_kernels.pyx"],
-        depends=["fastgrad/_kernels_simd.h", "fastgrad/_kernels_impl.h", "fastgrad/_train.pxi"],
+        depends=["fastgrad/_kernels_simd.h", "fastgrad/_kernels_impl.h", "fastgrad/_train.pxi",
+                 "fastgrad/_train_impl.h"],
         include_dirs=[numpy.get_include(), "fastgrad"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,

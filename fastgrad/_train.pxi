@@ -13,11 +13,33 @@
 # sizes d_l -> d_{l+1} holds W_l (d_l, d_{l+1}) row-major, then b_l (d_{l+1},), layers one
 # after another. The workspace (one per model, made by the caller) holds per layer the
 # pre-activations z, outputs h, dL/dh and dL/dz of one batch (B x d_{l+1} each), then a
-# batch of gathered inputs (B x d_0) and targets (B x d_L).
+# batch of gathered inputs (B x d_0) and targets (B x d_L), a scratch for a transposed W,
+# and B x d_L doubles (softmax cross-entropy's exponentials).
 
 from libc.math cimport isfinite, pow
 from libc.string cimport memcpy
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uintptr_t
+
+cdef extern from "_train_impl.h" nogil:
+    int FG_TRAIN_WT_MAX_COLS
+    int FG_TRAIN_WT_MAX
+    double fg_train_sumsq_f32(const float *a, Py_ssize_t n)
+    double fg_train_sumsq_f64(const double *a, Py_ssize_t n)
+    int fg_train_all_finite_f32(const float *a, Py_ssize_t n)
+    int fg_train_all_finite_f64(const double *a, Py_ssize_t n)
+    void fg_train_clip_f32(float *g, Py_ssize_t n, float c)
+    void fg_train_clip_f64(double *g, Py_ssize_t n, double c)
+    void fg_train_scale_f32(float *g, Py_ssize_t n, float s)
+    void fg_train_scale_f64(double *g, Py_ssize_t n, double s)
+    void fg_train_add_scaled_f32(float *g, const float *p, Py_ssize_t n, float s)
+    void fg_train_add_scaled_f64(double *g, const double *p, Py_ssize_t n, double s)
+    void fg_train_transpose_f32(const float *W, float *Wt, Py_ssize_t rows, Py_ssize_t cols)
+    void fg_train_transpose_f64(const double *W, double *Wt, Py_ssize_t rows,
+                                Py_ssize_t cols)
+    double fg_train_ce_f32(float *z, const float *bias, const float *t, float *g,
+                           float *db, double *e, Py_ssize_t r, Py_ssize_t k)
+    double fg_train_ce_f64(double *z, const double *bias, const double *t, double *g,
+                           double *db, double *e, Py_ssize_t r, Py_ssize_t k)
 
 # Indices into the hyper-parameter vector (float64) train_epochs takes.
 TRAIN_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "alpha",
@@ -28,28 +50,30 @@ TRAIN_SAVED = ("none", "x", "y")
 """What each layer's backward reads (the activation's `needs`): codes of train_epochs."""
 
 
-def train_workspace_size(sizes, Py_ssize_t batch_size):
-    """Elements of the workspace train_epochs needs for layer sizes (d_0, ..., d_L) and
-    batches of batch_size rows: batch_size * (4 * (d_1 + ... + d_L) + d_0 + d_L)."""
+def train_workspace_size(sizes, Py_ssize_t batch_size, dtype):
+    """Elements (of `dtype`, float32 or float64) of the workspace train_epochs needs for
+    layer sizes (d_0, ..., d_L) and batches of batch_size rows: batch_size * (4 * (d_1 +
+    ... + d_L) + d_0 + d_L) + FG_TRAIN_WT_MAX, and batch_size * d_L doubles (+ 1 element to
+    align them)."""
     sizes = [int(s) for s in sizes]
-    return int(batch_size) * (4 * sum(sizes[1:]) + sizes[0] + sizes[len(sizes) - 1])
+    per_double = 8 // np.dtype(dtype).itemsize
+    B = int(batch_size)
+    K = sizes[len(sizes) - 1]
+    return B * (4 * sum(sizes[1:]) + sizes[0] + K) + FG_TRAIN_WT_MAX + per_double * B * K + 1
 
 
-cdef double _sumsq(const floating *a, Py_ssize_t n) noexcept nogil:
-    cdef double s = 0, v
-    cdef Py_ssize_t i
-    for i in range(n):
-        v = a[i]
-        s += v * v
-    return s
+cdef inline double _sumsq(const floating *a, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fg_train_sumsq_f32(a, n)
+    else:
+        return fg_train_sumsq_f64(a, n)
 
 
-cdef bint _all_finite(const floating *a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if not isfinite(a[i]):
-            return False
-    return True
+cdef inline bint _all_finite(const floating *a, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fg_train_all_finite_f32(a, n)
+    else:
+        return fg_train_all_finite_f64(a, n)
 
 
 cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *SB,
@@ -72,6 +96,9 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
     cdef floating *GZ = ws + 3 * B * S
     cdef floating *XB = ws + 4 * B * S
     cdef floating *TB = XB + <Py_ssize_t>B * d0
+    cdef floating *WT = TB + <Py_ssize_t>B * K
+    # the doubles: past the scratch, at the next multiple of 8 bytes
+    cdef double *E = <double *>((<uintptr_t>(WT + FG_TRAIN_WT_MAX) + 7) & ~(<uintptr_t>7))
     cdef Py_ssize_t nb = (n + B - 1) // B
     cdef double lr = hp[0], mom = hp[1], b1 = hp[2], b2 = hp[3], eps = hp[4], wd = hp[5]
     cdef double alpha = hp[6], clip_norm = hp[7], clip_value = hp[8]
@@ -89,6 +116,9 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
     cdef Py_ssize_t cum, cum_prev
     cdef double value, sq, total, norm, pen, t, step_size, inv_sqrt_bc2
     cdef bint finite
+    # logits (identity) into softmax cross-entropy: the output layer's bias, loss, gradient
+    # and bias gradient in one function (fg_train_ce)
+    cdef bint fused_out = fg_loss_rowwise[loss] and kern[L - 1] == 0
     cdef floating cv, scale, fa, fb
     for e in range(n_epochs):
         for k in range(nb):
@@ -118,7 +148,9 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 _gemm(c'N', c'N', m, r, din, P + off, m, <floating *>a, max(din, 1), z, m)
                 fa = <floating>act[2 * l]
                 fb = <floating>act[2 * l + 1]
-                if floating is float:
+                if l == L - 1 and fused_out:
+                    pass  # fg_train_ce adds the bias
+                elif floating is float:
                     fg_bias_forward_f32(kern[l], z, P + off + nw, h, r, m, fa, fb)
                 else:
                     fg_bias_forward_f64(kern[l], z, P + off + nw, h, r, m, fa, fb)
@@ -128,7 +160,14 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 cum += m
             # ---- the loss (mean over the batch) and its gradient w.r.t. the last output
             cum_prev = cum - K
-            if floating is float:
+            if fused_out:  # gz and db of the output layer too: its backward skips them
+                if floating is float:
+                    value = fg_train_ce_f32(Z + B * cum_prev, P + off - K, tin,
+                                            GZ + B * cum_prev, G + off - K, E, r, K) / r
+                else:
+                    value = fg_train_ce_f64(Z + B * cum_prev, P + off - K, tin,
+                                            GZ + B * cum_prev, G + off - K, E, r, K) / r
+            elif floating is float:
                 value = fg_loss_forward_f32(loss, H + B * cum_prev, tin, r, K)
                 fg_loss_backward_f32(loss, H + B * cum_prev, tin, GY + B * cum_prev, r, K)
             else:
@@ -151,13 +190,22 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 s = z if saved[l] == 1 else (h if saved[l] == 2 else gy)
                 fa = <floating>act[2 * l]
                 fb = <floating>act[2 * l + 1]
-                if floating is float:
+                if l == L - 1 and fused_out:
+                    pass  # fg_train_ce wrote gz and db
+                elif floating is float:
                     fg_backward_colsum_f32(kern[l], s, gy, gz, G + off + nw, r, m, fa, fb)
                 else:
                     fg_backward_colsum_f64(kern[l], s, gy, gz, G + off + nw, r, m, fa, fb)
                 a = xin if l == 0 else H + B * (cum - din)
                 _gemm(c'N', c'T', m, din, r, gz, m, <floating *>a, max(din, 1), G + off, m)
-                if l > 0:
+                if l > 0 and m < FG_TRAIN_WT_MAX_COLS and nw <= FG_TRAIN_WT_MAX:
+                    # gy_prev = gz W^T as gz @ (a transposed copy of W): see _train_impl.h
+                    if floating is float:
+                        fg_train_transpose_f32(P + off, WT, din, m)
+                    else:
+                        fg_train_transpose_f64(P + off, WT, din, m)
+                    _gemm(c'N', c'N', din, r, m, WT, din, gz, m, GY + B * (cum - din), din)
+                elif l > 0:
                     _gemm(c'T', c'N', din, r, m, P + off, m, gz, m, GY + B * (cum - din),
                           max(din, 1))
                 # ---- this layer's squared gradient norm; a non-finite one (or an overflow
@@ -173,14 +221,18 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
             # ---- clipping: each element to [-clip_value, clip_value], then the global norm
             if clip_value > 0:
                 cv = <floating>clip_value
-                for i in range(n_params):
-                    G[i] = -cv if G[i] < -cv else (cv if G[i] > cv else G[i])
+                if floating is float:
+                    fg_train_clip_f32(G, n_params, cv)
+                else:
+                    fg_train_clip_f64(G, n_params, cv)
             if clip_norm > 0:
                 norm = sqrt(_sumsq(G, n_params))
                 if norm > clip_norm:
                     scale = <floating>(clip_norm / norm)
-                    for i in range(n_params):
-                        G[i] *= scale
+                    if floating is float:
+                        fg_train_scale_f32(G, n_params, scale)
+                    else:
+                        fg_train_scale_f64(G, n_params, scale)
             # ---- scikit-learn's L2 (decay="sklearn"): weights only, / rows, its penalty
             # (from the weights before the update) in the batch loss
             if sk_decay and wd != 0:
@@ -190,8 +242,10 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 for l in range(L):
                     nw = sizes[l] * sizes[l + 1]
                     pen += _sumsq(P + off, nw)
-                    for i in range(off, off + nw):
-                        G[i] += scale * P[i]
+                    if floating is float:
+                        fg_train_add_scaled_f32(G + off, P + off, nw, scale)
+                    else:
+                        fg_train_add_scaled_f64(G + off, P + off, nw, scale)
                     off += nw + sizes[l + 1]
                 pen = 0.5 * wd * pen / r
                 if pen != 0:
@@ -345,7 +399,7 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
                          f"{TRAIN_OPTIMIZERS}, got {optimizer!r}")
     cdef int opt = optimizer
     cdef cnp.ndarray ha = _vector(hyper, "hyper", "float64", len(TRAIN_HYPER))
-    need = train_workspace_size(dims, batch_size)
+    need = train_workspace_size(dims, batch_size, wsa.dtype)
     if wsa.shape[0] < need:
         raise ValueError(f"workspace has {wsa.shape[0]} elements; sizes {dims} at "
                          f"batch_size {batch_size} need {need}")

@@ -144,7 +144,8 @@ class _FitAdapter(_fit_adapter.FitAdapter):
         self.saved = np.array([_SAVED_CODES[spec.needs] for _W, _b, spec, *_ in plan.layers],
                               np.int32)
         self.act = np.array([(a, b) for *_rest, a, b in plan.layers], np.float64)
-        self.ws = np.empty(_kernels.train_workspace_size(sizes, plan.batch_size),
+        self.ws = np.empty(_kernels.train_workspace_size(sizes, plan.batch_size,
+                                                          plan.params.dtype),
                            plan.params.dtype)
         self.hyper = np.zeros(len(_kernels.TRAIN_HYPER))
         self.step = np.zeros(1, np.int64)

@@ -1,0 +1,127 @@
+/* Loops of the cython backend's fused epoch runner (fastgrad/_train.pxi): the parts of a
+ * training step that the layer kernels of _kernels_impl.h do not already provide, or
+ * provide in a form that costs more inside a fused step.
+ *
+ * Included after _kernels_simd.h (its simd declaration of exp and FG_CLONES apply here);
+ * every function is defined for float (suffix _f32) and double (_f64). Arrays are
+ * C-contiguous, their sizes validated by the caller. */
+#ifndef FASTGRAD_TRAIN_IMPL_H
+#define FASTGRAD_TRAIN_IMPL_H
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#ifndef FG_CLONES
+#define FG_CLONES
+#endif
+
+/* Partial sums fixed in the source (not by the vector width): a sum is the same in every
+ * ISA variant, and the chain of dependent adds (4 cycles each) is split 8 ways, which
+ * made the per-layer gradient norms of the 64-64-10 step ~6x faster than one chain. */
+#define FG_TRAIN_LANES 8
+/* g @ W^T for a W of few columns (the output layer's): OpenBLAS runs the transposed
+ * product on its general path with packing copies, slower than a plain product with a
+ * transposed copy of W (the numba runner measured 1.17 us against 0.18 + 0.46 us for
+ * 32x10 @ 10x64). Below FG_TRAIN_WT_MAX_COLS columns and up to FG_TRAIN_WT_MAX elements
+ * (the workspace's scratch) the runner copies. */
+#define FG_TRAIN_WT_MAX_COLS 32
+#define FG_TRAIN_WT_MAX 4096
+
+#define FG_TRAIN_DEFINE(T, SUF)                                                               \
+    /* sum of squares, in double */                                                          \
+    static FG_CLONES double fg_train_sumsq##SUF(const T *a, ptrdiff_t n) {                   \
+        double acc[FG_TRAIN_LANES] = {0}, s = 0;                                             \
+        ptrdiff_t nb = n - n % FG_TRAIN_LANES, i;                                            \
+        for (i = 0; i < nb; i += FG_TRAIN_LANES)                                             \
+            for (int j = 0; j < FG_TRAIN_LANES; j++) {                                       \
+                double v = (double)a[i + j];                                                 \
+                acc[j] += v * v;                                                             \
+            }                                                                                \
+        for (; i < n; i++) {                                                                 \
+            double v = (double)a[i];                                                         \
+            s += v * v;                                                                      \
+        }                                                                                    \
+        for (int j = 0; j < FG_TRAIN_LANES; j++) s += acc[j];                                \
+        return s;                                                                            \
+    }                                                                                        \
+    static int fg_train_all_finite##SUF(const T *a, ptrdiff_t n) {                           \
+        for (ptrdiff_t i = 0; i < n; i++)                                                    \
+            if (!isfinite(a[i])) return 0;                                                   \
+        return 1;                                                                            \
+    }                                                                                        \
+    /* each element to [-c, c] (np.clip's order: the bounds in the dtype) */                  \
+    static FG_CLONES void fg_train_clip##SUF(T *g, ptrdiff_t n, T c) {                       \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                  \
+            T v = g[i];                                                                      \
+            v = v < -c ? -c : v;                                                             \
+            g[i] = v > c ? c : v;                                                            \
+        }                                                                                    \
+    }                                                                                        \
+    static FG_CLONES void fg_train_scale##SUF(T *g, ptrdiff_t n, T s) {                      \
+        for (ptrdiff_t i = 0; i < n; i++) g[i] *= s;                                         \
+    }                                                                                        \
+    /* g += s p (scikit-learn's L2 on the weights), s p rounded first as NumPy does */       \
+    static FG_CLONES void fg_train_add_scaled##SUF(T *g, const T *p, ptrdiff_t n, T s) {     \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                  \
+            T v = s * p[i];                                                                  \
+            g[i] += v;                                                                       \
+        }                                                                                    \
+    }                                                                                        \
+    /* Wt (cols, rows) = W (rows, cols) transposed */                                        \
+    static void fg_train_transpose##SUF(const T *W, T *Wt, ptrdiff_t rows, ptrdiff_t cols) { \
+        for (ptrdiff_t j = 0; j < cols; j++)                                                 \
+            for (ptrdiff_t c = 0; c < rows; c++) Wt[j * rows + c] = W[c * cols + j];         \
+    }                                                                                        \
+    /* The output layer of softmax cross-entropy, fused: z (r, k) += bias (z: the logits),  \
+     * then against target rows t (one-hot or summing to 1) returns the sum over rows of   \
+     * sum_j t_j (lse - z_j), writes g = (softmax(z) - t) / r and db = the column sums of  \
+     * g. The formulas of _kernels_impl.h's fg_ce_sum / fg_ce_grad in double, each g        \
+     * rounded once, but with each exponential computed once, in one flat vectorized pass  \
+     * over the batch (rows of a few logits vectorize poorly one by one), and 1/s and 1/r   \
+     * multiplied (two divisions per element were half of this function's time). e: r * k \
+     * doubles of scratch. A NaN logit, or an infinite row max, makes the row's loss and    \
+     * gradient NaN, as there. */                                                           \
+    static FG_CLONES double fg_train_ce##SUF(T *z, const T *bias, const T *t, T *g, T *db,   \
+                                             double *e, ptrdiff_t r, ptrdiff_t k) {          \
+        double total = 0, inv_r = 1.0 / (double)r;                                           \
+        for (ptrdiff_t j = 0; j < k; j++) db[j] = 0;                                         \
+        for (ptrdiff_t i = 0; i < r; i++) {                                                  \
+            T *zi = z + i * k;                                                               \
+            T m = -INFINITY;                                                                 \
+            for (ptrdiff_t j = 0; j < k; j++) {                                              \
+                T v = zi[j] + bias[j];                                                       \
+                zi[j] = v;                                                                   \
+                m = v > m ? v : m;                                                           \
+            }                                                                                \
+            double md = (double)m;                                                           \
+            for (ptrdiff_t j = 0; j < k; j++) e[i * k + j] = (double)zi[j] - md;             \
+        }                                                                                    \
+        for (ptrdiff_t i = 0; i < r * k; i++) e[i] = exp(e[i]);                              \
+        for (ptrdiff_t i = 0; i < r; i++) {                                                  \
+            const T *zi = z + i * k, *ti = t + i * k;                                        \
+            const double *ei = e + i * k;                                                    \
+            T *gi = g + i * k;                                                               \
+            double s = 0, row = 0, md = -INFINITY;                                           \
+            for (ptrdiff_t j = 0; j < k; j++) {                                              \
+                s += ei[j];                                                                  \
+                md = (double)zi[j] > md ? (double)zi[j] : md;                                \
+            }                                                                                \
+            double lse = md + log(s), inv_s = 1.0 / s;                                       \
+            for (ptrdiff_t j = 0; j < k; j++) {                                              \
+                double tj = (double)ti[j];                                                   \
+                row += tj != 0 ? tj * (lse - (double)zi[j]) : 0.0;                           \
+                T v = (T)((ei[j] * inv_s - tj) * inv_r);                                     \
+                gi[j] = v;                                                                   \
+                db[j] += v;                                                                  \
+            }                                                                                \
+            total += row;                                                                    \
+        }                                                                                    \
+        return total;                                                                        \
+    }
+
+FG_TRAIN_DEFINE(float, _f32)
+FG_TRAIN_DEFINE(double, _f64)
+#undef FG_TRAIN_DEFINE
+
+#endif /* FASTGRAD_TRAIN_IMPL_H */
