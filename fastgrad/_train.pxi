@@ -14,7 +14,7 @@
 # after another. The workspace (one per model, made by the caller) holds per layer the
 # pre-activations z, outputs h, dL/dh and dL/dz of one batch (B x d_{l+1} each), then a
 # batch of gathered inputs (B x d_0) and targets (B x d_L), a scratch for a transposed W,
-# and B x d_L doubles (softmax cross-entropy's exponentials).
+# and B x (d_L + 2) doubles (softmax cross-entropy's exponentials, sums and logs).
 
 from libc.math cimport isfinite, pow
 from libc.string cimport memcpy
@@ -53,13 +53,14 @@ TRAIN_SAVED = ("none", "x", "y")
 def train_workspace_size(sizes, Py_ssize_t batch_size, dtype):
     """Elements (of `dtype`, float32 or float64) of the workspace train_epochs needs for
     layer sizes (d_0, ..., d_L) and batches of batch_size rows: batch_size * (4 * (d_1 +
-    ... + d_L) + d_0 + d_L) + FG_TRAIN_WT_MAX, and batch_size * d_L doubles (+ 1 element to
-    align them)."""
+    ... + d_L) + d_0 + d_L) + FG_TRAIN_WT_MAX, and batch_size * (d_L + 2) doubles (+ 1
+    element to align them)."""
     sizes = [int(s) for s in sizes]
     per_double = 8 // np.dtype(dtype).itemsize
     B = int(batch_size)
     K = sizes[len(sizes) - 1]
-    return B * (4 * sum(sizes[1:]) + sizes[0] + K) + FG_TRAIN_WT_MAX + per_double * B * K + 1
+    return (B * (4 * sum(sizes[1:]) + sizes[0] + K) + FG_TRAIN_WT_MAX
+            + per_double * B * (K + 2) + 1)
 
 
 cdef inline double _sumsq(const floating *a, Py_ssize_t n) noexcept nogil:

@@ -15,11 +15,19 @@
 #ifndef FG_CLONES
 #define FG_CLONES
 #endif
+/* glibc's vector log (libmvec since 2.22), as _kernels_simd.h declares exp: the cross-entropy
+ * takes one log per row, in one vectorized pass over the batch. */
+#ifdef FG_SIMD_DECL
+#if __GLIBC_PREREQ(2, 22)
+extern double log(double) FG_SIMD_DECL;
+#endif
+#endif
 
 /* Partial sums fixed in the source (not by the vector width): a sum is the same in every
- * ISA variant, and the chain of dependent adds (4 cycles each) is split 8 ways, which
- * made the per-layer gradient norms of the 64-64-10 step ~6x faster than one chain. */
-#define FG_TRAIN_LANES 8
+ * ISA variant, and the chain of dependent adds (4 cycles each) is split into vectors of
+ * them (_kernels_impl.h's FG_MAX_LANES: gcc turns 32 lanes into independent vector
+ * chains; 8 gave it two 4-lane chains, still latency-bound). */
+#define FG_TRAIN_LANES 32
 /* g @ W^T for a W of few columns (the output layer's): OpenBLAS runs the transposed
  * product on its general path with packing copies, slower than a plain product with a
  * transposed copy of W (the numba runner measured 1.17 us against 0.18 + 0.46 us for
@@ -79,8 +87,8 @@
      * g. The formulas of _kernels_impl.h's fg_ce_sum / fg_ce_grad in double, each g        \
      * rounded once, but with each exponential computed once, in one flat vectorized pass  \
      * over the batch (rows of a few logits vectorize poorly one by one), and 1/s and 1/r   \
-     * multiplied (two divisions per element were half of this function's time). e: r * k \
-     * doubles of scratch. A NaN logit, or an infinite row max, makes the row's loss and    \
+     * multiplied (two divisions per element were half of this function's time), the     \
+     * rows' logs in one vectorized pass. e: r * (k + 2) doubles of scratch. A NaN logit, or an infinite row max, makes the row's loss and    \
      * gradient NaN, as there. */                                                           \
     static FG_CLONES double fg_train_ce##SUF(T *z, const T *bias, const T *t, T *g, T *db,   \
                                              double *e, ptrdiff_t r, ptrdiff_t k) {          \
@@ -98,16 +106,22 @@
             for (ptrdiff_t j = 0; j < k; j++) e[i * k + j] = (double)zi[j] - md;             \
         }                                                                                    \
         for (ptrdiff_t i = 0; i < r * k; i++) e[i] = exp(e[i]);                              \
+        /* per row: rs[i] = s (the sum of exponentials), then ls[i] = log(s) */              \
+        double *rs = e + r * k, *ls = rs + r;                                                \
+        for (ptrdiff_t i = 0; i < r; i++) {                                                  \
+            double s = 0;                                                                    \
+            for (ptrdiff_t j = 0; j < k; j++) s += e[i * k + j];                             \
+            rs[i] = s;                                                                       \
+        }                                                                                    \
+        for (ptrdiff_t i = 0; i < r; i++) ls[i] = log(rs[i]);                                \
         for (ptrdiff_t i = 0; i < r; i++) {                                                  \
             const T *zi = z + i * k, *ti = t + i * k;                                        \
             const double *ei = e + i * k;                                                    \
             T *gi = g + i * k;                                                               \
-            double s = 0, row = 0, md = -INFINITY;                                           \
-            for (ptrdiff_t j = 0; j < k; j++) {                                              \
-                s += ei[j];                                                                  \
+            double row = 0, md = -INFINITY;                                                  \
+            for (ptrdiff_t j = 0; j < k; j++)                                                \
                 md = (double)zi[j] > md ? (double)zi[j] : md;                                \
-            }                                                                                \
-            double lse = md + log(s), inv_s = 1.0 / s;                                       \
+            double lse = md + ls[i], inv_s = 1.0 / rs[i];                                    \
             for (ptrdiff_t j = 0; j < k; j++) {                                              \
                 double tj = (double)ti[j];                                                   \
                 row += tj != 0 ? tj * (lse - (double)zi[j]) : 0.0;                           \

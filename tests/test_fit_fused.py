@@ -1,6 +1,7 @@
-"""fit on the numba backend: the fused epoch runner (one compiled call per epoch) against
-the layer-by-layer runner, from the same seed. Both must train the same: History, final
-weights, optimizer state, clipping, early stopping and the NonFiniteError path."""
+"""fit on the numba and cython backends: each fused epoch runner (one compiled call per
+epoch) against the layer-by-layer runner, from the same seed. Both must train the same:
+History, final weights, optimizer state, clipping, early stopping and the NonFiniteError
+path."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 
 import fastgrad as fg
 from fastgrad import optim, train
+from fastgrad.activations import ACTIVATIONS
+from fastgrad.backends import cython as cython_backend
 from fastgrad.backends import numba_cpu
+
+# The backends with a fused epoch runner, and their modules.
+FUSED = {"numba": numba_cpu, "cython": cython_backend}
 
 TOL = {"float32": {"rtol": 1e-4, "atol": 1e-6}, "float64": {"rtol": 1e-9, "atol": 1e-12}}
 
@@ -45,10 +51,11 @@ def problem(rng, loss, n=37, d=4):
     return X, y, 3, "softmax"
 
 
-def run(X, y, d_out, output, dtype, fused, seed=7, activation="tanh", **fit_kw):
+def run(X, y, d_out, output, dtype, fused, seed=7, activation="tanh", backend="numba",
+        **fit_kw):
     """A fresh model fit with the given runner; returns (model, history, optimizer)."""
     model = fg.MLP([X.shape[1], 6, 5, d_out], activation, output=output, dtype=dtype,
-                   backend="numba", seed=seed)
+                   backend=backend, seed=seed)
     name, params = fit_kw.pop("opt", ("sgd", {"lr": 0.05}))
     opt = optim.make_optimizer(name, **params)
     history = model.fit(X, y, optimizer=opt, verbose=0, fused=fused, **fit_kw)
@@ -83,12 +90,14 @@ def assert_same_training(a, b, dtype):
             assert_close(getattr(oa, name), getattr(ob, name), dtype, name)
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=list(OPTIMIZERS))
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "cross_entropy"])
-def test_fused_fit_equals_layer_by_layer(rng, loss, opt, dtype):
+def test_fused_fit_equals_layer_by_layer(rng, loss, opt, dtype, backend):
     X, y, d_out, output = problem(rng, loss)
-    kw = {"epochs": 4, "batch_size": 8, "opt": OPTIMIZERS[opt], "validation_split": 0.2}
+    kw = {"epochs": 4, "batch_size": 8, "opt": OPTIMIZERS[opt], "validation_split": 0.2,
+          "backend": backend}
     fused = run(X, y, d_out, output, dtype, True, **kw)
     kw["opt"] = OPTIMIZERS[opt]
     layers = run(X, y, d_out, output, dtype, False, **kw)
@@ -97,40 +106,44 @@ def test_fused_fit_equals_layer_by_layer(rng, loss, opt, dtype):
                                                    dtype=dtype, seed=7).params)
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("clip", [{"clip_norm": 0.05}, {"clip_value": 0.01},
                                   {"clip_value": 0.02, "clip_norm": 0.03}],
                          ids=["norm", "value", "both"])
-def test_clipping_is_the_same(rng, clip, dtype):
+def test_clipping_is_the_same(rng, clip, dtype, backend):
     X, y, d_out, output = problem(rng, "cross_entropy")
     runs = [run(X, y, d_out, output, dtype, fused, epochs=3, batch_size=8,
-                opt=("adam", {"lr": 0.05}), **clip) for fused in (True, False)]
+                opt=("adam", {"lr": 0.05}), backend=backend, **clip)
+            for fused in (True, False)]
     assert_same_training(*runs, dtype)
     # clipping engaged (else the comparison above proves nothing about it)
     free = run(X, y, d_out, output, dtype, True, epochs=3, batch_size=8,
-               opt=("adam", {"lr": 0.05}))
+               opt=("adam", {"lr": 0.05}), backend=backend)
     assert not np.allclose(free[0].params, runs[0][0].params, **TOL[dtype])
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_early_stopping_and_schedules_are_the_same(rng, dtype):
+def test_early_stopping_and_schedules_are_the_same(rng, dtype, backend):
     X, y, d_out, output = problem(rng, "cross_entropy")
     kw = dict(epochs=40, batch_size=8, validation_split=0.3,
               early_stopping={"patience": 2}, lr_schedule=optim.CosineLR(40),
-              opt=("sgd", {"lr": 0.2, "momentum": 0.9}))
+              opt=("sgd", {"lr": 0.2, "momentum": 0.9}), backend=backend)
     runs = [run(X, y, d_out, output, dtype, fused, **dict(kw)) for fused in (True, False)]
     assert runs[0][1].stopped_early, "the test needs early stopping to engage"
     assert_same_training(*runs, dtype)
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("lr", [1e6, 1e30], ids=["blows-up-later", "blows-up-at-once"])
-def test_non_finite_error_is_the_same(rng, dtype, lr):
+def test_non_finite_error_is_the_same(rng, dtype, lr, backend):
     X = rng.standard_normal((32, 3))
     y = 1e3 * rng.standard_normal(32)
     errors, params = [], []
     for fused in (True, False):
-        m = fg.MLP([3, 16, 16, 1], seed=0, dtype=dtype, backend="numba")
+        m = fg.MLP([3, 16, 16, 1], seed=0, dtype=dtype, backend=backend)
         with pytest.raises(fg.NonFiniteError) as info:
             m.fit(X, y, epochs=50, batch_size=4, optimizer="sgd", lr=lr, verbose=0,
                   fused=fused)
@@ -143,9 +156,11 @@ def test_non_finite_error_is_the_same(rng, dtype, lr):
     np.testing.assert_allclose(params[0], params[1], **TOL[dtype])
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype, x0, w0, lr", [("float32", 1e25, 1e-12, 1e5),
                                                ("float64", 1e200, 1e-100, 1e10)])
-def test_an_update_that_breaks_the_weights_is_rolled_back_the_same(rng, dtype, x0, w0, lr):
+def test_an_update_that_breaks_the_weights_is_rolled_back_the_same(rng, dtype, x0, w0, lr,
+                                                                   backend):
     """Batch 1 holds one row whose gradient is finite but whose update (lr * g) overflows:
     batch 2 then meets non-finite weights; both runners report epoch 0, batch 2 and leave
     the model with the weights from before batch 1's update (the fused runner replays the
@@ -156,7 +171,7 @@ def test_an_update_that_breaks_the_weights_is_rolled_back_the_same(rng, dtype, x
     y = rng.standard_normal(12)
     results = []
     for fused in (True, False):
-        m = fg.MLP([3, 1], dtype=dtype, backend="numba", seed=0)
+        m = fg.MLP([3, 1], dtype=dtype, backend=backend, seed=0)
         m.layers[0].W[0, 0] = w0  # keeps batch 1's output (and loss) finite
         with pytest.raises(fg.NonFiniteError) as info:
             m.fit(X, y, epochs=1, batch_size=4, shuffle=False, optimizer="sgd", lr=lr,
@@ -180,11 +195,12 @@ def test_hyper_parameters_outside_the_dtype_fall_back(rng):
     assert m64.fit(X, y, epochs=1, optimizer="adam", eps=1e-50, verbose=0).runner == "fused"
 
 
-def test_nan_weights_name_the_same_layer(rng):
+@pytest.mark.parametrize("backend", FUSED)
+def test_nan_weights_name_the_same_layer(rng, backend):
     X, y, d_out, output = problem(rng, "cross_entropy")
     reports = []
     for fused in (True, False):
-        m = fg.MLP([4, 8, 8, d_out], seed=0, backend="numba")
+        m = fg.MLP([4, 8, 8, d_out], seed=0, backend=backend)
         m.fit(X, y, epochs=1, verbose=0, fused=fused)
         m.layers[1].W[0, 0] = np.nan
         with pytest.raises(fg.NonFiniteError) as info:
@@ -194,13 +210,14 @@ def test_nan_weights_name_the_same_layer(rng):
     assert reports[0] == reports[1] == (0, 0, 1, "loss")
 
 
-def test_switching_runners_continues_the_same_optimizer_state(rng):
+@pytest.mark.parametrize("backend", FUSED)
+def test_switching_runners_continues_the_same_optimizer_state(rng, backend):
     """2 fused epochs, then 2 layer-by-layer ones with the same Adam (its moments and step
     count carry over), equal 4 epochs of either runner alone."""
     X, y, d_out, output = problem(rng, "cross_entropy")
     results = []
     for plan in ((True, False), (False, True), (True, True), (False, False)):
-        m = fg.MLP([4, 6, d_out], "relu", dtype="float64", backend="numba", seed=3)
+        m = fg.MLP([4, 6, d_out], "relu", dtype="float64", backend=backend, seed=3)
         opt = optim.Adam(lr=0.02)
         for fused in plan:
             m.fit(X, y, epochs=2, batch_size=8, optimizer=opt, verbose=0, fused=fused)
@@ -211,46 +228,54 @@ def test_switching_runners_continues_the_same_optimizer_state(rng):
         assert got[3] == results[0][3] == 4 * 5
 
 
-def test_fit_on_numba_uses_the_fused_runner(rng, monkeypatch):
+@pytest.mark.parametrize("backend", FUSED)
+def test_fit_uses_the_fused_runner(rng, monkeypatch, backend):
     """A spy on the backend's runner: the fast path cannot silently fall off."""
     calls = []
-    real = numba_cpu.train_epoch
+    module = FUSED[backend]
+    real = module.train_epoch
 
     def spy(plan, *args, **kwargs):
         calls.append(plan.n_batches)
         return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(numba_cpu, "train_epoch", spy)
+    monkeypatch.setattr(module, "train_epoch", spy)
     X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
     for optimizer in ("sgd", "adam", "adamw", "rmsprop"):
         calls.clear()
-        m = fg.MLP([5, 8, 3], backend="numba", seed=0)
+        m = fg.MLP([5, 8, 3], backend=backend, seed=0)
         h = m.fit(X, y, epochs=3, batch_size=16, optimizer=optimizer, verbose=0)
         assert calls == [3, 3, 3] and h.runner == "fused", optimizer
-    m = fg.MLP([5, 8, 1], "leaky_relu", backend="numba", seed=0, dtype="float64")
+    m = fg.MLP([5, 8, 1], "leaky_relu", backend=backend, seed=0, dtype="float64")
     assert m.fit(X, X[:, 0], epochs=1, verbose=0).runner == "fused"
 
 
 def test_default_backend_trains_with_the_fused_runner(rng):
-    """backend=None: the default backend (cython, fastest for single kernels) has no fused
-    runner, so fit takes numba's fused epoch; an explicit backend is kept as given."""
+    """backend=None: the default backend (cython, fastest for single kernels) trains with
+    its fused epoch; an explicit backend is kept as given (numpy has no fused runner)."""
     X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
-    assert fg.MLP([5, 8, 3], seed=0).fit(X, y, epochs=1, verbose=0).runner == "fused"
+    model = fg.MLP([5, 8, 3], seed=0)
+    assert model.fit(X, y, epochs=1, verbose=0).runner == "fused"
+    assert "cython.train_epoch" in model._runner_cache
     explicit = fg.MLP([5, 8, 3], backend="cython", seed=0).fit(X, y, epochs=1, verbose=0)
-    assert explicit.runner == "layers"
+    assert explicit.runner == "fused"
+    numpy = fg.MLP([5, 8, 3], backend="numpy", seed=0).fit(X, y, epochs=1, verbose=0)
+    assert numpy.runner == "layers"
 
 
-def test_the_adapter_is_built_once_per_model(rng, monkeypatch):
+@pytest.mark.parametrize("backend", FUSED)
+def test_the_adapter_is_built_once_per_model(rng, monkeypatch, backend):
     built = []
-    real = numba_cpu._FitAdapter.__init__
+    adapter = FUSED[backend]._FitAdapter
+    real = adapter.__init__
 
     def counting(self, *args):
         built.append(1)
         real(self, *args)
 
-    monkeypatch.setattr(numba_cpu._FitAdapter, "__init__", counting)
+    monkeypatch.setattr(adapter, "__init__", counting)
     X, y = rng.standard_normal((40, 5)), np.arange(40) % 3
-    m = fg.MLP([5, 8, 3], backend="numba", seed=0)
+    m = fg.MLP([5, 8, 3], backend=backend, seed=0)
     opt = optim.SGD(lr=0.1, momentum=0.9)
     m.fit(X, y, epochs=3, batch_size=16, optimizer=opt, verbose=0)
     m.fit(X, y, epochs=2, batch_size=16, optimizer=opt, verbose=0)
@@ -286,6 +311,79 @@ def test_plans_the_fused_runner_declines(rng):
             model.fit(X, y, epochs=1, optimizer=opt, verbose=0, fused=True)
     with pytest.raises(ValueError, match="backend 'numpy' has no fused epoch runner"):
         fg.MLP([3, 2], backend="numpy").fit(X, y, epochs=1, verbose=0, fused=True)
+
+
+# --- the cython backend's fused runner: every plan of the layer-by-layer kernels ----------
+
+def _hidden_pairs():
+    """Pairs of hidden activations covering every activation of the table once at least,
+    row-wise ones (softmax, log_softmax) included, each pair mixed."""
+    names = [n for n in ACTIVATIONS if n != "identity"]
+    return [(names[i], names[(i + 5) % len(names)]) for i in range(len(names))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pair", _hidden_pairs(), ids="-".join)
+def test_cython_fused_trains_mixed_and_rowwise_activations_as_layer_by_layer(rng, pair, dtype):
+    """Where numba's runner takes one elementwise hidden activation, cython's runs each
+    layer's own kernel: any activations, mixed, row-wise, with their own parameters."""
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    runs = []
+    for fused in (True, False):
+        model = fg.Sequential([fg.Dense(4, 6, pair[0]), fg.Dense(6, 5, pair[1]),
+                               fg.Dense(5, d_out)], backend="cython", dtype=dtype, seed=0)
+        model.params[...] = np.random.default_rng(3).uniform(-0.7, 0.7, model.params.size)
+        opt = optim.SGD(lr=0.1, momentum=0.9)
+        # (health=False: binary_step's zero gradients would warn)
+        h = model.fit(X, y, epochs=3, batch_size=8, optimizer=opt, verbose=0, fused=fused,
+                      health=False)
+        assert h.runner == ("fused" if fused else "layers")
+        runs.append((model, h, opt))
+    assert_same_training(*runs, dtype)
+
+
+def test_cython_fused_takes_what_numba_declines(rng):
+    """Mixed activations (or parameters) and hyper-parameters outside float32: the cython
+    runner computes the updates in double, as its layer-by-layer kernels do."""
+    X, y = rng.standard_normal((24, 3)), np.arange(24) % 2
+    leaky = fg.Sequential([fg.Dense(3, 4, "leaky_relu", alpha=0.1),
+                           fg.Dense(4, 4, "leaky_relu", alpha=0.2), fg.Dense(4, 2)],
+                          backend="cython")
+    assert leaky.fit(X, y, epochs=1, optimizer="sgd", verbose=0).runner == "fused"
+    runs = []
+    for fused in (True, False):
+        m = fg.MLP([3, 4, 2], backend="cython", seed=0)
+        opt = optim.Adam(lr=0.01, eps=1e-50)
+        h = m.fit(X, y, epochs=2, batch_size=8, optimizer=opt, verbose=0, fused=fused)
+        assert h.runner == ("fused" if fused else "layers")
+        runs.append((m, h, opt))
+    assert_same_training(*runs, "float32")
+
+
+def test_plans_the_cython_fused_runner_declines(rng):
+    X, y = rng.standard_normal((24, 3)), np.arange(24) % 2
+
+    class MySGD(optim.SGD):
+        pass
+
+    model = fg.MLP([3, 4, 2], backend="cython", seed=0)
+    assert model.fit(X, y, epochs=1, optimizer=MySGD(lr=0.1), verbose=0).runner == "layers"
+    with pytest.raises(ValueError, match="fused=True but .*MySGD has no fused"):
+        model.fit(X, y, epochs=1, optimizer=MySGD(lr=0.1), verbose=0, fused=True)
+    # a plan whose parameters are not the trainer's flat layout (the compiled runner
+    # addresses every layer through it)
+    opt = optim.SGD(lr=0.1)
+    opt.bind(model.params)
+    layers = train._plan_layers(model)
+    T = np.eye(2, dtype=np.float32)[y]
+    plan = train.EpochPlan(layers, model.params, model.grads, model.layer_slices[::-1],
+                           X.astype(np.float32), T, 8, model.loss_spec, opt, 0.1, None, None,
+                           "cython")
+    assert "flat buffer" in cython_backend.train_epoch_reason(plan)
+    plan.layer_slices = model.layer_slices
+    assert cython_backend.train_epoch_reason(plan) is None
+    plan.X = np.asfortranarray(plan.X)
+    assert "C-contiguous" in cython_backend.train_epoch_reason(plan)
 
 
 # --- BLAS threads -------------------------------------------------------------------------
@@ -429,7 +527,8 @@ def test_blas_policy_without_threadpoolctl(monkeypatch):
 
 # --- decay="sklearn" and the end-of-epoch pass --------------------------------------------
 
-def test_sklearn_decay_formula_in_both_runners(rng):
+@pytest.mark.parametrize("backend", FUSED)
+def test_sklearn_decay_formula_in_both_runners(rng, backend):
     """One epoch of plain SGD, batches of 8, 8, 5 rows, in float64: the loss is the data
     loss plus 0.5 wd ||W||^2 / r per batch, and the update adds wd W / r to the weights'
     gradients only; both runners give what this step-by-step replay gives."""
@@ -437,9 +536,9 @@ def test_sklearn_decay_formula_in_both_runners(rng):
     wd, lr = 0.7, 0.1
     for fused in (True, False):
         model = fg.MLP([X.shape[1], 6, d_out], "tanh", output=output, dtype="float64",
-                       backend="numba", seed=3)
+                       backend=backend, seed=3)
         replay = fg.MLP([X.shape[1], 6, d_out], "tanh", output=output, dtype="float64",
-                        backend="numba", seed=3)
+                        backend=backend, seed=3)
         replay.fit(X[:2], y[:2], epochs=1, optimizer="sgd", lr=1e-300, verbose=0,
                    classes=np.unique(y))
         replay.params[...] = model.params  # fixed output, same start
@@ -518,17 +617,18 @@ def test_shuffle_callable_gives_each_epoch_order(rng):
 
 # --- blocks of epochs: fit with nothing between epochs runs them in one call each ---------
 
-def _count_block_calls(monkeypatch, epochs_per_block, n):
+def _count_block_calls(monkeypatch, epochs_per_block, n, backend="numba"):
     """Make fit's blocks `epochs_per_block` epochs long (for n rows) and record the size of
     every block call."""
     calls = []
-    real = numba_cpu.train_epoch.train_epochs
+    runner = FUSED[backend].train_epoch
+    real = runner.train_epochs
 
     def counting(plan, orders):
         calls.append(len(orders))
         return real(plan, orders)
 
-    monkeypatch.setattr(numba_cpu.train_epoch, "train_epochs", counting)
+    monkeypatch.setattr(runner, "train_epochs", counting)
     monkeypatch.setattr(train, "_BLOCK_ELEMENTS", epochs_per_block * n)
     return calls
 
@@ -537,19 +637,20 @@ def _optimizer_arrays(opt):
     return [a.copy() for a in numba_cpu._optimizer_state(opt)[1]]
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("opt", ["adam-wd", "sgd-nesterov-sklearn-l2"])
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy", "cross_entropy"])
 def test_blocks_of_epochs_train_exactly_as_epoch_by_epoch(rng, monkeypatch, loss, opt, shuffle,
-                                                          dtype):
+                                                          dtype, backend):
     X, y, d_out, output = problem(rng, loss)
-    calls = _count_block_calls(monkeypatch, 3, len(X))
+    calls = _count_block_calls(monkeypatch, 3, len(X), backend)
     runs = []
     for callbacks in (None, [lambda epoch, logs: None]):  # a callback: epoch by epoch
         model, history, o = run(X, y, d_out, output, dtype, True, epochs=9, batch_size=8,
                                 shuffle=shuffle, health=False, callbacks=callbacks,
-                                opt=OPTIMIZERS[opt])
+                                opt=OPTIMIZERS[opt], backend=backend)
         runs.append((model, history, o, _optimizer_arrays(o)))
     # the first epoch picks the runner; then blocks of 3, 3 and the 2 left
     assert calls == [3, 3, 2]
@@ -564,15 +665,16 @@ def test_blocks_of_epochs_train_exactly_as_epoch_by_epoch(rng, monkeypatch, loss
     assert ma._rng.bit_generator.state == mb._rng.bit_generator.state
 
 
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_block_that_meets_a_non_finite_batch_is_replayed_to_report_it(rng, monkeypatch,
-                                                                         dtype):
+                                                                         dtype, backend):
     X = rng.standard_normal((32, 3))
     y = 10 * rng.standard_normal(32)
-    calls = _count_block_calls(monkeypatch, 4, len(X))
+    calls = _count_block_calls(monkeypatch, 4, len(X), backend)
     outcomes = []
     for callbacks in (None, [lambda epoch, logs: None]):
-        m = fg.MLP([3, 16, 16, 1], "tanh", seed=0, dtype=dtype, backend="numba")
+        m = fg.MLP([3, 16, 16, 1], "tanh", seed=0, dtype=dtype, backend=backend)
         with pytest.raises(fg.NonFiniteError) as info:
             m.fit(X, y, epochs=300, batch_size=4, optimizer="sgd", lr=1.0, verbose=0,
                   health=False, callbacks=callbacks)
@@ -588,10 +690,11 @@ def test_a_block_that_meets_a_non_finite_batch_is_replayed_to_report_it(rng, mon
     assert epochs_a == epochs_b and hist_a == hist_b
 
 
-def test_fit_uses_blocks_only_when_nothing_runs_between_epochs(rng, monkeypatch):
+@pytest.mark.parametrize("backend", FUSED)
+def test_fit_uses_blocks_only_when_nothing_runs_between_epochs(rng, monkeypatch, backend):
     X, y, d_out, output = problem(rng, "cross_entropy")
-    calls = _count_block_calls(monkeypatch, 2, len(X))
-    quiet = dict(epochs=3, batch_size=8, health=False)
+    calls = _count_block_calls(monkeypatch, 2, len(X), backend)
+    quiet = dict(epochs=3, batch_size=8, health=False, backend=backend)
     run(X, y, d_out, output, "float64", True, **quiet)
     assert calls == [2]
     for extra in ({"health": True}, {"callbacks": [lambda e, logs: None]},

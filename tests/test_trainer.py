@@ -370,12 +370,14 @@ _INTERFACE = ("activation_forward", "activation_backward", "linear_forward", "li
     ("regression", "rmsprop", {"momentum": 0.5, "weight_decay": 1e-3}),
     ("multiclass", "adamw", {"weight_decay": 0.05}),
 ])
+@pytest.mark.parametrize("fused", [None, False], ids=["fused", "layers"])
 def test_cython_fit_uses_only_cython_kernels_and_matches_numpy(task, optimizer, params,
-                                                                dtype, rtol, monkeypatch):
-    """MLP(backend="cython").fit runs the layer-by-layer runner on the compiled kernels
-    alone (every other backend's kernels raise while it runs) and lands where the numpy
-    reference's fit from the same seed does: each of the three losses and four optimizers
-    in the loop, float64 to ~1e-12 and float32 to a few float32 ulps after 40 steps."""
+                                                                dtype, rtol, fused, monkeypatch):
+    """MLP(backend="cython").fit, with its fused epoch runner (the default) or layer by
+    layer, runs on the compiled kernels alone (every other backend's kernels raise while it
+    runs) and lands where the numpy reference's fit from the same seed does: each of the
+    three losses and four optimizers in the loop, float64 to ~1e-12 and float32 to a few
+    float32 ulps after 40 steps."""
     rng = np.random.default_rng(5)
     X = rng.standard_normal((60, 4))
     y = {"multiclass": (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5),
@@ -388,7 +390,7 @@ def test_cython_fit_uses_only_cython_kernels_and_matches_numpy(task, optimizer, 
     def fit(backend):
         m = fg.MLP([4, 8, 8, d_out], activation="tanh", dtype=dtype, seed=7,
                    backend=backend)
-        return m, m.fit(X, y, **kw)
+        return m, m.fit(X, y, **kw, fused=fused if backend == "cython" else None)
 
     want, want_h = fit("numpy")
 
@@ -402,7 +404,7 @@ def test_cython_fit_uses_only_cython_kernels_and_matches_numpy(task, optimizer, 
                 monkeypatch.setattr(module, name, forbidden)
     got, got_h = fit("cython")
     monkeypatch.undo()
-    assert train._epoch_runner(got, None, batch_callbacks=False) is train.train_epoch_layers
+    assert got_h.runner == ("layers" if fused is False else "fused")
     assert got.params.dtype == dtype
     np.testing.assert_allclose(got.params, want.params, rtol=rtol,
                                atol=rtol * np.abs(want.params).max())
