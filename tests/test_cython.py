@@ -709,3 +709,145 @@ def test_built_wheel_installs_and_imports(tmp_path):
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
                          text=True, env=dict(env, PYTHONPATH=str(target)), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+# ---- the fused epoch runner's entry point (fastgrad/_train.pxi) -------------------------
+
+def _train_args(dtype=np.float64, sizes=(3, 4, 2), n=10, B=4, epochs=1, gather=False,
+                seed=0, loss="cross_entropy", optimizer="adam"):
+    """Valid keyword arguments of _kernels.train_epochs: a small MLP, one-hot targets."""
+    rng = np.random.default_rng(seed)
+    L_ = len(sizes) - 1
+    P = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(L_))
+    nb = -(-n // B)
+    T = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], n)]
+    orders = (np.stack([rng.permutation(n) for _ in range(epochs)]) if gather
+              else np.zeros((epochs, 0), np.int64))
+    return dict(
+        params=rng.uniform(-0.5, 0.5, P).astype(dtype), grads=np.zeros(P, dtype),
+        state_a=np.zeros(P, dtype), state_b=np.zeros(P, dtype),
+        X=rng.standard_normal((n, sizes[0])).astype(dtype), T=T, orders=orders,
+        sizes=np.array(sizes, np.int64),
+        kernels=np.array([K["tanh"]] * (L_ - 1) + [K["identity"]], np.int32),
+        act=np.zeros((L_, 2)), saved=np.array([2] * (L_ - 1) + [0], np.int32),
+        loss=L[loss], optimizer=_kernels.TRAIN_OPTIMIZERS.index(optimizer),
+        hyper=np.array([0.05, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.99, 0.0, 0.0]),
+        nesterov=False, sklearn_decay=False, batch_size=B,
+        workspace=np.zeros(_kernels.train_workspace_size(sizes, B, dtype), dtype),
+        batch_loss=np.zeros(epochs * nb), grad_sq=np.zeros((epochs * nb, L_)),
+        step=np.zeros(1, np.int64))
+
+
+def test_train_epochs_direct_calls_reject_bad_arguments():
+    """Every argument is checked before the nogil loop: a bad one raises naming it, and
+    nothing is written."""
+    ro = np.zeros(26)
+    ro.setflags(write=False)
+    shared = np.zeros(52)
+    cases = [
+        ({"params": [0.0] * 26}, TypeError, "params must be a numpy.ndarray"),
+        ({"params": np.zeros(26, np.int64)}, TypeError, "params must be float32 or float64"),
+        ({"params": np.zeros((2, 13))}, ValueError, "params must be 1-D"),
+        ({"params": ro}, ValueError, "params is read-only"),
+        ({"params": np.zeros(27), "grads": np.zeros(27), "state_a": np.zeros(27),
+          "state_b": np.zeros(27)}, ValueError, r"params has 27 elements; sizes \[3, 4, 2\]"),
+        ({"grads": np.zeros(26, np.float32)}, TypeError, "grads has dtype float32"),
+        ({"grads": np.zeros(52)[::2]}, ValueError, "grads must be C-contiguous"),
+        ({"state_a": np.zeros(25)}, ValueError, r"state_a has shape \(25,\)"),
+        ({"state_b": ro}, ValueError, "state_b is read-only"),
+        ({"grads": shared[:26], "state_a": shared[20:46]}, ValueError,
+         "state_a and grads overlap"),
+        ({"workspace": np.zeros(10)}, ValueError, "workspace has 10 elements"),
+        ({"X": np.zeros((10, 4))}, ValueError, r"X has shape \(10, 4\), expected \(10, 3\)"),
+        ({"X": np.zeros(30)}, ValueError, "X must be 2-D"),
+        ({"T": np.zeros((9, 2))}, ValueError, r"T has shape \(9, 2\), expected \(10, 2\)"),
+        ({"T": np.zeros((10, 2), np.float32)}, TypeError, "T has dtype float32"),
+        ({"orders": np.zeros((1, 10), np.int32)}, TypeError, "orders must be an int64"),
+        ({"orders": np.zeros((1, 9), np.int64)}, ValueError, r"orders must be C-contiguous"),
+        ({"orders": np.full((1, 10), 10, np.int64)}, ValueError,
+         r"orders must hold row indices in \[0, 10\)"),
+        ({"orders": np.full((1, 10), -1, np.int64)}, ValueError, "orders must hold row"),
+        ({"sizes": np.array([3, 4, 2], np.int32)}, TypeError, "sizes has dtype int32"),
+        ({"sizes": np.array([3], np.int64)}, ValueError, "at least 2 layer sizes"),
+        ({"sizes": np.array([3, 0, 2], np.int64)}, ValueError, r"sizes must be in \[1,"),
+        ({"kernels": np.array([K["tanh"]], np.int32)}, ValueError, r"kernels has shape"),
+        ({"kernels": np.array([K["tanh"], 99], np.int32)}, ValueError,
+         "kernel must be an id"),
+        ({"saved": np.array([3, 0], np.int32)}, ValueError, "saved must hold codes"),
+        ({"act": np.zeros((2, 3))}, ValueError, r"act has shape \(2, 3\)"),
+        ({"act": np.zeros((2, 2), np.float32)}, TypeError, "act must be a float64"),
+        ({"loss": 7}, ValueError, "loss must be an id"),
+        ({"optimizer": 4}, ValueError, "optimizer must be an index"),
+        ({"hyper": np.zeros(8)}, ValueError, r"hyper has shape \(8,\)"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be in \[1,"),
+        ({"batch_loss": np.zeros(2)}, ValueError, "batch_loss must be 1-D with >= 3"),
+        ({"batch_loss": np.zeros(3, np.float32)}, TypeError, "batch_loss has dtype"),
+        ({"grad_sq": np.zeros((3, 3))}, ValueError, r"grad_sq must be 2-D \(>= 3, 2\)"),
+        ({"grad_sq": np.zeros((2, 2))}, ValueError, "grad_sq must be 2-D"),
+        ({"step": np.zeros(2, np.int64)}, ValueError, r"step has shape \(2,\)"),
+    ]
+    for change, exc, match in cases:
+        args = _train_args()
+        before = args["params"].copy()
+        args.update(change)
+        with pytest.raises(exc, match=match):
+            _kernels.train_epochs(**args)
+        if "params" not in change:
+            np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss, optimizer, sizes", [
+    ("cross_entropy", "adam", (3, 4, 2)), ("mse", "sgd", (5, 3)),
+    ("binary_cross_entropy", "rmsprop", (2, 40, 3, 1)), ("cross_entropy", "adamw", (4, 6, 40))])
+@pytest.mark.parametrize("n, B, gather", [(10, 4, False), (10, 4, True), (3, 8, True),
+                                          (16, 16, False)])
+def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, B, gather):
+    """Every array the call writes sits between guard elements, the workspace exactly
+    sized (a short last batch, a batch larger than the data, a wide output layer that skips
+    the transposed copy): the guards keep their values, and gathering rows in an order
+    trains as the rows put in that order do."""
+    args = _train_args(dtype, sizes, n, B, epochs=2, gather=gather, loss=loss,
+                       optimizer=optimizer)
+    if loss != "cross_entropy":
+        args["T"] = np.random.default_rng(1).uniform(0, 1, args["T"].shape).astype(dtype)
+    args["hyper"][1] = 0.5 if optimizer in ("sgd", "rmsprop") else 0.0  # momentum
+    args["hyper"][7:] = (1.0, 0.3)  # clip_norm, clip_value
+    plain = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    guard = 7
+    for name in ("params", "grads", "state_a", "state_b", "workspace", "batch_loss",
+                 "grad_sq", "step"):
+        a = args[name]
+        buf = np.full(a.size + 2 * guard, -12345, a.dtype)
+        buf[guard:guard + a.size] = a.ravel()
+        args[name] = buf[guard:guard + a.size].reshape(a.shape)
+        args[name + "_buf"] = buf
+    bufs = {k: args.pop(k) for k in list(args) if k.endswith("_buf")}
+    nb = -(-n // B)
+    assert _kernels.train_epochs(**args) == 2 * nb
+    for name, buf in bufs.items():
+        assert np.all(buf[:guard] == -12345) and np.all(buf[-guard:] == -12345), name
+    assert args["step"][0] == 2 * nb and np.all(np.isfinite(args["params"]))
+    # the same epochs with the rows put in each epoch's order, batches as views
+    if gather:
+        for e in range(2):
+            one = {**plain, "X": np.ascontiguousarray(plain["X"][plain["orders"][e]]),
+                   "T": np.ascontiguousarray(plain["T"][plain["orders"][e]]),
+                   "orders": np.zeros((1, 0), np.int64), "batch_loss": np.zeros(nb),
+                   "grad_sq": np.zeros((nb, len(sizes) - 1))}
+            assert _kernels.train_epochs(**one) == nb
+            np.testing.assert_array_equal(one["batch_loss"],
+                                          args["batch_loss"][e * nb:(e + 1) * nb])
+        np.testing.assert_array_equal(plain["params"], args["params"])
+        np.testing.assert_array_equal(plain["state_b"], args["state_b"])
+
+
+def test_train_epochs_stops_before_the_update_of_a_non_finite_batch():
+    args = _train_args(n=12, B=4)
+    args["X"][5, 0] = np.nan  # batch 1
+    before = args["params"].copy()
+    assert _kernels.train_epochs(**args) == 1
+    assert args["step"][0] == 1
+    assert np.isnan(args["batch_loss"][1]) and np.all(np.isfinite(args["params"]))
+    assert not np.array_equal(args["params"], before)  # batch 0's update only
+    assert not np.all(np.isfinite(args["grads"]))  # batch 1's gradient, for the diagnosis
