@@ -777,7 +777,8 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
         ({"act": np.zeros((2, 3))}, ValueError, r"act has shape \(2, 3\)"),
         ({"act": np.zeros((2, 2), np.float32)}, TypeError, "act must be a float64"),
         ({"loss": 7}, ValueError, "loss must be an id"),
-        ({"optimizer": 4}, ValueError, "optimizer must be an index"),
+        ({"optimizer": 5}, ValueError, "optimizer must be an index"),
+        ({"optimizer": -1}, ValueError, "optimizer must be an index"),
         ({"hyper": np.zeros(8)}, ValueError, r"hyper has shape \(8,\)"),
         ({"batch_size": 0}, ValueError, r"batch_size must be in \[1,"),
         ({"batch_loss": np.zeros(2)}, ValueError, "batch_loss must be 1-D with >= 3"),
@@ -799,6 +800,7 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss, optimizer, sizes", [
     ("cross_entropy", "adam", (3, 4, 2)), ("mse", "sgd", (5, 3)),
+    ("cross_entropy", "sgd_dtype", (3, 4, 2)),
     ("binary_cross_entropy", "rmsprop", (2, 40, 3, 1)), ("cross_entropy", "adamw", (4, 6, 40))])
 @pytest.mark.parametrize("n, B, gather", [(10, 4, False), (10, 4, True), (3, 8, True),
                                           (16, 16, False)])
@@ -811,7 +813,7 @@ def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, 
                        optimizer=optimizer)
     if loss != "cross_entropy":
         args["T"] = np.random.default_rng(1).uniform(0, 1, args["T"].shape).astype(dtype)
-    args["hyper"][1] = 0.5 if optimizer in ("sgd", "rmsprop") else 0.0  # momentum
+    args["hyper"][1] = 0.5 if optimizer in ("sgd", "sgd_dtype", "rmsprop") else 0.0
     args["hyper"][7:] = (1.0, 0.3)  # clip_norm, clip_value
     plain = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
     guard = 7

@@ -360,6 +360,21 @@ def test_cython_fused_takes_what_numba_declines(rng):
     assert_same_training(*runs, "float32")
 
 
+@pytest.mark.parametrize("lr, update", [(0.05, "sgd_dtype"), (1e-50, "sgd")])
+def test_cython_float32_sgd_updates_in_float32_where_its_hyper_parameters_fit(rng, lr, update):
+    """float32 SGD runs in float32 arithmetic (PyTorch's update, as numba's runner), unless
+    a hyper-parameter is not a normal float32 (it would flush or overflow): then through
+    double, as the layer-by-layer kernel; both within rounding of the layer runner."""
+    from fastgrad import _kernels
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    opt = ("sgd", {"lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01})
+    runs = [run(X, y, d_out, output, "float32", fused, opt=opt, epochs=3, batch_size=8,
+                backend="cython") for fused in (True, False)]
+    assert_same_training(*runs, "float32")
+    adapter = runs[0][0]._runner_cache["cython.train_epoch"]
+    assert _kernels.TRAIN_OPTIMIZERS[adapter.switches[1]] == update
+
+
 def test_plans_the_cython_fused_runner_declines(rng):
     X, y = rng.standard_normal((24, 3)), np.arange(24) % 2
 

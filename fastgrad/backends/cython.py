@@ -127,6 +127,12 @@ def supports_train_epoch(plan) -> bool:
     return train_epoch_reason(plan) is None
 
 
+def _representable(values, dtype) -> bool:
+    """Whether every value is 0 or a normal number of `dtype` (no overflow, no flush)."""
+    finfo = np.finfo(dtype)
+    return all(v == 0 or finfo.tiny <= abs(v) <= finfo.max for v in values)
+
+
 class _FitAdapter(_fit_adapter.FitAdapter):
     """The compiled kernel's side of the shared adapter: its per-layer arguments (sizes,
     kernel ids, saved-tensor codes, activation parameters), the workspace, the
@@ -161,8 +167,12 @@ class _FitAdapter(_fit_adapter.FitAdapter):
                   opt.decay)
         if config != self.configured:
             self.hyper[:] = values
-            self.switches = (_LOSS_IDS[plan.loss.name], _OPTIMIZER_CODES[self.opt_name],
-                             bool(config[3]), opt.decay == "sklearn")
+            code = _OPTIMIZER_CODES[self.opt_name]
+            if self.opt_name == "sgd" and plan.params.dtype == np.float32 and _representable(
+                    (plan.lr, values[1], opt.weight_decay), np.float32):
+                code = _OPTIMIZER_CODES["sgd_dtype"]  # float32 SGD in float32, as PyTorch
+            self.switches = (_LOSS_IDS[plan.loss.name], code, bool(config[3]),
+                             opt.decay == "sklearn")
             self.configured = config
 
     def _launch(self, plan, X, T, orders, batch_loss, grad_sq, step: int) -> int:
