@@ -116,8 +116,8 @@ extern double log(double) FG_SIMD_DECL;
      * rounded once, but with each exponential computed once, in one flat vectorized pass  \
      * over the batch (rows of a few logits vectorize poorly one by one), and 1/s and 1/r   \
      * multiplied (two divisions per element were half of this function's time), the     \
-     * rows' logs in one vectorized pass. e: r * (k + 2) doubles of scratch. A NaN logit, or an infinite row max, makes the row's loss and    \
-     * gradient NaN, as there. */                                                           \
+     * rows' logs in one vectorized pass. e: r * (k + 2) doubles of scratch. A NaN logit,  \
+     * or an infinite row max, makes the row's loss and gradient NaN, as there. */         \
     static FG_CLONES double fg_train_ce##SUF(T *z, const T *bias, const T *t, T *g, T *db,   \
                                              double *e, ptrdiff_t r, ptrdiff_t k) {          \
         double total = 0, inv_r = 1.0 / (double)r;                                           \

@@ -7,7 +7,8 @@ in ONE ``MLP.fit`` call of up to max_iter epochs: scikit-learn's per-epoch logic
 (convergence by ``tol`` over ``n_iter_no_change`` epochs, early stopping on a validation
 score, the 'invscaling' and 'adaptive' learning rates) runs as fit's epoch callback, so
 every configuration trains on fit's fused compiled epoch runner where the backend has one
-(numba: all of them, ``_model.history_.runner == "fused"``), layer by layer elsewhere.
+(numba, cython: all of them, ``_model.history_.runner == "fused"``), layer by layer
+elsewhere.
 
 Conventions kept from scikit-learn (so a model trained here and one trained there on the
 same data behave alike):

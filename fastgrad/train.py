@@ -552,8 +552,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     "saturated" and the training metric ("accuracy" / "r2") are then not logged, unless
     early stopping monitors that metric). verbose: 0 silent, 1 a tqdm progress bar (when
     tqdm is installed), 2 a line per epoch. fused: None (default) runs each epoch in the
-    backend's fused compiled runner when it supports the model (numba), else layer by
-    layer; False forces the layer-by-layer runner; True requires the fused one
+    backend's fused compiled runner when it supports the model (numba, cython), else
+    layer by layer; False forces the layer-by-layer runner; True requires the fused one
     (ValueError saying why not).
     history.runner names the runner used ("fused" or "layers"). BLAS runs on one thread
     while training nets whose batches are small, or on a busy machine (see
