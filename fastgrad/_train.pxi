@@ -56,6 +56,9 @@ TRAIN_SAVED = ("none", "x", "y")
 """What each layer's backward reads (the activation's `needs`): codes of train_epochs."""
 
 
+cdef int _IDENTITY = KERNELS["identity"]
+
+
 def train_workspace_size(sizes, Py_ssize_t batch_size, dtype):
     """Elements (of `dtype`, float32 or float64) of the workspace train_epochs needs for
     layer sizes (d_0, ..., d_L) and batches of batch_size rows: batch_size * (4 * (d_1 +
@@ -94,7 +97,7 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
     """n_epochs epochs (see train_epochs); returns the batches completed, all of them or
     the index (counted over the call) of the first non-finite one."""
     cdef int d0 = <int>sizes[0], K = <int>sizes[L]
-    cdef Py_ssize_t S = 0, l, i, j, e, k, start, row, off, nw, kt = 0
+    cdef Py_ssize_t S = 0, l, i, e, k, start, row, off, nw, kt = 0
     for l in range(L):
         S += sizes[l + 1]
     cdef floating *Z = ws
@@ -119,13 +122,12 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
     cdef floating *gy
     cdef floating *gz
     cdef floating *s
-    cdef floating *W
     cdef Py_ssize_t cum, cum_prev
-    cdef double value, sq, total, norm, pen, t, step_size, inv_sqrt_bc2
+    cdef double value, sq, norm, pen, t, step_size, inv_sqrt_bc2
     cdef bint finite
     # logits (identity) into softmax cross-entropy: the output layer's bias, loss, gradient
     # and bias gradient in one function (fg_train_ce)
-    cdef bint fused_out = fg_loss_rowwise[loss] and kern[L - 1] == 0
+    cdef bint fused_out = fg_loss_rowwise[loss] and kern[L - 1] == _IDENTITY
     cdef floating cv, scale, fa, fb
     for e in range(n_epochs):
         for k in range(nb):
@@ -183,7 +185,6 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
             # ---- backward, last layer first: gz = f'(saved) gy and db in one pass, then
             # dW = a^T gz and (below the first layer) the previous layer's gy = gz W^T
             finite = isfinite(value)
-            total = 0.0
             for l in range(L - 1, -1, -1):
                 m = <int>sizes[l + 1]
                 din = <int>sizes[l]
@@ -221,7 +222,6 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 if not isfinite(sq) and not _all_finite(G + off, nw + m):
                     finite = False
                 grad_sq[kt * L + l] = sq
-                total += sq
             batch_loss[kt] = value
             if not finite:  # stop before the update; the gradients stay for the diagnosis
                 return kt
