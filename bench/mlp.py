@@ -290,7 +290,9 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
         notes[f"fastgrad-{b} train_step"] = "model.train_step(x, y) per batch, if the API has it"
         notes[f"fastgrad-{b} trainer"] = (
             "fastgrad.MLP(...).fit(epochs=E) after a first fit that compiles; steps/s = "
-            f"E x {BATCHES} batches / wall time of fit (fit's per-epoch overhead included)")
+            f"E x {BATCHES} batches / wall time of fit (fit's per-epoch overhead included; "
+            "shuffle=False, verbose=0, health=False: a backend with a block form runs the "
+            "epochs after the first in blocks, one call each)")
         makers[f"fastgrad-{b} kernels"] = ("step",
                                            lambda s, B, b=b: fastgrad_kernel_step(s, B, b))
         notes[f"fastgrad-{b} kernels"] = ("public kernels one call per layer, loss gradient "

@@ -24,6 +24,7 @@ FUSED = {"numba": numba_cpu, "cython": cython_backend}
 TOL = {"float32": {"rtol": 1e-4, "atol": 1e-6}, "float64": {"rtol": 1e-9, "atol": 1e-12}}
 
 OPTIMIZERS = {
+    "sgd": ("sgd", {"lr": 0.05}),  # plain: the fused update's one-pass branch
     "sgd-momentum": ("sgd", {"lr": 0.05, "momentum": 0.9}),
     "sgd-nesterov-wd": ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True,
                                 "weight_decay": 0.01}),

@@ -465,7 +465,12 @@ def _update(p, g, m, v, opt, lr, mom, nesterov, wd, scale, b1, b2, eps, lr_t, in
                 m[i] = u
             p[i] -= lr * u
     elif opt == 0:
-        if mom == 0:
+        if mom == 0 and wd == 0 and scale == one:
+            # plain SGD, the common case: half the work of the general step below (the
+            # same result for finite weights: g * 1 + 0 * p = g)
+            for i in range(p.size):
+                p[i] -= lr * g[i]
+        elif mom == 0:
             for i in range(p.size):
                 gi = g[i] * scale + wd * p[i]
                 p[i] -= lr * gi
