@@ -853,3 +853,36 @@ def test_train_epochs_stops_before_the_update_of_a_non_finite_batch():
     assert np.isnan(args["batch_loss"][1]) and np.all(np.isfinite(args["params"]))
     assert not np.array_equal(args["params"], before)  # batch 0's update only
     assert not np.all(np.isfinite(args["grads"]))  # batch 1's gradient, for the diagnosis
+
+
+def test_train_epochs_releases_the_gil():
+    """The whole call runs without the GIL: Python in another thread keeps running while
+    it trains (the main thread timestamps its loop all through the call)."""
+    import threading
+    import time
+    args = _train_args(np.float32, (16, 32, 4), n=256, B=32, epochs=1)
+    args["orders"] = np.zeros((2000, 0), np.int64)  # 2000 epochs of 8 batches in one call
+    args["batch_loss"] = np.zeros(2000 * 8)
+    args["grad_sq"] = np.zeros((2000 * 8, 2))
+    span = []
+
+    def train():
+        t0 = time.perf_counter()
+        _kernels.train_epochs(**args)
+        span.extend((t0, time.perf_counter()))
+
+    worker = threading.Thread(target=train)
+    stamps = []
+    worker.start()
+    while worker.is_alive():
+        stamps.append(time.perf_counter())
+    worker.join()
+    assert args["step"][0] == 2000 * 8
+    start, end = span
+    assert end - start > 0.02, "the call must last long enough to tell"
+    # The loop ran through the call: no gap in its stamps as long as half the call (the
+    # GIL held from the call's validation to its end would leave one that long at least).
+    inside = [t for t in stamps if start < t < end]
+    gaps = np.diff([start, *inside, end])
+    assert len(inside) > 100 and gaps.max() < 0.5 * (end - start), (
+        len(inside), gaps.max(), end - start)
