@@ -54,9 +54,18 @@ static inline T FG(elu_b)(T x, T g, T a, T b) {
     return x >= 0 ? g : g * a * e;
 }
 
-/* a = beta; in double (see fg_swish_fwd_d). */
-static inline T FG(swish_f)(T x, T a, T b) { (void)b; return (T)fg_swish_fwd_d(x, a); }
-static inline T FG(swish_b)(T x, T g, T a, T b) { (void)b; return (T)fg_swish_bwd_d(x, g, a); }
+/* a = beta; in double (see fg_swish_fwd_d), but beta = 1 (silu) for float from a float
+ * exp (fg_swish1_fwd_s): the choice is made once per call. */
+static inline T FG(swish_beta_f)(T x, T a, T b) { (void)b; return (T)fg_swish_fwd_d(x, a); }
+static inline T FG(swish_beta_b)(T x, T g, T a, T b) {
+    (void)b;
+    return (T)fg_swish_bwd_d(x, g, a);
+}
+static inline T FG(swish_one_f)(T x, T a, T b) { (void)a; (void)b; return FG_SWISH1_FWD(x); }
+static inline T FG(swish_one_b)(T x, T g, T a, T b) {
+    (void)a; (void)b;
+    return FG_SWISH1_BWD(x, g);
+}
 
 /* exact gelu: in float for float (fg_ncdf_s), in double for double */
 static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)FG_GELU_EXACT_FWD(x); }
@@ -188,11 +197,31 @@ FG_LOOPS(tanh)
 FG_LOOPS(relu)
 FG_LOOPS(leaky_relu)
 FG_LOOPS(elu)
-FG_LOOPS(swish)
+FG_LOOPS(swish_beta)
+FG_LOOPS(swish_one)
 FG_LOOPS(gelu_exact)
 FG_LOOPS(gelu_tanh)
 FG_LOOPS(softplus)
 FG_LOOPS(selu)
+
+/* swish: a = beta; beta = 1 has its own loops (fg_swish1_fwd_s); chosen once per call. */
+static void FG(swish_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {
+    if (a == 1) FG(swish_one_forward)(x, y, n, a, b);
+    else FG(swish_beta_forward)(x, y, n, a, b);
+}
+static void FG(swish_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
+    if (a == 1) FG(swish_one_backward)(s, g, out, n, a, b);
+    else FG(swish_beta_backward)(s, g, out, n, a, b);
+}
+static void FG(swish_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a, T b) {
+    if (a == 1) FG(swish_one_bias_forward)(pre, bias, out, n, a, b);
+    else FG(swish_beta_bias_forward)(pre, bias, out, n, a, b);
+}
+static void FG(swish_backward_colsum)(const T *s, const T *g, T *out, T *colsum,
+                                      ptrdiff_t n, T a, T b) {
+    if (a == 1) FG(swish_one_backward_colsum)(s, g, out, colsum, n, a, b);
+    else FG(swish_beta_backward_colsum)(s, g, out, colsum, n, a, b);
+}
 
 /* gelu: a = 0 exact (erfc), a = 1 the tanh form; the choice is made once per call. */
 static void FG(gelu_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {

@@ -37,8 +37,8 @@ MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf", "npdf")
 
 # Functions here that other formulas call: compiled alongside them by `compile_scalar`
 # (unless `math_functions` binds the name: a target may give its own, as the numba CPU
-# backend does for ncdf, npdf and softplus_tail).
-HELPERS = ("sigmoid_value", "ncdf", "npdf", "softplus_tail")
+# backend does for exp_neg_abs, ncdf, npdf and softplus_tail).
+HELPERS = ("exp_neg_abs", "sigmoid_value", "ncdf", "npdf", "softplus_tail")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -98,11 +98,17 @@ def retype(fn: Callable, namespace: dict, dtype: type | None) -> types.FunctionT
     return types.FunctionType(code, namespace, name, fn.__defaults__)
 
 
+def exp_neg_abs(x):
+    """exp(-|x|), in [0, 1]: never overflows (the numba CPU backend binds a form that,
+    knowing that, scales by one power of two where exp's full range needs two)."""
+    return exp(-abs(x))
+
+
 def sigmoid_value(x):
     """1 / (1 + exp(-x)) through z = exp(-|x|), which never overflows: 1/(1 + z) for
     x >= 0, z/(1 + z) below. One exp for both sides, so a loop of it vectorizes as one
     straight-line body."""
-    z = exp(-abs(x))
+    z = exp_neg_abs(x)
     s = 1.0 / (1.0 + z)
     return s if x >= 0 else z * s
 
@@ -123,7 +129,7 @@ def npdf(x):
 def softplus_tail(x):
     """log1p(exp(-|x|)) = softplus(x) - max(x, 0): exp never overflows and log1p's
     argument is in [0, 1] (the numba CPU backend binds a float32 form shortened for that)."""
-    return log1p(exp(-abs(x)))
+    return log1p(exp_neg_abs(x))
 
 
 def identity_forward(x, a, b):

@@ -25,7 +25,7 @@ from fastgrad.activations import ACTIVATIONS
 from fastgrad.backends import numba_cpu, numba_math
 from fastgrad.scalar_math import compile_scalar
 
-NAMES = ("exp", "expm1", "log1p", "tanh")
+NAMES = ("exp", "expm1", "log1p", "tanh", "exp_neg_abs")
 # erfc and ncdf: vectorized in float32 only (float64 calls libm's); npdf and softplus_tail
 # have their own forms in float32 only (float64 composes exp and log1p): float32 tests only.
 F32_NAMES = (*NAMES, "erfc", "ncdf", "npdf", "softplus_tail")
@@ -34,14 +34,21 @@ F32_MAX = float(np.finfo(np.float32).max)
 # Sweep ranges (float32): past where each result saturates (exp: overflow and underflow to
 # 0; expm1: -1; tanh: +-1), so the saturation is checked too.
 F32_RANGE = {"exp": (-104.5, 89.0), "expm1": (-104.5, 89.0), "log1p": (-1.0, F32_MAX),
+             "exp_neg_abs": (-105.0, 105.0),
              "tanh": (-20.0, 20.0), "erfc": (-10.5, 10.5),
              "ncdf": (-14.75, 14.75), "npdf": (-14.75, 14.75),
              "softplus_tail": (-110.0, 110.0)}
 # Allowed max error in ulps: what the implementations reach (see the report printed by
 # -s) plus a little margin, far below the tests' tolerance of the activations.
 MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5, "erfc": 5.0,
-                        "ncdf": 4.0, "npdf": 2.0, "softplus_tail": 2.5},
-           np.float64: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5}}
+                        "ncdf": 4.0, "npdf": 2.0, "softplus_tail": 2.5, "exp_neg_abs": 1.5},
+           np.float64: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5,
+                        "exp_neg_abs": 1.5}}
+# The float64 references of the functions numpy lacks (np.<name> for the others).
+F64_REF = {"erfc": special.erfc, "ncdf": special.ndtr,
+           "npdf": lambda v: np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi),
+           "softplus_tail": lambda v: np.log1p(np.exp(-np.abs(v))),
+           "exp_neg_abs": lambda v: np.exp(-np.abs(v))}
 STRIDE = 1 if os.environ.get("FASTGRAD_EXHAUSTIVE") else 61
 CHUNK = 1 << 22
 
@@ -117,9 +124,7 @@ def _report(name, dtype, err, x):
 @pytest.mark.parametrize("name", F32_NAMES)
 def test_float32_sweep_within_ulps(name):
     worst, worst_x, count = 0.0, None, 0
-    f64 = {"erfc": special.erfc, "ncdf": special.ndtr,
-           "npdf": lambda v: np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi),
-           "softplus_tail": lambda v: np.log1p(np.exp(-np.abs(v)))}.get(name) or getattr(np, name)
+    f64 = F64_REF.get(name) or getattr(np, name)
     for x in _float32_bits(*F32_RANGE[name], STRIDE):
         got = vmath(name, x)
         assert got.dtype == np.float32
@@ -140,7 +145,7 @@ def _float64_sample(name, rng, n=400_000):
     """Uniform over the interesting range, log-uniform magnitudes (tiny to large, both
     signs where defined), and the neighbourhoods of the reduction's breakpoints."""
     lo, hi = {"exp": (-746.0, 710.0), "expm1": (-746.0, 710.0), "log1p": (-1.0, 1e308),
-              "tanh": (-25.0, 25.0)}[name]
+              "tanh": (-25.0, 25.0), "exp_neg_abs": (-750.0, 750.0)}[name]
     mag = 10.0 ** rng.uniform(-320, math.log10(min(abs(lo) if lo < 0 else hi, hi)), n)
     sign = rng.choice([-1.0, 1.0], n) if lo < 0 else np.ones(n)
     parts = [rng.uniform(max(lo, -50), min(hi, 50), n), sign * mag,
@@ -156,7 +161,7 @@ def _float64_sample(name, rng, n=400_000):
 def test_float64_sample_within_ulps(name, rng):
     x = _float64_sample(name, rng)
     got = vmath(name, x)
-    want = getattr(np, name)(x.astype(np.longdouble))
+    want = (F64_REF.get(name) or getattr(np, name))(x.astype(np.longdouble))
     err = ulp_error_f64(got, want)
     assert not np.isnan(err).any()
     _report(name, np.float64, err, x)
@@ -172,6 +177,8 @@ EDGES = {
               (1000.0, INF), (-1000.0, -1.0), (1e-30, 1e-30), (-1e-30, -1e-30)],
     "log1p": [(NAN, NAN), (INF, INF), (-INF, NAN), (0.0, 0.0), (-0.0, -0.0), (-1.0, -INF),
               (-1.5, NAN), (-2.0, NAN), (1e-30, 1e-30), (-1e-30, -1e-30)],
+    "exp_neg_abs": [(NAN, NAN), (INF, 0.0), (-INF, 0.0), (0.0, 1.0), (-0.0, 1.0),
+                    (1000.0, 0.0), (-1000.0, 0.0), (1e-30, 1.0), (-1e-30, 1.0)],
     "tanh": [(NAN, NAN), (INF, 1.0), (-INF, -1.0), (0.0, 0.0), (-0.0, -0.0), (30.0, 1.0),
              (-30.0, -1.0), (1e-30, 1e-30), (-1e-30, -1e-30)],
     "erfc": [(NAN, NAN), (INF, 0.0), (-INF, 2.0), (0.0, 1.0), (-0.0, 1.0), (30.0, 0.0),
@@ -213,9 +220,10 @@ def test_overflow_and_underflow_thresholds(dtype):
     # Subnormal results: exp over the whole gradual-underflow range.
     lo = np.log(wide(info.smallest_subnormal))
     x = np.linspace(lo - 1, np.log(wide(info.smallest_normal)), 10_001).astype(dtype)
-    got = vmath("exp", x)
     want = np.exp(x.astype(wide))
-    assert np.all(np.abs(got - want) <= info.smallest_subnormal), "subnormal exp"
+    for name, arg in (("exp", x), ("exp_neg_abs", -x), ("exp_neg_abs", x)):
+        got = vmath(name, arg)
+        assert np.all(np.abs(got - want) <= info.smallest_subnormal), f"subnormal {name}"
 
 
 ELEMENTWISE = [s for s in ACTIVATIONS.values() if not s.rowwise]

@@ -119,10 +119,18 @@ def _make_elementwise(spec: ActivationSpec, dtype: np.dtype, vector_math: bool =
     def build(template, **options):
         return specialize(template, namespace, tag, **_JIT, **options)
 
+    # FMA contraction (and only that: NaN, inf and signed zeros keep IEEE semantics) in the
+    # loops that inline the formulas: the flags of the loop, not of the inlined formula,
+    # decide (numba_math's own functions carry it already). 1.0-1.07x in float32 (swish,
+    # gelu, softplus, one thread, in cache). Not in linear_backward, whose bias sum would
+    # fuse the formula's last product into the accumulation.
+    fma = {"fastmath": {"contract"}}
     return {
-        "forward": (build(_t_forward_serial), build(_t_forward_parallel, parallel=True)),
-        "backward": (build(_t_backward_serial), build(_t_backward_parallel, parallel=True)),
-        "linear_forward": build(_t_linear_forward),
+        "forward": (build(_t_forward_serial, **fma),
+                    build(_t_forward_parallel, parallel=True, **fma)),
+        "backward": (build(_t_backward_serial, **fma),
+                     build(_t_backward_parallel, parallel=True, **fma)),
+        "linear_forward": build(_t_linear_forward, **fma),
         "linear_backward": build(_t_linear_backward),
     }
 

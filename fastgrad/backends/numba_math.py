@@ -17,22 +17,26 @@ fall back to `math`'s. Accuracy (tests/test_numba_math.py), max error in ulps ag
 far more precise reference, over all float32 in each range (FASTGRAD_EXHAUSTIVE=1; the run
 by default takes every 61st) and a dense float64 sample against long double:
 
-    float32 (all inputs): exp 0.98, expm1 1.44, log1p 1.44, tanh 1.91
-    float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96
+    float32 (all inputs): exp 1.04, expm1 1.53, log1p 1.44, tanh 1.97, exp_neg_abs 1.03
+    float64 (sample):     exp 0.98, expm1 1.73, log1p 1.44, tanh 1.96, exp_neg_abs 0.98
 
-ncdf and npdf (the normal CDF and density, for gelu) and softplus_tail (log1p(exp(-|x|)),
-for softplus) are specialised in float32 (max 3.5, 1.4 and 1.9 ulp, allowed 4, 2 and 2.5;
-see their comments); in float64 they compose libm's erfc, exp and log1p.
+exp_neg_abs (exp(-|x|), for sigmoid, swish, softplus) scales by one power of two, its
+result being at most 1. ncdf and npdf (the normal CDF and density, for gelu) and
+softplus_tail (log1p(exp(-|x|)), for softplus) are specialised in float32 (max 3.6, 1.5
+and 1.9 ulp over all float32, allowed 4, 2 and 2.5; see their comments); in float64 they
+compose libm's erfc, exp and log1p.
 
 erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
 and erf's Taylor series below |x| = 3/4. float64 erfc stays libm's (a scalar call), so
 float64 gelu(approximate='none') does not vectorize.
 
-Polynomials: Taylor coefficients 1/k! (expm1) and 2/(2k+1) (log via atanh, the fdlibm
-reduction), with enough terms that truncation stays below 0.25 ulp on the reduced range
-(bounds at each table). Minimax (Remez) coefficients would save one or two terms each;
-Taylor's are exact by construction, which keeps the derivation checkable here.
+Polynomials: float32 expm1 (every exp-based function) a minimax fit of degree 6
+(docs/numba_math.md fits it again and checks it), two multiply-adds fewer than the
+degree-8 Taylor polynomial for the same 0.25 ulp truncation bound: it is in every float32
+activation's inner loop. Elsewhere Taylor coefficients 1/k! (float64 expm1) and 2/(2k+1)
+(log via atanh, the fdlibm reduction), with enough terms that truncation stays below 0.25
+ulp on the reduced range (bounds at each table), exact by construction.
 """
 
 from __future__ import annotations
@@ -66,26 +70,41 @@ def _layout(fty: ir.Type):
     return _LAYOUT[32 if isinstance(fty, ir.FloatType) else 64]
 
 
+def _pow2_of_shifted(builder, t):
+    """2**(t - MAGIC) for t = n + MAGIC, MAGIC = 1.5 * 2**mant, n an integer: t's low
+    mantissa bits hold n; adding the bias and shifting them into the exponent field gives
+    2**n's bits (MAGIC's own bits shift out). No float-to-int conversion: a NaN gives
+    garbage bits rather than LLVM poison, and the callers' arithmetic turns it into NaN."""
+    ity, mant, bias, _ = _layout(t.type)
+    bits = builder.add(builder.bitcast(t, ity), ir.Constant(ity, bias))
+    return builder.bitcast(builder.shl(bits, ir.Constant(ity, mant)), t.type)
+
+
 @intrinsic
 def _pow2(typingctx, n):
-    """2**n for a float n that holds an integer within the normal exponent range.
-
-    n + 1.5 * 2**mant (exact for |n| < 2**(mant - 1)) holds n in its low mantissa bits;
-    adding the bias and shifting them into the exponent field gives 2**n's bits (the
-    magic constant's own bits shift out). No float-to-int conversion: a NaN n gives
-    garbage bits rather than LLVM poison, and the callers' arithmetic turns it into NaN.
-    """
+    """2**n for a float n that holds an integer within the normal exponent range (n + MAGIC
+    is exact for |n| < 2**(mant - 1); see _pow2_of_shifted)."""
     if not isinstance(n, types.Float):
         return None
 
     def codegen(context, builder, signature, args):
         (v,) = args
-        ity, mant, bias, _ = _layout(v.type)
-        t = builder.fadd(v, ir.Constant(v.type, 1.5 * 2.0 ** mant))
-        bits = builder.add(builder.bitcast(t, ity), ir.Constant(ity, bias))
-        return builder.bitcast(builder.shl(bits, ir.Constant(ity, mant)), v.type)
+        _, mant, _, _ = _layout(v.type)
+        return _pow2_of_shifted(builder, builder.fadd(v, ir.Constant(v.type, 1.5 * 2.0 ** mant)))
 
     return n(n), codegen
+
+
+@intrinsic
+def _pow2_shifted(typingctx, t):
+    """2**n from t = n + MAGIC as `_reduce_t` leaves it: _pow2 without its addition."""
+    if not isinstance(t, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _pow2_of_shifted(builder, args[0])
+
+    return t(t), codegen
 
 
 @intrinsic
@@ -172,6 +191,13 @@ def _expm1_coefficients(degree: int) -> tuple[float, ...]:
     return tuple(1.0 / math.factorial(k) for k in range(degree, 1, -1))
 
 
+# float32 q(r) of degree 4 (expm1 of degree 6), minimax for expm1's relative error on
+# |r| <= ln2/2 (docs/numba_math.md fits it again): 1.4e-8 relative (0.23 ulp), as the
+# degree-8 Taylor polynomial's 5.8e-10 stays under rounding, in two multiply-adds fewer.
+_EXPM1_MINIMAX_F32 = (0.0013870657421648502, 0.00836626160889864, 0.04166743531823158,
+                      0.1666654646396637, 0.4999999701976776)
+
+
 def _erf_coefficients(terms: int) -> tuple[float, ...]:
     """erf(x)/x = 2/sqrt(pi) sum_k (-1)^k x^2k / (k! (2k + 1)), k = terms..0 (Horner's
     order in x^2). On |x| < 3/4 the truncation is below 1e-10 relative for terms = 9."""
@@ -186,10 +212,12 @@ def _atanh_coefficients(terms: int) -> tuple[float, ...]:
 
 
 _CONSTANTS = {
-    # Reduced range |r| <= ln2/2 = 0.347. expm1: truncation r^d/(d+1)! relative to r:
-    # 5.8e-10 (float32, d = 8) and 1.2e-17 (float64, d = 13), under 0.25 ulp.
+    # Reduced range |r| <= ln2/2 = 0.347. expm1: float32 the minimax polynomial above
+    # (1.4e-8 relative); float64 Taylor's, truncation r^d/(d+1)! relative to r: 1.2e-17
+    # (d = 13), under 0.25 ulp.
     # log: s^2 <= 0.0295; truncation s^(2K+2)/(2K+3): 2e-9 (float32, K = 4) and 6e-19
-    # (float64, K = 10).
+    # (float64, K = 10). softplus_tail's log1p(z), z in [0, 1], without the sqrt2 split:
+    # s^2 <= 1/9, K = 7: 1.2e-9 relative to its result.
     # LN2_HI has trailing zero bits so that n * LN2_HI is exact (Cody-Waite): Cephes
     # expf's C1/C2 for float32, fdlibm's ln2_hi/ln2_lo for float64.
     # EXP_HI/LO clamp just outside where exp overflows / rounds to 0, keeping n (and the
@@ -197,7 +225,8 @@ _CONSTANTS = {
     np.float32: {
         "LN2_HI": 0.693359375, "LN2_LO": -2.12194440e-4,
         "EXP_HI": 89.0, "EXP_LO": -104.5, "EXPM1_LO": -30.0, "MAX_EXP": 127.0,
-        "EXPM1_C": _expm1_coefficients(8), "ATANH_C": _atanh_coefficients(4),
+        "EXPM1_C": _EXPM1_MINIMAX_F32, "ATANH_C": _atanh_coefficients(4),
+        "LOG1P01_C": _atanh_coefficients(7),
         # erfcx(a) ~ t * ERFC_C(t - ERFC_TC), t = 1/(1 + a/2), a in [0, ERFC_HI]: fitted
         # here (docs/numba_math.md derives and checks them), max relative error 8.9e-9.
         # Past ERFC_HI, erfc rounds to 0 in float32.
@@ -212,8 +241,7 @@ _CONSTANTS = {
         # erfcx(a/sqrt2)/2 (docs/numba_math.md), float32 coefficients, all positive (no
         # cancellation in Horner's scheme), max error 4.3e-9 relative to a + P/Q. Past
         # NCDF_HI, Phi(-a) rounds to 0 in float32.
-        "NCDF_HI": 14.5, "NCDF_K": 64.0, "NCDF_SCALE": 2.0 ** -64,
-        "NCDF_C": 0.3989422917366028,
+        "NCDF_HI": 14.5, "NCDF_C": 0.3989422917366028,
         "NCDF_P": (0.0024207865353673697, 0.029174959287047386, 0.16353917121887207,
                    0.49761509895324707, 0.7978845834732056),
         "NCDF_Q": (0.0024204000364989042, 0.02919076383113861, 0.16806510090827942,
@@ -227,7 +255,12 @@ _CONSTANTS = {
 }
 for _dtype, _c in _CONSTANTS.items():
     _c.update(LOG2E=1.4426950408889634, MAGIC=1.5 * 2.0 ** (np.finfo(_dtype).nmant),
-              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0), SQRT2=math.sqrt(2.0))
+              INF=math.inf, NAN=math.nan, TANH_SPLIT=-math.log(3.0))
+    # Results known to be <= 1 (exp of x <= 0) are built as (1 + p) 2^(n + 64) 2^-64: one
+    # power of two, normal for n >= EXP_LO log2(e) - 1 (-152 float32, -1077 float64), and
+    # the last product rounds once into the subnormals. _reduce_t with MAGIC_K leaves
+    # n + 64 in t's low bits, so the power comes from t (_pow2_shifted) with no addition.
+    _c.update(MAGIC_K=_c["MAGIC"] + 64.0, SCALE=2.0 ** -64)
 
 
 # --- The implementations, written once; `retype` makes the float32 and float64 copies ----
@@ -271,6 +304,25 @@ def _reduce(x):
     n = (x * LOG2E + MAGIC) - MAGIC  # noqa: F821  (names bound per dtype by `retype`)
     r = (x - n * LN2_HI) - n * LN2_LO  # noqa: F821
     return n, r
+
+
+def _reduce_t(x, magic):
+    """_reduce, also returning t = x log2(e) + magic rounded, whose low bits hold n +
+    (magic - MAGIC): _pow2_shifted(t) is 2**(n + magic - MAGIC) without another addition."""
+    t = x * LOG2E + magic  # noqa: F821
+    n = t - magic
+    r = (x - n * LN2_HI) - n * LN2_LO  # noqa: F821
+    return n, r, t
+
+
+def _exp_neg_abs(x):
+    """exp(-|x|) = (1 + p(r)) 2^(n + 64) 2^-64 (see MAGIC_K): one power of two, where
+    exp's full range needs _scale's two. -inf clamps to where the result rounds to 0;
+    NaN passes."""
+    v = -abs(x)
+    v = EXP_LO if v < EXP_LO else v  # noqa: F821
+    n, r, t = _reduce_t(v, MAGIC_K)  # noqa: F821
+    return (1.0 + _expm1_poly(r)) * _pow2_shifted(t) * SCALE  # noqa: F821
 
 
 def _expm1_poly(r):
@@ -336,9 +388,9 @@ def tanh_impl(x):
     # One division for both: the numerator and denominator are selected first.
     v = -2.0 * abs(x)
     vc = EXPM1_LO if v < EXPM1_LO else v  # noqa: F821
-    n, r = _reduce(vc)
+    n, r, t = _reduce_t(vc, MAGIC)  # noqa: F821
     p = _expm1_poly(r)
-    s = _pow2(n)
+    s = _pow2_shifted(t)  # 2^n, normal: n >= EXPM1_LO log2(e) - 1
     sp = s * p
     small = v > TANH_SPLIT  # noqa: F821
     num = -(sp + (s - 1.0)) if small else 2.0 * (sp + s)
@@ -393,10 +445,10 @@ def erfc_libm(x):
 
 
 def _exp_half_square(x):
-    """(e, s) with exp(-x^2/2) = (1 + e) s, for the float32 ncdf and npdf: x^2/2 split
-    exactly (as in _exp_neg_square, but on x itself: erfc(-x/sqrt2) would round x/sqrt2
-    first, an error exp amplifies x^2/2-fold); s = 2^n times NCDF_SCALE, applied last so
-    that a subnormal result is rounded once. |x| clamps at NCDF_HI, past which both
+    """(|x|, e, s) with exp(-x^2/2) = (1 + e) s SCALE, for the float32 ncdf and npdf: x^2/2
+    split exactly (as in _exp_neg_square, but on x itself: erfc(-x/sqrt2) would round
+    x/sqrt2 first, an error exp amplifies x^2/2-fold); s = 2^(n + 64), the scale applied
+    last so that a subnormal result is rounded once. |x| clamps at NCDF_HI, past which both
     functions round to 0 (NaN passes). ncdf and npdf inlined into one loop share it (LLVM
     merges the identical arithmetic)."""
     a = abs(x)
@@ -404,8 +456,8 @@ def _exp_half_square(x):
     hi = (a + ERFC_ROUND) - ERFC_ROUND  # noqa: F821
     h = 0.5 * (hi * hi)  # exact
     lo = 0.5 * ((a - hi) * (a + hi))  # a^2/2 = h + lo
-    n, r = _reduce(-h)
-    return a, _expm1_poly(r - lo), _pow2(n + NCDF_K)  # noqa: F821
+    n, r, t = _reduce_t(-h, MAGIC_K)  # noqa: F821
+    return a, _expm1_poly(r - lo), _pow2_shifted(t)
 
 
 def ncdf_impl(x):
@@ -413,42 +465,37 @@ def ncdf_impl(x):
     # exp(-x^2/2) R(|x|), R(a) = NCDF_C / (a + P(a)/Q(a)): the rational part is a
     # correction to a, so its rounding errors are damped by P/Q / (a + P/Q) (a rational
     # fit of R itself, Horner on a up to 14.5, was 5.6 ulp off). exp's 1 + e enters as
-    # u + u e (one rounding fewer).
+    # u + u e (one rounding fewer). One division, NCDF_C Q / (a Q + P), measured 4%
+    # faster but 4.0 ulp off near x = 0 (0.5 more: the quotient Q/(a Q + P) ~ 1.25 and the
+    # product by NCDF_C are both rounded where NCDF_C / P(0) is one rounding near 1/2).
     a, e, s = _exp_half_square(x)
     u = NCDF_C / (a + _horner(a, NCDF_P) / _horner(a, NCDF_Q))  # noqa: F821
-    q = (u + u * e) * s * NCDF_SCALE  # noqa: F821
+    q = (u + u * e) * s * SCALE  # noqa: F821
     return q if x < 0 else 1.0 - q
 
 
 def npdf_impl(x):
     # exp(-x^2/2) / sqrt(2 pi), the exponent exact (see _exp_half_square).
     a, e, s = _exp_half_square(x)
-    return (NCDF_C + NCDF_C * e) * s * NCDF_SCALE  # noqa: F821
+    return (NCDF_C + NCDF_C * e) * s * SCALE  # noqa: F821
 
 
 def softplus_tail_impl(x):
-    # log1p(z), z = exp(-|x|) in [0, 1]: log1p_impl without what that range never needs
-    # (its special cases; the general reduction: 1 + z in [1, 2] needs k = 0 or 1), with
-    # its two divisions f/(2 + f) and c/u made one.
-    # exp scales by one power of two shifted by NCDF_K, rounding once into the subnormals.
-    xc = -abs(x)
-    xc = EXP_LO if xc < EXP_LO else xc  # noqa: F821  (-inf clamps; NaN passes)
-    n, r = _reduce(xc)
-    z = (1.0 + _expm1_poly(r)) * _pow2(n + NCDF_K) * NCDF_SCALE  # noqa: F821
-    u = 1.0 + z
-    c = z - (u - 1.0)  # the rounding error of 1 + z, exactly (z <= 1)
-    big = u > SQRT2  # noqa: F821
-    k = 1.0 if big else 0.0
-    m = 0.5 * u if big else u
-    f = m - 1.0
-    d = 2.0 + f
-    inv = 1.0 / (d * u)
-    s = f * (u * inv)  # f / (2 + f): its rounding is damped by f^2/2 below
-    zz = s * s
-    big_r = zz * _horner(zz, ATANH_C)  # noqa: F821
-    hfsq = 0.5 * f * f
-    log_m = f - (hfsq - s * (hfsq + big_r))
-    return k * LN2_HI + (log_m + (c * (d * inv) + k * LN2_LO))  # noqa: F821
+    # log1p(z), z = exp(-|x|) in [0, 1], straight from z: log(1 + z) = 2 atanh(s), s =
+    # z/(2 + z) <= 1/3, as z - (z^2/2 - s (z^2/2 + R)), R = 2 s^2/3 + 2 s^4/5 + ...
+    # (fdlibm's log1p form without its reduction: the leading term z is exact and the
+    # rounding of s is damped by s (z^2/2 + R) / log1p(z) <= 0.38). No 1 + z, no split
+    # at sqrt2 (k = 0 or 1), one division: R takes 7 terms (s^2 <= 1/9) instead of 4.
+    z = _exp_neg_abs(x)
+    s = z / (2.0 + z)
+    w = s * s
+    big_r = w * _horner(w, LOG1P01_C)  # noqa: F821
+    hz = 0.5 * z * z
+    return z - (hz - s * (hz + big_r))
+
+
+def exp_neg_abs_impl(x):
+    return _exp_neg_abs(x)
 
 
 def softplus_tail_f64(x):
@@ -490,6 +537,11 @@ def erfc(x):
     return math.erfc(x)
 
 
+def exp_neg_abs(x):
+    """exp(-|x|), which never overflows (scaled by one power of two, not exp's two)."""
+    return math.exp(-abs(x))
+
+
 def npdf(x):
     """The standard normal density exp(-x^2/2)/sqrt(2 pi) (in float32 with the exponent
     exact, sharing ncdf's arithmetic)."""
@@ -507,10 +559,12 @@ def ncdf(x):
     return 0.5 * math.erfc(-x * INV_SQRT2)
 
 
-_HELPERS = {"_reduce": _reduce, "_expm1_poly": _expm1_poly, "_scale": _scale,
+_HELPERS = {"_reduce": _reduce, "_reduce_t": _reduce_t, "_exp_neg_abs": _exp_neg_abs,
+            "_expm1_poly": _expm1_poly, "_scale": _scale,
             "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
             "_erf_series": _erf_series, "_exp_half_square": _exp_half_square}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
+          exp_neg_abs: exp_neg_abs_impl,
           erfc: {np.float32: erfc_impl, np.float64: erfc_libm},
           ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm},
           npdf: {np.float32: npdf_impl, np.float64: npdf_f64},
@@ -530,7 +584,7 @@ def _build(dtype) -> dict:
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
 
 
-_INLINE = (erfc, ncdf, npdf, softplus_tail)
+_INLINE = (erfc, ncdf, npdf, softplus_tail, exp_neg_abs)
 
 
 def _register(stub: pytypes.FunctionType) -> None:
@@ -544,5 +598,6 @@ for _stub in _IMPLS:
     _register(_stub)
 
 VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc,
-               "ncdf": ncdf, "npdf": npdf, "softplus_tail": softplus_tail}
+               "exp_neg_abs": exp_neg_abs, "ncdf": ncdf, "npdf": npdf,
+               "softplus_tail": softplus_tail}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
