@@ -417,13 +417,16 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
         raise ValueError(f"workspace has {wsa.shape[0]} elements; sizes {dims} at "
                          f"batch_size {batch_size} need {need}")
     cdef Py_ssize_t nb = (n + batch_size - 1) // batch_size
+    # the batches of the call in Python integers: (E, 0) orders take no memory, so E can
+    # be near 2^60 and E * nb overflow Py_ssize_t (a wrapped count passed any length)
+    total = int(n_epochs) * int(nb)
     cdef cnp.ndarray bla = _array(batch_loss, "batch_loss", cnp.NPY_FLOAT64, True)
-    if cnp.PyArray_NDIM(bla) != 1 or bla.shape[0] < n_epochs * nb:
-        raise ValueError(f"batch_loss must be 1-D with >= {n_epochs * nb} elements, got "
+    if cnp.PyArray_NDIM(bla) != 1 or bla.shape[0] < total:
+        raise ValueError(f"batch_loss must be 1-D with >= {total} elements, got "
                          f"shape {(<object>bla).shape}")
     cdef cnp.ndarray gsa = _array(grad_sq, "grad_sq", cnp.NPY_FLOAT64, True)
-    if cnp.PyArray_NDIM(gsa) != 2 or gsa.shape[0] < n_epochs * nb or gsa.shape[1] != L:
-        raise ValueError(f"grad_sq must be 2-D (>= {n_epochs * nb}, {L}), got shape "
+    if cnp.PyArray_NDIM(gsa) != 2 or gsa.shape[0] < total or gsa.shape[1] != L:
+        raise ValueError(f"grad_sq must be 2-D (>= {total}, {L}), got shape "
                          f"{(<object>gsa).shape}")
     cdef cnp.ndarray sta = _vector(step, "step", "int64", 1)
     if not cnp.PyArray_ISWRITEABLE(sta):

@@ -886,3 +886,21 @@ def test_train_epochs_releases_the_gil():
     gaps = np.diff([start, *inside, end])
     assert len(inside) > 100 and gaps.max() < 0.5 * (end - start), (
         len(inside), gaps.max(), end - start)
+
+
+def test_train_epochs_counts_the_batches_without_overflow():
+    """(E, 0) orders take no memory, so E can be 2^59: E * n_batches (here 2^63) must not
+    wrap around in the length checks of batch_loss and grad_sq (it did, and the call wrote
+    past a one-element batch_loss)."""
+    args = _train_args(n=16, B=1)  # 16 batches an epoch
+    args["X"][1, 0] = np.nan  # batch 1 stops the call (after writing its records)
+    guard = 7
+    loss_buf = np.full(1 + 2 * guard, -12345.0)
+    sq_buf = np.full(2 + 2 * guard, -12345.0)
+    args["batch_loss"] = loss_buf[guard:guard + 1]
+    args["grad_sq"] = sq_buf[guard:guard + 2].reshape(1, 2)
+    args["orders"] = np.zeros((2**59, 0), np.int64)
+    with pytest.raises(ValueError, match=r"batch_loss must be 1-D with >= 9223372036854775808"):
+        _kernels.train_epochs(**args)
+    assert np.all(loss_buf[guard + 1:] == -12345) and np.all(sq_buf[guard + 2:] == -12345)
+    assert args["step"][0] == 0
