@@ -339,8 +339,8 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
     params, grads: (P,) the flat parameters and gradient buffer (layer l: W_l (d_l,
     d_{l+1}) row-major, then b_l), float32 or float64; state_a, state_b: (P,) the
     optimizer's state (sgd: the velocity twice; adam/adamw: m, v; rmsprop: momentum_buf,
-    square_avg). X (n, d_0) and T (n, d_L) of that dtype (T: the loss's targets, one-hot
-    rows for cross_entropy). orders: (E, n) int64 row orders (each batch's rows gathered
+    square_avg; two arrays but for sgd). X (n, d_0) and T (n, d_L) of that dtype (T: the
+    loss's targets, one-hot rows for cross_entropy). orders: (E, n) int64 row orders (each batch's rows gathered
     into the workspace), or (E, 0) for the rows in order (batches are views of X, T).
     sizes: int64 (d_0, ..., d_L); kernels, saved: int32 (L,), per layer an activation id
     (KERNELS; the last layer's output goes to the loss) and what its backward reads
@@ -455,11 +455,14 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
         w_lo[i_w] = <char *>cnp.PyArray_DATA(<cnp.ndarray>written[i_w])
         w_hi[i_w] = w_lo[i_w] + cnp.PyArray_NBYTES(<cnp.ndarray>written[i_w])
         for j_w in range(i_w):
-            # state_b may be state_a itself (sgd's one velocity, passed twice)
+            # state_b may be state_a itself for sgd (its one velocity, passed twice);
+            # adam's m and v, rmsprop's two buffers, are two arrays
             if _meet(w_lo[i_w], w_hi[i_w], w_lo[j_w], w_hi[j_w]) and not (
-                    i_w == 3 and j_w == 2 and w_lo[3] == w_lo[2] and w_hi[3] == w_hi[2]):
+                    i_w == 3 and j_w == 2 and (opt == 0 or opt == 4)
+                    and w_lo[3] == w_lo[2] and w_hi[3] == w_hi[2]):
                 raise ValueError(f"{_WRITTEN[i_w]} and {_WRITTEN[j_w]} overlap: they must "
-                                 f"be separate arrays (state_b may be state_a itself)")
+                                 f"be separate arrays (state_b may be state_a itself for "
+                                 f"sgd only)")
     if _in_ranges(xa, w_lo, w_hi, 8):
         xa = xa.copy()
     if _in_ranges(ta, w_lo, w_hi, 8):

@@ -973,3 +973,22 @@ def test_train_epochs_records_apart_from_the_other_outputs(name, other):
     with pytest.raises(ValueError, match=f"{name} and {other} overlap"):
         _kernels.train_epochs(**args)
     np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop"])
+def test_train_epochs_two_state_optimizers_need_two_state_arrays(optimizer):
+    """state_b may be state_a itself for sgd (its velocity twice), not for the optimizers
+    with two state arrays: adam's m and v (rmsprop's buffers) in one array made a silently
+    wrong update (adam_update rejects it)."""
+    args = _train_args(optimizer=optimizer)
+    args["hyper"][1] = 0.5  # rmsprop's momentum: it writes both arrays
+    args["state_b"] = args["state_a"]
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match="state_b and state_a overlap"):
+        _kernels.train_epochs(**args)
+    np.testing.assert_array_equal(args["params"], before)
+    for sgd in ("sgd", "sgd_dtype"):
+        one = _train_args(optimizer=sgd)
+        one["hyper"][1] = 0.9
+        one["state_b"] = one["state_a"]
+        assert _kernels.train_epochs(**one) == 3
