@@ -785,3 +785,22 @@ def test_block_and_epoch_runners_check_what_their_kernel_indexes(backend):
     assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-3000:])
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 6 and all(line.endswith("-> ValueError") for line in lines), lines
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_sklearn_penalty_of_huge_float32_weights_is_the_same(rng, backend):
+    """float32 weights whose squares sum past float32's range (the forward stays finite:
+    tanh saturates): the fused runners sum the penalty in double and train on; the layer
+    runner summed it in float32, got inf and stopped with a NonFiniteError."""
+    X = rng.standard_normal((8, 2))
+    y = np.arange(8) % 2
+    runs = []
+    for fused in (True, False):
+        model = fg.MLP([2, 3, 2], "tanh", dtype="float32", backend=backend, seed=0)
+        model.layers[0].W[...] = 1e19  # sum of squares 6e38 > float32's max 3.4e38
+        opt = optim.make_optimizer("sgd", lr=0.1, weight_decay=0.3, decay="sklearn")
+        history = model.fit(X, y, epochs=2, batch_size=4, optimizer=opt, verbose=0,
+                            health=False, fused=fused, classes=[0, 1])
+        runs.append((model, history, opt))
+    assert np.isfinite(runs[1][1]["loss"]).all() and runs[1][1]["loss"][0] > 1e37
+    assert_same_training(runs[0], runs[1], "float32")
