@@ -309,6 +309,26 @@ cdef cnp.ndarray _vector(object obj, str name, str dtype, Py_ssize_t size):
     return arr
 
 
+cdef tuple _WRITTEN = ("params", "grads", "state_a", "state_b", "workspace", "batch_loss",
+                      "grad_sq", "step")
+
+
+cdef inline bint _meet(char *p, char *q, char *lo, char *hi) noexcept:
+    """Whether the byte ranges [p, q) and [lo, hi) share a byte."""
+    return p < q and lo < hi and p < hi and lo < q
+
+
+cdef inline bint _in_ranges(cnp.ndarray a, char **lo, char **hi, int count):
+    """Whether `a` shares a byte with one of the ranges [lo[i], hi[i])."""
+    cdef char *p = <char *>cnp.PyArray_DATA(a)
+    cdef char *q = p + cnp.PyArray_NBYTES(a)
+    cdef int i
+    for i in range(count):
+        if _meet(p, q, lo[i], hi[i]):
+            return True
+    return False
+
+
 def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, act,
                  saved, loss, optimizer, hyper, bint nesterov, bint sklearn_decay,
                  Py_ssize_t batch_size, workspace, batch_loss, grad_sq, step):
@@ -319,8 +339,8 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
     params, grads: (P,) the flat parameters and gradient buffer (layer l: W_l (d_l,
     d_{l+1}) row-major, then b_l), float32 or float64; state_a, state_b: (P,) the
     optimizer's state (sgd: the velocity twice; adam/adamw: m, v; rmsprop: momentum_buf,
-    square_avg). X (n, d_0) and T (n, d_L) of that dtype (T: the loss's targets, one-hot
-    rows for cross_entropy). orders: (E, n) int64 row orders (each batch's rows gathered
+    square_avg; two arrays but for sgd). X (n, d_0) and T (n, d_L) of that dtype (T: the
+    loss's targets, one-hot rows for cross_entropy). orders: (E, n) int64 row orders (each batch's rows gathered
     into the workspace), or (E, 0) for the rows in order (batches are views of X, T).
     sizes: int64 (d_0, ..., d_L); kernels, saved: int32 (L,), per layer an activation id
     (KERNELS; the last layer's output goes to the loss) and what its backward reads
@@ -352,15 +372,6 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
     cdef cnp.ndarray wsa = _array(workspace, "workspace", typenum, True)
     if cnp.PyArray_NDIM(wsa) != 1:
         raise ValueError(f"workspace must be 1-D, got shape {(<object>wsa).shape}")
-    written = [("params", pa), ("grads", ga), ("state_a", sa), ("state_b", sb),
-               ("workspace", wsa)]
-    for i, (name_i, arr_i) in enumerate(written):
-        for name_j, arr_j in written[:i]:
-            if (_overlap(arr_i, arr_j) and not (
-                    name_i == "state_b" and name_j == "state_a"
-                    and cnp.PyArray_DATA(arr_i) == cnp.PyArray_DATA(arr_j))):
-                raise ValueError(f"{name_i} and {name_j} overlap: they must be separate "
-                                 f"arrays (state_b may be state_a itself)")
     cdef cnp.ndarray sz = _vector(sizes, "sizes", "int64", -1)
     cdef Py_ssize_t L = sz.shape[0] - 1
     if L < 1:
@@ -417,17 +428,57 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
         raise ValueError(f"workspace has {wsa.shape[0]} elements; sizes {dims} at "
                          f"batch_size {batch_size} need {need}")
     cdef Py_ssize_t nb = (n + batch_size - 1) // batch_size
+    # the batches of the call in Python integers: (E, 0) orders take no memory, so E can
+    # be near 2^60 and E * nb overflow Py_ssize_t (a wrapped count passed any length)
+    total = int(n_epochs) * int(nb)
     cdef cnp.ndarray bla = _array(batch_loss, "batch_loss", cnp.NPY_FLOAT64, True)
-    if cnp.PyArray_NDIM(bla) != 1 or bla.shape[0] < n_epochs * nb:
-        raise ValueError(f"batch_loss must be 1-D with >= {n_epochs * nb} elements, got "
+    if cnp.PyArray_NDIM(bla) != 1 or bla.shape[0] < total:
+        raise ValueError(f"batch_loss must be 1-D with >= {total} elements, got "
                          f"shape {(<object>bla).shape}")
     cdef cnp.ndarray gsa = _array(grad_sq, "grad_sq", cnp.NPY_FLOAT64, True)
-    if cnp.PyArray_NDIM(gsa) != 2 or gsa.shape[0] < n_epochs * nb or gsa.shape[1] != L:
-        raise ValueError(f"grad_sq must be 2-D (>= {n_epochs * nb}, {L}), got shape "
+    if cnp.PyArray_NDIM(gsa) != 2 or gsa.shape[0] < total or gsa.shape[1] != L:
+        raise ValueError(f"grad_sq must be 2-D (>= {total}, {L}), got shape "
                          f"{(<object>gsa).shape}")
     cdef cnp.ndarray sta = _vector(step, "step", "int64", 1)
     if not cnp.PyArray_ISWRITEABLE(sta):
         raise ValueError("step is read-only")
+    # Every array the loop writes is apart from the others; an input that shares memory
+    # with one is copied (as _apart does for the other kernels): the loop reads the row
+    # indices, layer sizes and kernel ids batch after batch, and one overwritten under it
+    # sends it out of bounds.
+    # (byte ranges compared in C: this runs once per epoch of fit, ~150 us for a small net)
+    cdef tuple written = (pa, ga, sa, sb, wsa, bla, gsa, sta)
+    cdef char *w_lo[8]
+    cdef char *w_hi[8]
+    cdef int i_w, j_w
+    for i_w in range(8):
+        w_lo[i_w] = <char *>cnp.PyArray_DATA(<cnp.ndarray>written[i_w])
+        w_hi[i_w] = w_lo[i_w] + cnp.PyArray_NBYTES(<cnp.ndarray>written[i_w])
+        for j_w in range(i_w):
+            # state_b may be state_a itself for sgd (its one velocity, passed twice);
+            # adam's m and v, rmsprop's two buffers, are two arrays
+            if _meet(w_lo[i_w], w_hi[i_w], w_lo[j_w], w_hi[j_w]) and not (
+                    i_w == 3 and j_w == 2 and (opt == 0 or opt == 4)
+                    and w_lo[3] == w_lo[2] and w_hi[3] == w_hi[2]):
+                raise ValueError(f"{_WRITTEN[i_w]} and {_WRITTEN[j_w]} overlap: they must "
+                                 f"be separate arrays (state_b may be state_a itself for "
+                                 f"sgd only)")
+    if _in_ranges(xa, w_lo, w_hi, 8):
+        xa = xa.copy()
+    if _in_ranges(ta, w_lo, w_hi, 8):
+        ta = ta.copy()
+    if _in_ranges(oa, w_lo, w_hi, 8):
+        oa = oa.copy()
+    if _in_ranges(sz, w_lo, w_hi, 8):
+        sz = sz.copy()
+    if _in_ranges(ka, w_lo, w_hi, 8):
+        ka = ka.copy()
+    if _in_ranges(va, w_lo, w_hi, 8):
+        va = va.copy()
+    if _in_ranges(aa, w_lo, w_hi, 8):
+        aa = aa.copy()
+    if _in_ranges(ha, w_lo, w_hi, 8):
+        ha = ha.copy()
     cdef Py_ssize_t done
     cdef int ib = <int>batch_size, iL = <int>L
     cdef bint nest = nesterov, skd = sklearn_decay

@@ -118,7 +118,11 @@ class Optimizer:
         sq = 0.0
         for s in weight_slices:
             w = params[s]
-            sq += float(np.dot(w, w))
+            w_sq = float(np.dot(w, w))
+            if not math.isfinite(w_sq):  # float32 squares overflow first: redo in float64
+                w64 = w.astype(np.float64)  # (as the fused runners sum them, in double)
+                w_sq = float(np.dot(w64, w64))
+            sq += w_sq
             grads[s] += scale * w
         return 0.5 * self.weight_decay * sq / rows
 

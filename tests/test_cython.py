@@ -908,3 +908,109 @@ def test_train_epochs_releases_the_gil():
     gaps = np.diff([start, *inside, end])
     assert len(inside) > 100 and gaps.max() < 0.5 * (end - start), (
         len(inside), gaps.max(), end - start)
+
+
+def test_train_epochs_counts_the_batches_without_overflow():
+    """(E, 0) orders take no memory, so E can be 2^59: E * n_batches (here 2^63) must not
+    wrap around in the length checks of batch_loss and grad_sq (it did, and the call wrote
+    past a one-element batch_loss)."""
+    args = _train_args(n=16, B=1)  # 16 batches an epoch
+    args["X"][1, 0] = np.nan  # batch 1 stops the call (after writing its records)
+    guard = 7
+    loss_buf = np.full(1 + 2 * guard, -12345.0)
+    sq_buf = np.full(2 + 2 * guard, -12345.0)
+    args["batch_loss"] = loss_buf[guard:guard + 1]
+    args["grad_sq"] = sq_buf[guard:guard + 2].reshape(1, 2)
+    args["orders"] = np.zeros((2**59, 0), np.int64)
+    with pytest.raises(ValueError, match=r"batch_loss must be 1-D with >= 9223372036854775808"):
+        _kernels.train_epochs(**args)
+    assert np.all(loss_buf[guard + 1:] == -12345) and np.all(sq_buf[guard + 2:] == -12345)
+    assert args["step"][0] == 0
+
+
+_ALIASED_INPUTS = r"""
+import numpy as np
+from fastgrad import _kernels
+from test_cython import _train_args
+
+
+def aliased(which):
+    # an input the loop reads per batch placed in memory the loop writes
+    args = _train_args(n=8, B=2, gather=True)
+    ws, g = args["workspace"], args["grads"]
+    if which == "orders":  # in the first layer's z (batch 0's forward writes it)
+        ws[:8] = args["orders"].view(np.float64).ravel()
+        args["orders"] = ws[:8].view(np.int64).reshape(1, 8)
+    elif which == "sizes":  # in the gradient buffer
+        g[:3] = args["sizes"].view(np.float64)
+        args["sizes"] = g[:3].view(np.int64)
+    else:  # kernel ids in the workspace
+        ws[:1] = args["kernels"].view(np.float64)
+        args["kernels"] = ws[:1].view(np.int32)
+    return args
+
+
+for which in ("orders", "sizes", "kernels"):
+    args = aliased(which)
+    apart = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    apart["workspace"] = np.zeros_like(args["workspace"])
+    apart["grads"] = np.zeros_like(args["grads"])
+    done = _kernels.train_epochs(**args)
+    assert done == _kernels.train_epochs(**apart) == 4, which
+    # trained as with the inputs' values at the call, in arrays of their own
+    np.testing.assert_array_equal(args["params"], apart["params"], err_msg=which)
+    np.testing.assert_array_equal(args["batch_loss"], apart["batch_loss"], err_msg=which)
+    print(which, "ok")
+"""
+
+
+def test_train_epochs_inputs_sharing_memory_with_its_outputs():
+    """An input read batch after batch (row orders, layer sizes, kernel ids) that lies in
+    memory the loop writes is copied at the call: the loop used to read it back after
+    overwriting it and run out of bounds (a segmentation fault; hence a subprocess)."""
+    env = subprocess_env()
+    env["PYTHONPATH"] += os.pathsep + str(pathlib.Path(__file__).parent)  # test_cython
+    run = subprocess.run([sys.executable, "-c", _ALIASED_INPUTS], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-3000:])
+    assert run.stdout.split() == ["orders", "ok", "sizes", "ok", "kernels", "ok"]
+
+
+@pytest.mark.parametrize("name, other", [("batch_loss", "params"), ("grad_sq", "workspace"),
+                                         ("step", "grads"), ("grad_sq", "batch_loss")])
+def test_train_epochs_records_apart_from_the_other_outputs(name, other):
+    """batch_loss, grad_sq and step are written too: one sharing memory with another
+    written array raises naming both, before anything is written."""
+    args = _train_args()  # float64: the records' dtype
+    base = args[other].ravel()
+    if name == "grad_sq" and other == "batch_loss":
+        args[other] = args[name].ravel()[:3]
+    elif name == "grad_sq":
+        args[name] = base[:6].reshape(3, 2)
+    elif name == "step":
+        args[name] = base[:1].view(np.int64)
+    else:
+        args[name] = base[:3]
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=f"{name} and {other} overlap"):
+        _kernels.train_epochs(**args)
+    np.testing.assert_array_equal(args["params"], before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop"])
+def test_train_epochs_two_state_optimizers_need_two_state_arrays(optimizer):
+    """state_b may be state_a itself for sgd (its velocity twice), not for the optimizers
+    with two state arrays: adam's m and v (rmsprop's buffers) in one array made a silently
+    wrong update (adam_update rejects it)."""
+    args = _train_args(optimizer=optimizer)
+    args["hyper"][1] = 0.5  # rmsprop's momentum: it writes both arrays
+    args["state_b"] = args["state_a"]
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match="state_b and state_a overlap"):
+        _kernels.train_epochs(**args)
+    np.testing.assert_array_equal(args["params"], before)
+    for sgd in ("sgd", "sgd_dtype"):
+        one = _train_args(optimizer=sgd)
+        one["hyper"][1] = 0.9
+        one["state_b"] = one["state_a"]
+        assert _kernels.train_epochs(**one) == 3

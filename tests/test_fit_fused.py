@@ -720,3 +720,87 @@ def test_fit_uses_blocks_only_when_nothing_runs_between_epochs(rng, monkeypatch,
         calls.clear()
         run(X, y, d_out, output, "float64", True, **{**quiet, **extra})
         assert calls == [], extra
+
+
+_HOSTILE_BLOCKS = r"""
+import sys
+import numpy as np
+import fastgrad as fg
+from fastgrad import optim, train
+from fastgrad.backends import cython as cython_backend, numba_cpu
+
+module = {"numba": numba_cpu, "cython": cython_backend}[sys.argv[1]]
+rng = np.random.default_rng(0)
+X = rng.standard_normal((20, 3))
+y = rng.integers(0, 2, 20)
+model = fg.MLP([3, 4, 2], "tanh", backend=sys.argv[1], seed=0)
+opt = optim.make_optimizer("sgd", lr=0.1)
+opt.bind(model.params, sys.argv[1])
+Xc = model._check_X(X)
+T, _ = train.prepare_targets(model, y, len(Xc))
+
+
+def plan(records=5, cols=2, rows=20):
+    p = train.EpochPlan(train._plan_layers(model), model.params, model.grads,
+                        model.layer_slices, Xc, T[:rows], 4, model.loss_spec, opt, 0.1, None,
+                        None, sys.argv[1], cache={})
+    p.batch_loss, p.grad_sq = np.zeros(records), np.zeros((records, cols))
+    return p
+
+
+cases = [
+    ("block: row indices out of range", lambda: module.train_epochs(
+        plan(), np.full((1, 20), 10**12, np.int64))),
+    ("block: orders of another length", lambda: module.train_epochs(
+        plan(), np.zeros((1, 7), np.int64))),
+    ("block: records for 1 epoch of 50", lambda: module.train_epochs(
+        plan(), np.zeros((50, 0), np.int64))),
+    ("block: grad_sq of 1 column", lambda: module.train_epochs(
+        plan(cols=1), np.zeros((1, 0), np.int64))),
+    ("block: T of 8 rows", lambda: module.train_epochs(plan(rows=8), np.zeros((1, 0), np.int64))),
+    ("epoch: records for 1 batch of 5", lambda: module.train_epoch(plan(records=1))),
+]
+before = model.params.copy()
+for what, call in cases:
+    try:
+        call()
+        print(what, "-> ran")
+    except ValueError:
+        print(what, "-> ValueError")
+assert np.array_equal(model.params, before)
+"""
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_block_and_epoch_runners_check_what_their_kernel_indexes(backend):
+    """A block's row orders, the batch records and the targets' rows, given wrong to the
+    runners directly, raise ValueError before training: numba's kernel indexes them without
+    bounds checks (it read and wrote out of bounds: a crash, hence a subprocess)."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    run = subprocess.run([sys.executable, "-c", _HOSTILE_BLOCKS, backend],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-3000:])
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 6 and all(line.endswith("-> ValueError") for line in lines), lines
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_sklearn_penalty_of_huge_float32_weights_is_the_same(rng, backend):
+    """float32 weights whose squares sum past float32's range (the forward stays finite:
+    tanh saturates): the fused runners sum the penalty in double and train on; the layer
+    runner summed it in float32, got inf and stopped with a NonFiniteError."""
+    X = rng.standard_normal((8, 2))
+    y = np.arange(8) % 2
+    runs = []
+    for fused in (True, False):
+        model = fg.MLP([2, 3, 2], "tanh", dtype="float32", backend=backend, seed=0)
+        model.layers[0].W[...] = 1e19  # sum of squares 6e38 > float32's max 3.4e38
+        opt = optim.make_optimizer("sgd", lr=0.1, weight_decay=0.3, decay="sklearn")
+        history = model.fit(X, y, epochs=2, batch_size=4, optimizer=opt, verbose=0,
+                            health=False, fused=fused, classes=[0, 1])
+        runs.append((model, history, opt))
+    assert np.isfinite(runs[1][1]["loss"]).all() and runs[1][1]["loss"][0] > 1e37
+    assert_same_training(runs[0], runs[1], "float32")

@@ -78,6 +78,42 @@ def plan_reason(plan, losses) -> str | None:
     return None
 
 
+def check_launch(plan, count: int) -> None:
+    """ValueError unless plan.T has a row per row of plan.X and plan.batch_loss (>= count,)
+    and plan.grad_sq (>= count, L) are float64 arrays that hold `count` batches: a kernel
+    that reads and writes them without bounds checks (numba's) relies on it."""
+    if len(plan.T) != len(plan.X):
+        raise ValueError(f"plan.T has {len(plan.T)} rows, plan.X {len(plan.X)}: one target "
+                         f"row per input row")
+    bl, gs = plan.batch_loss, plan.grad_sq
+    # (once per epoch of a fit: kept to plain comparisons, ~0.4 us)
+    if not (type(bl) is np.ndarray and bl.dtype == np.float64 and bl.ndim == 1
+            and len(bl) >= count):
+        raise ValueError(f"plan.batch_loss must be a float64 array of shape (>= {count},), "
+                         f"got {getattr(bl, 'dtype', type(bl).__name__)} "
+                         f"{getattr(bl, 'shape', '')}")
+    if not (type(gs) is np.ndarray and gs.dtype == np.float64 and gs.ndim == 2
+            and len(gs) >= count and gs.shape[1] == len(plan.layers)):
+        raise ValueError(f"plan.grad_sq must be a float64 array of shape (>= {count}, "
+                         f"{len(plan.layers)}), got {getattr(gs, 'dtype', type(gs).__name__)} "
+                         f"{getattr(gs, 'shape', '')}")
+
+
+def check_block(plan, orders) -> None:
+    """What a block of epochs reads and writes by index, checked (numba's kernel does not
+    check them itself; cython's does): `orders` an int64 (E, n) array of row indices in
+    [0, n) (n = len(plan.X)) or (E, 0), and check_launch for E epochs' batches."""
+    n = len(plan.X)
+    if not isinstance(orders, np.ndarray) or orders.dtype != np.int64:
+        raise TypeError(f"orders must be an int64 numpy.ndarray, got "
+                        f"{getattr(orders, 'dtype', type(orders).__name__)}")
+    if orders.ndim != 2 or orders.shape[1] not in (0, n):
+        raise ValueError(f"orders must be (E, {n}) or (E, 0), got shape {orders.shape}")
+    if orders.size and (orders.min() < 0 or orders.max() >= n):
+        raise ValueError(f"orders must hold row indices in [0, {n})")
+    check_launch(plan, len(orders) * plan.n_batches)
+
+
 class FitAdapter:
     """What a fused runner keeps per model between epochs and fits (subclasses add what
     their kernel takes): the optimizer's state arrays (the optimizer's own, so switching

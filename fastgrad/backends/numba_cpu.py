@@ -602,6 +602,7 @@ def train_epoch(plan, *args, **kwargs):
     docs/fused.md, and returns its EpochStats."""
     if args or kwargs:
         return _nt.train_epoch(plan, *args, **kwargs)
+    _fit_adapter.check_launch(plan, plan.n_batches)  # the kernel indexes them unchecked
     return _fit_adapter.train_epoch(_FitAdapter, plan)
 
 
@@ -611,6 +612,7 @@ def train_epochs(plan, orders: np.ndarray) -> int:
     step of a 64-64-10 net at batch 32, ~14%). Rows gathered inside the kernel as
     train_epoch's caller gathers them, so both give the same batches; the contract is
     `_fit_adapter.train_epochs`'s."""
+    _fit_adapter.check_block(plan, orders)  # the kernel indexes by them unchecked
     return _fit_adapter.train_epochs(_FitAdapter, plan, orders)
 
 
