@@ -308,9 +308,24 @@ static inline float fg_npdf_s(float x) {
     const float c = 0.3989422917366028f;
     return (c + c * e) * s * 5.42101086e-20f;
 }
+/* x Phi(x): numba_math.py's x_ncdf_impl. Below |x| = 1/2, x/2 (exact) + x^2 S(x^2), S
+ * erf's series at x/sqrt2 (GELU_S there): x * fg_ncdf_s(x) reached 4.5 ulp near 0, where
+ * Phi ~ 1/2 carries an absolute error that, just above 1/2, is up to twice as large
+ * relative to Phi as to x Phi. Both computed, one selected (the loop stays vectorized);
+ * x = -0.0 keeps its sign. */
 static inline float fg_gelu_exact_fwd_s(float x) {
     float phi = fg_ncdf_s(x);
-    return phi == 0.0f ? 0.0f : x * phi;
+    float big = phi == 0.0f ? 0.0f : x * phi;
+    float x2 = x * x;
+    float S = -9.44465591601329e-06f;
+    S = S * x2 + 0.00011543469008756801f;
+    S = S * x2 + -0.0011873282492160797f;
+    S = S * x2 + 0.009973556734621525f;
+    S = S * x2 + -0.06649038195610046f;
+    S = S * x2 + 0.3989422917366028f;
+    float small = 0.5f * x + x * (x * S);
+    float y = fabsf(x) < 0.5f ? small : big; /* NaN: big, NaN */
+    return x == 0.0f ? x : y;
 }
 static inline float fg_gelu_exact_bwd_s(float x, float g) {
     float phi = fg_ncdf_s(x);
