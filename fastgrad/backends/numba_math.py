@@ -205,14 +205,6 @@ def _erf_coefficients(terms: int) -> tuple[float, ...]:
                  for k in range(terms, -1, -1))
 
 
-def _ncdf_series_coefficients(terms: int) -> tuple[float, ...]:
-    """(Phi(x) - 1/2)/x = sum_k (-1)^k x^2k / (sqrt(2 pi) 2^k k! (2k + 1)), k = terms..0
-    (Horner's order in x^2; erf's series at x/sqrt2). On |x| < 1/2 the truncation is below
-    4e-10 relative for terms = 5."""
-    return tuple((-1) ** k / (math.sqrt(2 * math.pi) * 2 ** k * math.factorial(k) * (2 * k + 1))
-                 for k in range(terms, -1, -1))
-
-
 def _atanh_coefficients(terms: int) -> tuple[float, ...]:
     """2/(2 terms + 1), ..., 2/5, 2/3: Horner's order for R(z)/z, z = s^2, where
     log((1 + s)/(1 - s)) = 2 s + s R(s^2)."""
@@ -254,8 +246,6 @@ _CONSTANTS = {
                    0.49761509895324707, 0.7978845834732056),
         "NCDF_Q": (0.0024204000364989042, 0.02919076383113861, 0.16806510090827942,
                    0.5597984790802002, 1.0790976285934448, 1.0),
-        # x_ncdf (x Phi(x), gelu) below |x| = GELU_CUT: x/2 + x^2 GELU_S(x^2), see there.
-        "GELU_CUT": 0.5, "GELU_S": _ncdf_series_coefficients(5),
     },
     np.float64: {
         "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
@@ -470,6 +460,13 @@ def _exp_half_square(x):
     return a, _expm1_poly(r - lo), _pow2_shifted(t)
 
 
+def _ncdf_left(x):
+    """Phi(-|x|), in (0, 1/2] (see ncdf_impl)."""
+    a, e, s = _exp_half_square(x)
+    u = NCDF_C / (a + _horner(a, NCDF_P) / _horner(a, NCDF_Q))  # noqa: F821
+    return (u + u * e) * s * SCALE  # noqa: F821
+
+
 def ncdf_impl(x):
     # Phi(x) = q for x < 0 and 1 - q above (q <= 1/2: no cancellation), q = Phi(-|x|) =
     # exp(-x^2/2) R(|x|), R(a) = NCDF_C / (a + P(a)/Q(a)): the rational part is a
@@ -478,9 +475,7 @@ def ncdf_impl(x):
     # u + u e (one rounding fewer). One division, NCDF_C Q / (a Q + P), measured 4%
     # faster but 4.0 ulp off near x = 0 (0.5 more: the quotient Q/(a Q + P) ~ 1.25 and the
     # product by NCDF_C are both rounded where NCDF_C / P(0) is one rounding near 1/2).
-    a, e, s = _exp_half_square(x)
-    u = NCDF_C / (a + _horner(a, NCDF_P) / _horner(a, NCDF_Q))  # noqa: F821
-    q = (u + u * e) * s * SCALE  # noqa: F821
+    q = _ncdf_left(x)  # noqa: F821
     return q if x < 0 else 1.0 - q
 
 
@@ -491,18 +486,16 @@ def npdf_impl(x):
 
 
 def x_ncdf_impl(x):
-    # x Phi(x). Near 0 Phi(x) ~ 1/2 carries ncdf's error (~3 ulp of q = Phi(-|x|) ~ 1/2,
-    # an absolute error), and for x > 0 sits just above 1/2, where that error is twice as
-    # large relative to Phi as to x Phi at the top of its binade: the plain product
-    # reached 4.5 ulp (x ~ 0.009). Below GELU_CUT, x/2 (exact) + x^2 S(x^2), S erf's series
-    # at x/sqrt2: the correction is at most 0.62 of the result (x = -1/2), so its few
-    # roundings are damped. Both are computed and one selected: the loop stays one
-    # straight-line vector body. x = -0.0 keeps its sign (x/2 + x^2 S would give +0.0).
-    phi = ncdf(x)
-    big = 0.0 if phi == 0.0 else x * phi
-    small = 0.5 * x + x * (x * _horner(x * x, GELU_S))  # noqa: F821
-    y = small if abs(x) < GELU_CUT else big  # noqa: F821  (NaN: big, NaN)
-    return x if x == 0.0 else y
+    # x Phi(x) as x q for x <= 0 and x - x q above, q = Phi(-|x|) <= 1/2 (_ncdf_left), not
+    # x (1 - q): near 0, 1 - q ~ 1/2 sits at the bottom of its binade, where q's error
+    # (absolute, ~3 ulp of 1/2) and the rounding of 1 - q are twice as large relative to
+    # it as to x Phi at the top of its binade: x * ncdf(x) reached 4.5 ulp (x ~ 0.009);
+    # x - x q stays within the negative side's 3.7. As many operations as before: the
+    # select between q and 1 - q becomes one between x q and x - x q. q = 0 (x <= -14.5,
+    # or +-inf) gives x q = 0: the limit at -inf, and inf - 0 at +inf, not inf * 0.
+    q = _ncdf_left(x)  # noqa: F821
+    xq = 0.0 if q == 0.0 else x * q
+    return xq if x <= 0 else x - xq  # -0.0 keeps its sign; NaN gives NaN
 
 
 def x_ncdf_f64(x):
@@ -599,7 +592,8 @@ def x_ncdf(x):
 _HELPERS = {"_reduce": _reduce, "_reduce_t": _reduce_t, "_exp_neg_abs": _exp_neg_abs,
             "_expm1_poly": _expm1_poly, "_scale": _scale,
             "_erfcx": _erfcx, "_exp_neg_square": _exp_neg_square,
-            "_erf_series": _erf_series, "_exp_half_square": _exp_half_square}
+            "_erf_series": _erf_series, "_exp_half_square": _exp_half_square,
+            "_ncdf_left": _ncdf_left}
 _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
           exp_neg_abs: exp_neg_abs_impl,
           erfc: {np.float32: erfc_impl, np.float64: erfc_libm},
