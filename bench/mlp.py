@@ -237,7 +237,9 @@ def fastgrad_trainer(sizes, batch, backend: str | None, per_step: bool = False):
                 warnings.simplefilter("ignore")
                 return model.fit(Xf, Yf, epochs=epochs, **fit_kwargs)
     try:
-        call(1)  # compiles (or loads the Numba cache); not timed
+        # compiles (or loads the Numba cache); not timed. Three epochs: fit's blocks of
+        # epochs start at the second, and their kernel compiles on first use too.
+        call(3)
     except Exception as exc:
         what = "train_step" if per_step else "fit"
         raise NotAvailable(f"fastgrad.MLP.{what} failed: {type(exc).__name__}: {exc}") from exc
@@ -258,6 +260,20 @@ def _step_cell(step, budget: Budget) -> Cell:
     counter = iter(range(1 << 62))
     stats = measure(lambda: step(next(counter)), budget)
     return Cell(stats, 1.0 / stats.median)
+
+
+def _wait_for_idle_cores(limit: float = 2.0) -> None:
+    """Wait (up to `limit` seconds) until no other process's thread is runnable. fit picks
+    its BLAS threads from that count when it starts (fastgrad.train.machine_busy): the
+    peers measured just before (XLA's and PyTorch's pools winding down) made it train the
+    medium net's two-thread row on one thread (509-645 against 1,030-1,130 steps/s alone)."""
+    try:
+        from fastgrad.train import other_runnable_threads
+    except ImportError:
+        return
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline and (other_runnable_threads() or 0) > 0:
+        time.sleep(0.05)
 
 
 def _fit_cell(fit, budget: Budget) -> Cell:
@@ -315,6 +331,8 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
             for t in thread_counts:
                 with thread_limit(t):
                     try:
+                        if kind == "fit":
+                            _wait_for_idle_cores()
                         fn = make(sizes, batch)
                         cell = _fit_cell(fn, budget) if kind == "fit" else _step_cell(fn, budget)
                     except NotAvailable as exc:
