@@ -1032,14 +1032,16 @@ for which in ("orders", "sizes", "kernels"):
 """
 
 
-def test_train_epochs_inputs_sharing_memory_with_its_outputs():
+def test_train_epochs_inputs_sharing_memory_with_its_outputs(tmp_path):
     """An input read batch after batch (row orders, layer sizes, kernel ids) that lies in
     memory the loop writes is copied at the call: the loop used to read it back after
     overwriting it and run out of bounds (a segmentation fault; hence a subprocess)."""
     env = subprocess_env()
     env["PYTHONPATH"] += os.pathsep + str(pathlib.Path(__file__).parent)  # test_cython
+    # cwd away from the checkout: `python -c` puts the cwd first on sys.path, and the
+    # checkout's fastgrad/ (no compiled module when installed as a wheel) would shadow it
     run = subprocess.run([sys.executable, "-c", _ALIASED_INPUTS], capture_output=True,
-                         text=True, timeout=300, env=env)
+                         text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-3000:])
     assert run.stdout.split() == ["orders", "ok", "sizes", "ok", "kernels", "ok"]
 

@@ -772,7 +772,7 @@ assert np.array_equal(model.params, before)
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_block_and_epoch_runners_check_what_their_kernel_indexes(backend):
+def test_block_and_epoch_runners_check_what_their_kernel_indexes(backend, tmp_path):
     """A block's row orders, the batch records and the targets' rows, given wrong to the
     runners directly, raise ValueError before training: numba's kernel indexes them without
     bounds checks (it read and wrote out of bounds: a crash, hence a subprocess)."""
@@ -780,7 +780,8 @@ def test_block_and_epoch_runners_check_what_their_kernel_indexes(backend):
     import sys
 
     from conftest import subprocess_env
-    run = subprocess.run([sys.executable, "-c", _HOSTILE_BLOCKS, backend],
+    # cwd away from the checkout, whose fastgrad/ would shadow the installed package
+    run = subprocess.run([sys.executable, "-c", _HOSTILE_BLOCKS, backend], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-3000:])
     lines = run.stdout.strip().splitlines()
