@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numba
 import numpy as np
 from numba import njit, prange
 
+from bench.timing import call_times
 from fastgrad.activations import ACTIVATIONS
 from fastgrad.backends import numba_cpu
 
@@ -42,12 +42,7 @@ def _parallel_copy(src, dst):
 
 def timed(fn, repeat: int) -> tuple[float, float]:
     """(median seconds, spread max/min - 1) of `repeat` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    times = call_times(fn, repeat)
     return float(np.median(times)), max(times) / min(times) - 1
 
 

@@ -84,9 +84,9 @@ def measure(fn: Callable[[], object], budget: Budget, *, max_number: int = 1_000
     return Stats(tuple(times), number)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median seconds of single calls of fn() after `warmup` untimed ones: the plain
-    timer of the one-finding scripts (compare.py's sections use `measure`)."""
+def call_times(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` single calls of fn() after `warmup` untimed ones: the
+    plain timer of the one-finding scripts (compare.py's sections use `measure`)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -94,7 +94,12 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median of `call_times`."""
+    return float(np.median(call_times(fn, repeats, warmup)))
 
 
 def fmt_time(seconds: float) -> str:

@@ -199,11 +199,15 @@ cdef int _loss(object loss) except -1:
     return loss
 
 
+cdef inline bint _meet(char *p, char *q, char *lo, char *hi) noexcept:
+    """Whether the byte ranges [p, q) and [lo, hi) share a byte."""
+    return p < q and lo < hi and p < hi and lo < q
+
+
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
     cdef char *pa = <char *>cnp.PyArray_DATA(a)
     cdef char *pb = <char *>cnp.PyArray_DATA(b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+    return _meet(pa, pa + cnp.PyArray_NBYTES(a), pb, pb + cnp.PyArray_NBYTES(b))
 
 
 cdef cnp.ndarray _apart(cnp.ndarray inp, cnp.ndarray out, bint same_ok):

@@ -204,43 +204,34 @@ FG_LOOPS(gelu_tanh)
 FG_LOOPS(softplus)
 FG_LOOPS(selu)
 
-/* swish: a = beta; beta = 1 has its own loops (fg_swish1_fwd_s); chosen once per call. */
-static void FG(swish_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {
-    if (a == 1) FG(swish_one_forward)(x, y, n, a, b);
-    else FG(swish_beta_forward)(x, y, n, a, b);
-}
-static void FG(swish_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
-    if (a == 1) FG(swish_one_backward)(s, g, out, n, a, b);
-    else FG(swish_beta_backward)(s, g, out, n, a, b);
-}
-static void FG(swish_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a, T b) {
-    if (a == 1) FG(swish_one_bias_forward)(pre, bias, out, n, a, b);
-    else FG(swish_beta_bias_forward)(pre, bias, out, n, a, b);
-}
-static void FG(swish_backward_colsum)(const T *s, const T *g, T *out, T *colsum,
-                                      ptrdiff_t n, T a, T b) {
-    if (a == 1) FG(swish_one_backward_colsum)(s, g, out, colsum, n, a, b);
-    else FG(swish_beta_backward_colsum)(s, g, out, colsum, n, a, b);
-}
+/* An activation with two families of loops, one chosen once per call by its parameters
+ * (TEST, on a and b): NAME's four entry points call FIRST's where TEST holds, else
+ * SECOND's. */
+#define FG_CHOOSE(NAME, TEST, FIRST, SECOND)                                                 \
+    static void FG(NAME##_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {               \
+        if (TEST) FG(FIRST##_forward)(x, y, n, a, b);                                        \
+        else FG(SECOND##_forward)(x, y, n, a, b);                                            \
+    }                                                                                        \
+    static void FG(NAME##_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a,       \
+                                    T b) {                                                   \
+        if (TEST) FG(FIRST##_backward)(s, g, out, n, a, b);                                  \
+        else FG(SECOND##_backward)(s, g, out, n, a, b);                                      \
+    }                                                                                        \
+    static void FG(NAME##_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a,    \
+                                        T b) {                                               \
+        if (TEST) FG(FIRST##_bias_forward)(pre, bias, out, n, a, b);                         \
+        else FG(SECOND##_bias_forward)(pre, bias, out, n, a, b);                             \
+    }                                                                                        \
+    static void FG(NAME##_backward_colsum)(const T *s, const T *g, T *out, T *colsum,       \
+                                           ptrdiff_t n, T a, T b) {                          \
+        if (TEST) FG(FIRST##_backward_colsum)(s, g, out, colsum, n, a, b);                   \
+        else FG(SECOND##_backward_colsum)(s, g, out, colsum, n, a, b);                       \
+    }
 
-/* gelu: a = 0 exact (erfc), a = 1 the tanh form; the choice is made once per call. */
-static void FG(gelu_forward)(const T *x, T *y, ptrdiff_t n, T a, T b) {
-    if (a == 0) FG(gelu_exact_forward)(x, y, n, a, b);
-    else FG(gelu_tanh_forward)(x, y, n, a, b);
-}
-static void FG(gelu_backward)(const T *s, const T *g, T *out, ptrdiff_t n, T a, T b) {
-    if (a == 0) FG(gelu_exact_backward)(s, g, out, n, a, b);
-    else FG(gelu_tanh_backward)(s, g, out, n, a, b);
-}
-static void FG(gelu_bias_forward)(T *pre, const T *bias, T *out, ptrdiff_t n, T a, T b) {
-    if (a == 0) FG(gelu_exact_bias_forward)(pre, bias, out, n, a, b);
-    else FG(gelu_tanh_bias_forward)(pre, bias, out, n, a, b);
-}
-static void FG(gelu_backward_colsum)(const T *s, const T *g, T *out, T *colsum, ptrdiff_t n,
-                                     T a, T b) {
-    if (a == 0) FG(gelu_exact_backward_colsum)(s, g, out, colsum, n, a, b);
-    else FG(gelu_tanh_backward_colsum)(s, g, out, colsum, n, a, b);
-}
+/* swish: a = beta; beta = 1 has its own loops (fg_swish1_fwd_s). */
+FG_CHOOSE(swish, a == 1, swish_one, swish_beta)
+/* gelu: a = 0 exact (erfc), a = 1 the tanh form. */
+FG_CHOOSE(gelu, a == 0, gelu_exact, gelu_tanh)
 
 #define FG_ENTRY(NAME, SUFFIX) FG(NAME##SUFFIX)
 #define FG_TABLE(SUFFIX)                                                                   \

@@ -313,20 +313,16 @@ cdef tuple _WRITTEN = ("params", "grads", "state_a", "state_b", "workspace", "ba
                       "grad_sq", "step")
 
 
-cdef inline bint _meet(char *p, char *q, char *lo, char *hi) noexcept:
-    """Whether the byte ranges [p, q) and [lo, hi) share a byte."""
-    return p < q and lo < hi and p < hi and lo < q
-
-
-cdef inline bint _in_ranges(cnp.ndarray a, char **lo, char **hi, int count):
-    """Whether `a` shares a byte with one of the ranges [lo[i], hi[i])."""
+cdef cnp.ndarray _apart_from(cnp.ndarray a, char **lo, char **hi, int count):
+    """`a`, or a copy of it where it shares a byte with one of the ranges [lo[i], hi[i])
+    (as _apart, against several written arrays)."""
     cdef char *p = <char *>cnp.PyArray_DATA(a)
     cdef char *q = p + cnp.PyArray_NBYTES(a)
     cdef int i
     for i in range(count):
         if _meet(p, q, lo[i], hi[i]):
-            return True
-    return False
+            return a.copy()
+    return a
 
 
 def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, act,
@@ -463,22 +459,10 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
                 raise ValueError(f"{_WRITTEN[i_w]} and {_WRITTEN[j_w]} overlap: they must "
                                  f"be separate arrays (state_b may be state_a itself for "
                                  f"sgd only)")
-    if _in_ranges(xa, w_lo, w_hi, 8):
-        xa = xa.copy()
-    if _in_ranges(ta, w_lo, w_hi, 8):
-        ta = ta.copy()
-    if _in_ranges(oa, w_lo, w_hi, 8):
-        oa = oa.copy()
-    if _in_ranges(sz, w_lo, w_hi, 8):
-        sz = sz.copy()
-    if _in_ranges(ka, w_lo, w_hi, 8):
-        ka = ka.copy()
-    if _in_ranges(va, w_lo, w_hi, 8):
-        va = va.copy()
-    if _in_ranges(aa, w_lo, w_hi, 8):
-        aa = aa.copy()
-    if _in_ranges(ha, w_lo, w_hi, 8):
-        ha = ha.copy()
+    xa, ta, oa, sz = (_apart_from(xa, w_lo, w_hi, 8), _apart_from(ta, w_lo, w_hi, 8),
+                      _apart_from(oa, w_lo, w_hi, 8), _apart_from(sz, w_lo, w_hi, 8))
+    ka, va, aa, ha = (_apart_from(ka, w_lo, w_hi, 8), _apart_from(va, w_lo, w_hi, 8),
+                      _apart_from(aa, w_lo, w_hi, 8), _apart_from(ha, w_lo, w_hi, 8))
     cdef Py_ssize_t done
     cdef int ib = <int>batch_size, iL = <int>L
     cdef bint nest = nesterov, skd = sklearn_decay

@@ -765,7 +765,7 @@ def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tu
                      cache=cache)
     plan.batch_loss = np.zeros(count * nb)
     plan.grad_sq = np.zeros((count * nb, len(layers)))
-    if runner.train_epochs(plan, orders.astype(np.int64, copy=False)) < count:
+    if runner.train_epochs(plan, orders) < count:
         if rng_state is not None:
             model._rng.bit_generator.state = rng_state
         return 0

@@ -52,6 +52,24 @@ def written_state(opt_name: str, hyper: dict) -> tuple[int, ...]:
     return tuple(i for i, used in enumerate((uses_a, uses_b)) if used)
 
 
+def representable(value: float, dtype) -> bool:
+    """Whether `value` is 0 or a normal number of `dtype` (no overflow, no flush to 0): a
+    hyper-parameter a kernel computing in that dtype takes as given."""
+    finfo = np.finfo(dtype)
+    return value == 0 or finfo.tiny <= abs(value) <= finfo.max
+
+
+def hyper_values(plan, hyper: dict) -> dict[str, float]:
+    """The scalars of the update and of clipping by name, for the kernels' hyper-parameter
+    vectors (each takes them in its own order): `hyper` (optimizer_state's) with the
+    neutral value where the optimizer has none, weight decay, lr and clipping (0 = off)."""
+    return {"lr": plan.lr, "momentum": hyper.get("momentum", 0.0),
+            "beta1": hyper.get("beta1", 0.9), "beta2": hyper.get("beta2", 0.999),
+            "eps": hyper.get("eps", 1e-8), "weight_decay": plan.optimizer.weight_decay,
+            "alpha": hyper.get("alpha", 0.99), "clip_norm": plan.clip_norm or 0.0,
+            "clip_value": plan.clip_value or 0.0}
+
+
 def plan_reason(plan, losses) -> str | None:
     """Why no fused runner can run `plan` whatever its backend, or None: float32/float64
     parameters, logits out of the last layer, a loss in `losses`, an optimizer bound to the

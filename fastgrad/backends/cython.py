@@ -127,12 +127,6 @@ def supports_train_epoch(plan) -> bool:
     return train_epoch_reason(plan) is None
 
 
-def _representable(values, dtype) -> bool:
-    """Whether every value is 0 or a normal number of `dtype` (no overflow, no flush)."""
-    finfo = np.finfo(dtype)
-    return all(v == 0 or finfo.tiny <= abs(v) <= finfo.max for v in values)
-
-
 class _FitAdapter(_fit_adapter.FitAdapter):
     """The compiled kernel's side of the shared adapter: its per-layer arguments (sizes,
     kernel ids, saved-tensor codes, activation parameters), the workspace, the
@@ -160,16 +154,16 @@ class _FitAdapter(_fit_adapter.FitAdapter):
 
     def configure(self, plan, hyper: dict, use_order: bool) -> None:
         opt = plan.optimizer
-        values = (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
-                  hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
-                  hyper.get("alpha", 0.99), plan.clip_norm or 0.0, plan.clip_value or 0.0)
+        named = _fit_adapter.hyper_values(plan, hyper)
+        values = tuple(named[name] for name in _kernels.TRAIN_HYPER)
         config = (plan.loss.name, self.opt_name, values, hyper.get("nesterov", False),
                   opt.decay)
         if config != self.configured:
             self.hyper[:] = values
             code = _OPTIMIZER_CODES[self.opt_name]
-            if self.opt_name == "sgd" and plan.params.dtype == np.float32 and _representable(
-                    (plan.lr, values[1], opt.weight_decay), np.float32):
+            if self.opt_name == "sgd" and plan.params.dtype == np.float32 and all(
+                    _fit_adapter.representable(v, np.float32)
+                    for v in (plan.lr, named["momentum"], opt.weight_decay)):
                 code = _OPTIMIZER_CODES["sgd_dtype"]  # float32 SGD in float32, as PyTorch
             self.switches = (_LOSS_IDS[plan.loss.name], code, bool(config[3]),
                              opt.decay == "sklearn")

@@ -505,11 +505,10 @@ def train_epoch_reason(plan) -> str | None:
     _name, _state, hyper = _optimizer_state(plan.optimizer)
     # The kernel computes in the arrays' dtype: a hyper-parameter that overflows or
     # flushes to zero in it would train differently from the float64 optimizer kernels.
-    finfo = np.finfo(dtype)
     for name, v in (("lr", plan.lr), ("weight_decay", plan.optimizer.weight_decay),
                     ("clip_norm", plan.clip_norm), ("clip_value", plan.clip_value),
                     *((k, v) for k, v in hyper.items() if k != "nesterov")):
-        if v is not None and v != 0 and not (finfo.tiny <= abs(v) <= finfo.max):
+        if v is not None and not _fit_adapter.representable(v, dtype):
             return f"{name}={v!r} is not representable in {dtype}"
     return None
 
@@ -559,13 +558,11 @@ class _FitAdapter(_fit_adapter.FitAdapter):
     def configure(self, plan, hyper: dict, use_order: bool) -> None:
         # written into the workspace only when they changed: once per fit unless a
         # schedule changes lr
-        opt = plan.optimizer
+        values = _fit_adapter.hyper_values(plan, hyper)
+        values["a"], values["b"] = self.act
         config = (plan.loss.name, self.opt_name, plan.batch_size, use_order,
-                  (plan.lr, hyper.get("momentum", 0.0), hyper.get("beta1", 0.9),
-                   hyper.get("beta2", 0.999), hyper.get("eps", 1e-8), opt.weight_decay,
-                   plan.clip_norm or 0.0, plan.clip_value or 0.0, *self.act,
-                   hyper.get("alpha", 0.99)),
-                  hyper.get("nesterov", False), opt.decay)
+                  tuple(values[name] for name in _nt._HP), hyper.get("nesterov", False),
+                  plan.optimizer.decay)
         if config != self.configured:
             loss_name, opt_name, batch_size, _, hp, nesterov, decay = config
             _nt._configure(self.ws, loss_name, opt_name, batch_size, use_order, hp, nesterov,
