@@ -1,5 +1,6 @@
 """A/B of two versions of fastgrad's kernels in one process: this checkout ("new") against
-an older copy of the package ("old"), both numba and cython, plus PyTorch, interleaved.
+an older copy of the package ("old"), both numba and cython, plus PyTorch, interleaved
+(row kernels on rows of ROW elements).
 
     git worktree add /tmp/base BASE && (cd /tmp/base && python setup.py build_ext -i)
     mkdir /tmp/ab && cp -r /tmp/base/fastgrad /tmp/ab/fg_old
@@ -30,7 +31,10 @@ CASES = {  # name: (activation, params)
     "gelu": ("gelu", {"approximate": "none"}), "gelu_tanh": ("gelu", {"approximate": "tanh"}),
     "softplus": ("softplus", {}), "sigmoid": ("sigmoid", {}), "tanh": ("tanh", {}),
     "elu": ("elu", {"alpha": 1.0}), "selu": ("selu", {}),
+    "softmax": ("softmax", {}), "log_softmax": ("log_softmax", {}),
 }
+ROW = 1024
+"""Row kernels (softmax, log_softmax) run on rows of this many elements, as compare.py's."""
 
 
 def _torch_pair(name: str, params: dict):
@@ -53,7 +57,23 @@ def _torch_pair(name: str, params: dict):
                  lambda g, x, y, o: aten.tanh_backward.grad_input(g, y, grad_input=o)),
         "elu": (lambda x, o: aten.elu.out(x, 1.0, 1.0, 1.0, out=o), None),
         "selu": (lambda x, o: aten.elu.out(x, SELU_ALPHA, SELU_SCALE, 1.0, out=o), None),
+        "softmax": (lambda x, o: aten._softmax.out(x, -1, False, out=o),
+                    lambda g, x, y, o: aten._softmax_backward_data.out(
+                        g, y, -1, x.dtype, grad_input=o)),
+        "log_softmax": (lambda x, o: aten._log_softmax.out(x, -1, False, out=o),
+                        lambda g, x, y, o: aten._log_softmax_backward_data.out(
+                            g, y, -1, x.dtype, out=o)),
     }[name]
+
+
+def _numba_pair(nc, spec, a, b):
+    """(forward(x, out), backward(saved, g, out)) of a numba_cpu module, two threads."""
+    if spec.rowwise:
+        return (lambda x, o: nc._ROWS[spec.name][0][1](x, o),
+                lambda s, g, o: nc._ROWS[spec.name][1][1](s, g, o))
+    k = nc._make_elementwise(spec, np.float32)
+    return (lambda x, o: k["forward"][1](x, o, a, b),
+            lambda s, g, o: k["backward"][1](s, g, o, a, b))
 
 
 def main() -> None:
@@ -87,35 +107,37 @@ def main() -> None:
 
     n = 1 << args.log2n
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(n) * 3).astype(np.float32)
-    g = rng.standard_normal(n).astype(np.float32)
-    out = np.empty_like(x)
+    flat_x = (rng.standard_normal(n) * 3).astype(np.float32)
+    flat_g = rng.standard_normal(n).astype(np.float32)
     rows = []
     for case in args.cases:
         name, params = CASES[case]
         spec_new = nc_new.ACTIVATIONS[name]
         spec_old = fg_old.activations.ACTIVATIONS[name]
+        shape = (n // ROW, ROW) if spec_new.rowwise else (n,)
+        x, g = flat_x.reshape(shape), flat_g.reshape(shape)
+        out = np.empty_like(x)
         fa, fb = spec_new.encoded(params)
         a, b = np.float32(fa), np.float32(fb)
-        kn = nc_new._make_elementwise(spec_new, np.float32)
-        ko = nc_old._make_elementwise(spec_old, np.float32)
+        nf, nb = _numba_pair(nc_new, spec_new, a, b)
+        of, ob = _numba_pair(nc_old, spec_old, a, b)
         kid = ck_new.KERNELS[name]
         y = np.empty_like(x)
-        kn["forward"][1](x, y, a, b)
+        nf(x, y)
         saved = y if spec_new.needs == "y" else x
         # default arguments bind this case's objects (a closure would see the last case's)
-        fwd = {"numba_old": lambda k=ko, a=a, b=b: k["forward"][1](x, out, a, b),
-               "numba_new": lambda k=kn, a=a, b=b: k["forward"][1](x, out, a, b),
-               "cython_old": lambda k=kid, fa=fa, fb=fb: ck_old.activation_forward(
-                   k, x, out, fa, fb),
-               "cython_new": lambda k=kid, fa=fa, fb=fb: ck_new.activation_forward(
-                   k, x, out, fa, fb)}
-        bwd = {"numba_old": lambda k=ko, a=a, b=b, s=saved: k["backward"][1](s, g, out, a, b),
-               "numba_new": lambda k=kn, a=a, b=b, s=saved: k["backward"][1](s, g, out, a, b),
-               "cython_old": lambda k=kid, fa=fa, fb=fb, s=saved: ck_old.activation_backward(
-                   k, g, s, out, fa, fb),
-               "cython_new": lambda k=kid, fa=fa, fb=fb, s=saved: ck_new.activation_backward(
-                   k, g, s, out, fa, fb)}
+        fwd = {"numba_old": lambda f=of, x=x, o=out: f(x, o),
+               "numba_new": lambda f=nf, x=x, o=out: f(x, o),
+               "cython_old": lambda k=kid, fa=fa, fb=fb, x=x, o=out: ck_old.activation_forward(
+                   k, x, o, fa, fb),
+               "cython_new": lambda k=kid, fa=fa, fb=fb, x=x, o=out: ck_new.activation_forward(
+                   k, x, o, fa, fb)}
+        bwd = {"numba_old": lambda f=ob, s=saved, g=g, o=out: f(s, g, o),
+               "numba_new": lambda f=nb, s=saved, g=g, o=out: f(s, g, o),
+               "cython_old": lambda k=kid, fa=fa, fb=fb, s=saved, g=g, o=out:
+                   ck_old.activation_backward(k, g, s, o, fa, fb),
+               "cython_new": lambda k=kid, fa=fa, fb=fb, s=saved, g=g, o=out:
+                   ck_new.activation_backward(k, g, s, o, fa, fb)}
         if torch is not None and (name != "swish" or params["beta"] == 1.0):
             tf, tb = _torch_pair(name, params)
             tx, tg, to, ty = (torch.from_numpy(v) for v in (x, g, out, y))
@@ -123,7 +145,8 @@ def main() -> None:
             if tb is not None:
                 bwd["torch"] = lambda f=tb, tx=tx, tg=tg, ty=ty, to=to: f(tg, tx, ty, to)
         rows += [(case, "fwd", 8, fwd), (case, "bwd", 12, bwd)]
-    rows.append(("copy", "2 threads", 8, {"copy": lambda: pcopy(x, out)}))
+    copy_out = np.empty_like(flat_x)
+    rows.append(("copy", "2 threads", 8, {"copy": lambda: pcopy(flat_x, copy_out)}))
     for _, _, _, impls in rows:
         for f in impls.values():
             f()

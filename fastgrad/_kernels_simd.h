@@ -65,7 +65,7 @@ extern double erfc(double) FG_SIMD_DECL;
  * (which target_clones cannot carry) makes it the 16-lane one: the exp pass 1.3-1.6x
  * faster, measured on Zen 4 (a target attribute conflicts with target_clones, hence
  * two functions). The elementwise kernels' "avx512f" clones still call the 8-lane exp. */
-#define FG_ROWS_CLONES __attribute__((target_clones("default", "avx2")))
+#define FG_ROWS_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #define FG_ROWS_AVX512 __attribute__((target("avx512f,prefer-vector-width=512")))
 #define FG_ROWS_AVX512_VARIANT 1
 static int fg_cpu_avx512(void) { return __builtin_cpu_supports("avx512f"); }
@@ -246,6 +246,25 @@ static inline float fg_exp_neg_abs_s(float x) {
     float r = (v - n * 0.693359375f) - n * -2.12194440e-4f;
     return (1.0f + fg_expm1_poly_s(r)) * fg_pow2_shifted_s(t) * 5.42101086e-20f;
 }
+/* exp(v) for v <= 0 (or NaN): fg_exp_neg_abs_s's arithmetic with fused multiply-adds
+ * written out (fmaf is exact, so every ISA variant gives the same bits; where the CPU has
+ * FMA, 15 vector operations per 16 elements instead of ~24 with -ffp-contract=off; the
+ * "default" variant of a CPU without it calls libm's fmaf, correct but slow). For the
+ * row kernels, whose x - max(x) is never positive. */
+static inline float fg_exp_nonpos_s(float v) {
+    v = v < -104.5f ? -104.5f : v;
+    float t = __builtin_fmaf(v, 1.44269504f, 12582976.0f); /* holds n + 64, see above */
+    float n = t - 12582976.0f;
+    float r = __builtin_fmaf(-n, -2.12194440e-4f, __builtin_fmaf(-n, 0.693359375f, v));
+    float q = 0.0013870657421648502f;
+    q = __builtin_fmaf(q, r, 0.00836626160889864f);
+    q = __builtin_fmaf(q, r, 0.04166743531823158f);
+    q = __builtin_fmaf(q, r, 0.1666654646396637f);
+    q = __builtin_fmaf(q, r, 0.4999999701976776f);
+    float p = __builtin_fmaf(r * r, q, r); /* expm1(r) */
+    float s = fg_pow2_shifted_s(t);
+    return __builtin_fmaf(p, s, s) * 5.42101086e-20f; /* (1 + p) 2^(n + 64) 2^-64 */
+}
 /* swish with beta = 1 (silu) for float32: beta x = x is exact, so the exp may be a float
  * one, here fg_exp_neg_abs_s (inline arithmetic, ~1 ulp) rather than the double exp; the
  * rest in double (exact 1 + z, one rounding at the end). Measured within 1.7 ulp forward
@@ -374,6 +393,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_GELU_EXACT_BWD(x, g) fg_gelu_exact_bwd_s(x, g)
 #define FG_SWISH1_FWD(x) fg_swish1_fwd_s(x)
 #define FG_SWISH1_BWD(x, g) fg_swish1_bwd_s(x, g)
+#define FG_EXP_NONPOS(v) fg_exp_nonpos_s(v)
+#define FG_EXP_NONPOS_INLINE 1
 #include "_kernels_impl.h"
 #undef FG_T
 #undef FG_SUFFIX
@@ -387,6 +408,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #undef FG_GELU_EXACT_BWD
 #undef FG_SWISH1_FWD
 #undef FG_SWISH1_BWD
+#undef FG_EXP_NONPOS
+#undef FG_EXP_NONPOS_INLINE
 
 #define FG_T double
 #define FG_SUFFIX _f64
@@ -400,6 +423,8 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_GELU_EXACT_BWD(x, g) fg_gelu_exact_bwd_d(x, g)
 #define FG_SWISH1_FWD(x) fg_swish_fwd_d(x, 1.0)
 #define FG_SWISH1_BWD(x, g) fg_swish_bwd_d(x, g, 1.0)
+#define FG_EXP_NONPOS(v) exp(v)
+#define FG_EXP_NONPOS_INLINE 0
 #include "_kernels_impl.h"
 
 #endif /* FASTGRAD_KERNELS_SIMD_H */

@@ -114,6 +114,38 @@ def test_special_values_follow_the_reference_without_warnings(spec, backend, dty
         assert np.isnan(y[nan_at]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_row_kernels_on_ties_infinities_and_dominant_maxima(name, backend, dtype):
+    """Rows whose max repeats (within and across the kernels' chunks of 128-256 terms),
+    rows holding +inf, -inf or only -inf, and rows where the max dominates (the
+    log-sum-exp is then a small sum that must not be added to exp(0) = 1 in float32),
+    short and longer than a chunk, against the reference."""
+    rows = []
+    for n in (5, 300, 600):
+        base = np.linspace(-6.0, 2.0, n)
+        ties = base.copy()
+        ties[[0, n // 2, n - 1]] = 3.0
+        plus_inf, minus_inf = base.copy(), base.copy()
+        plus_inf[n // 3] = np.inf
+        minus_inf[n // 3] = -np.inf
+        dominant = np.full(n, -25.0)
+        dominant[n // 4] = 0.0
+        rows += [ties, plus_inf, minus_inf, np.full(n, -np.inf), dominant]
+    for k, row in enumerate(rows):
+        x = row.astype(dtype)[None, :]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = fg.forward(name, x, backend=backend)
+        want = reference_forward(fg.ACTIVATIONS[name], x)
+        what = f"{name}, row {k} of {row.size} columns"
+        assert_close(y, want, dtype, reduction=True, what=what)
+        if k % 5 == 4:  # dominant: relative, even log_softmax's -4e-9 at the max
+            np.testing.assert_allclose(y, want, rtol=32 * np.finfo(dtype).eps, atol=0,
+                                       err_msg=what)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_documented_values(backend, dtype):

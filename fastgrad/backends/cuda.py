@@ -317,10 +317,20 @@ def row_kernels(dtype, threads: int):
             sh = cuda.shared.array(NT, nbt)
             i = cuda.blockIdx.x
             m = row_max(x, i, sh)
-            total = nbt(0)
+            # log sum exp(x - m) = log1p(rest): the terms below the max, plus one for each
+            # further element equal to it (their exp(0) = 1 in the sum would round away a
+            # small rest, all of the log-sum-exp when the max dominates); (m - m) is NaN
+            # when m is infinite, as the reference's inf - inf.
+            rest = nbt(0)
+            ties = nbt(0)
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
-                total += math.exp(x[i, j] - m)
-            lse = math.log(_block_sum(sh, total))
+                if x[i, j] == m:
+                    ties += nbt(1)
+                else:
+                    rest += math.exp(x[i, j] - m)
+            rest = _block_sum(sh, rest)
+            ties = _block_sum(sh, ties)
+            lse = math.log1p(rest + (ties - nbt(1)) + (m - m))
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
                 # (x - m) - lse, not x - (m + lse): m + lse rounds away lse when |m| >> 1.
                 out[i, j] = (x[i, j] - m) - lse

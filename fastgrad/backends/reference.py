@@ -32,9 +32,20 @@ def _softmax_rows(x):
 
 
 def _log_softmax_rows(x):
-    m = np.max(x, axis=-1, keepdims=True) if x.shape[-1] else x[..., :0]
+    # log sum exp(x - m) = log1p(the sum of the terms other than the first maximal one's):
+    # that term's exp(0) = 1 would round away the digits of a small rest, which is all of
+    # the log-sum-exp when the max dominates the row (log(1 + 4e-11) keeps 5 digits). The
+    # term itself joins as exp(x - m) - 1: 0, or NaN when m is infinite (inf - inf).
+    if not x.shape[-1]:
+        return x.copy()
+    m = np.max(x, axis=-1, keepdims=True)
     shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    terms = np.exp(shifted)
+    first = np.argmax(x, axis=-1)[..., None]  # the first NaN, if any: the row is NaN
+    own = np.take_along_axis(terms, first, axis=-1)
+    np.put_along_axis(terms, first, 0.0, axis=-1)
+    rest = np.sum(terms, axis=-1, keepdims=True) + (own - 1.0)
+    return shifted - np.log1p(rest)
 
 
 def _gelu_phi(x, approximate):
