@@ -35,7 +35,8 @@ def compiler_supports_openmp() -> bool:
 
 openmp = compiler_supports_openmp() and sys.platform != "win32"
 # -ffp-contract=off: no FMA contraction, so each kernel evaluates its formula operation by
-# operation as fastgrad/scalar_math.py writes it, identically in every ISA variant.
+# operation as fastgrad/scalar_math.py writes it, identically in every ISA variant; only
+# the activation loops opt in to fused multiply-adds (FG_MATH_CLONES in _kernels_simd.h).
 compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 link_args = []
 if openmp:

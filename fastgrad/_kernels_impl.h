@@ -7,11 +7,9 @@
 
 /* ---- scalar formulas, one per line of scalar_math.py ------------------------------- */
 
-static inline T FG(fg_sigmoid_value)(T x) {
-    /* 1 / (1 + exp(-x)) for x >= 0, z / (1 + z) with z = exp(x) otherwise: one exp(-|x|). */
-    T z = FG_EXP(-FG_FABS(x));
-    return (x >= 0 ? C(1) : z) / (C(1) + z);
-}
+/* 1 / (1 + exp(-x)) for x >= 0, z / (1 + z) with z = exp(x) otherwise: one exp(-|x|)
+ * (float: fg_sigmoid_s's inline exp; double: fg_sigmoid_d's libmvec one). */
+static inline T FG(fg_sigmoid_value)(T x) { return (T)FG_SIGMOID(x); }
 
 static inline T FG(identity_f)(T x, T a, T b) { (void)a; (void)b; return x; }
 static inline T FG(identity_b)(T s, T g, T a, T b) { (void)s; (void)a; (void)b; return g; }
@@ -50,7 +48,7 @@ static inline T FG(elu_f)(T x, T a, T b) {
 }
 static inline T FG(elu_b)(T x, T g, T a, T b) {
     (void)b;
-    T e = FG_EXP(x >= 0 ? C(0) : x);
+    T e = FG_EXP_NONPOS(x >= 0 ? C(0) : x); /* float: the inline exp */
     return x >= 0 ? g : g * a * e;
 }
 
@@ -79,10 +77,10 @@ static inline T FG(gelu_tanh_b)(T x, T g, T a, T b) {
     return (T)fg_gelu_tanh_bwd_d(x, g);
 }
 
-/* log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0) */
+/* log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0) (float: fg_softplus_tail_s) */
 static inline T FG(softplus_f)(T x, T a, T b) {
     (void)a; (void)b;
-    return FG_LOG1P(FG_EXP(-FG_FABS(x))) + (x < 0 ? C(0) : x);
+    return (T)FG_SOFTPLUS_TAIL(x) + (x < 0 ? C(0) : x);
 }
 static inline T FG(softplus_b)(T x, T g, T a, T b) {
     (void)a; (void)b;
@@ -96,7 +94,7 @@ static inline T FG(selu_f)(T x, T a, T b) {
 }
 static inline T FG(selu_b)(T x, T g, T a, T b) {
     (void)a; (void)b;
-    T e = FG_EXP(x >= 0 ? C(0) : x);
+    T e = FG_EXP_NONPOS(x >= 0 ? C(0) : x);
     return x >= 0 ? C(FG_SELU_SCALE) * g : g * C(FG_SELU_SCALE) * C(FG_SELU_ALPHA) * e;
 }
 
@@ -110,15 +108,15 @@ typedef void (*FG(fg_bias_forward_fn))(T *, const T *, T *, ptrdiff_t, T, T);
 typedef void (*FG(fg_backward_colsum_fn))(const T *, const T *, T *, T *, ptrdiff_t, T, T);
 
 #define FG_LOOPS(NAME)                                                                     \
-    static FG_CLONES void FG(NAME##_fwd_body)(const T *x, T *y, ptrdiff_t n, T a, T b) {   \
+    static FG_MATH_CLONES void FG(NAME##_fwd_body)(const T *x, T *y, ptrdiff_t n, T a, T b) {   \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) y[i] = FG(NAME##_f)(x[i], a, b);         \
     }                                                                                      \
-    static FG_CLONES void FG(NAME##_bwd_body)(const T *s, const T *g, T *out, ptrdiff_t n, \
+    static FG_MATH_CLONES void FG(NAME##_bwd_body)(const T *s, const T *g, T *out, ptrdiff_t n, \
                                               T a, T b) {                                  \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] = FG(NAME##_b)(s[i], g[i], a, b); \
     }                                                                                      \
     /* z = pre + bias; pre = z (unless pre is out); out = f(z) */                          \
-    static FG_CLONES void FG(NAME##_bias_body)(T *pre, const T *bias, T *out, ptrdiff_t n, \
+    static FG_MATH_CLONES void FG(NAME##_bias_body)(T *pre, const T *bias, T *out, ptrdiff_t n, \
                                                T a, T b) {                                 \
         if (pre == out) {                                                                  \
             FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] =                            \
@@ -132,7 +130,7 @@ typedef void (*FG(fg_backward_colsum_fn))(const T *, const T *, T *, T *, ptrdif
         }                                                                                  \
     }                                                                                      \
     /* out = f'(s) g; colsum += out */                                                     \
-    static FG_CLONES void FG(NAME##_colsum_body)(const T *s, const T *g, T *out,           \
+    static FG_MATH_CLONES void FG(NAME##_colsum_body)(const T *s, const T *g, T *out,           \
                                                  T *colsum, ptrdiff_t n, T a, T b) {       \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                       \
             T v = FG(NAME##_b)(s[i], g[i], a, b);                                          \
