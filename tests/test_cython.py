@@ -134,12 +134,14 @@ def test_elementwise_ulp_error(spec, dtype):
             f"g={g[worst]!r}: got {gx[worst]!r}, exact {want_g[worst]!r}")
 
 
-def test_float32_silu_dense_sweep_within_ulps():
-    """swish with beta = 1 takes its own float32 path (a float exp, the rest in double):
-    every 97th float32 in [-110, 12], where the exp's and the quotient's roundings matter
-    most, within MAX_ULP of the float64 formula (float arithmetic throughout, even from a
-    correctly rounded exp, reached 4.7 ulp at x ~ -5.1: the sparser grid above missed it).
-    Backward relative to max(|result|, |g|), as above."""
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_float32_silu_dense_sweep_within_ulps(backend):
+    """swish with beta = 1 takes its own float32 path in cython (a float exp, the rest in
+    double): every 97th float32 in [-110, 12], where the exp's and the quotient's roundings
+    matter most, within MAX_ULP of the float64 formula (float arithmetic throughout, even
+    from a correctly rounded exp, reached 4.7 ulp at x ~ -5.1: the sparser grid above
+    missed it). Backward relative to max(|result|, |g|), as above; numba's backward, in
+    float32, reached 11.7 ulp at x = 8.7 while it took s (1 - s) by subtraction."""
     lo, hi = (int(np.float32(v).view(np.uint32)) for v in (-110.0, 12.0))
     x = np.concatenate([np.arange(0, hi, 97, dtype=np.uint32),
                         np.arange(0x80000000, lo, 97, dtype=np.uint32)]).view(np.float32)
@@ -147,11 +149,11 @@ def test_float32_silu_dense_sweep_within_ulps():
     xd = x.astype(np.float64)
     z = np.exp(-np.abs(xd))
     s = np.where(xd >= 0, 1.0, z) / (1.0 + z)
-    y = fg.swish_forward(x, backend="cython")
+    y = fg.swish_forward(x, backend=backend)
     err = _ulp_error(y, xd * s, xd * s, np.float32)
     assert err.max() <= MAX_ULP, f"silu forward: {err.max():.2f} ulp at x={x[err.argmax()]!r}"
     want_g = g * (s + xd * z / (1.0 + z) ** 2)
-    gx = fg.swish_backward(g, x=x, backend="cython")
+    gx = fg.swish_backward(g, x=x, backend=backend)
     err = _ulp_error(gx, want_g, np.maximum(np.abs(want_g), g), np.float32)
     assert err.max() <= MAX_ULP, f"silu backward: {err.max():.2f} ulp at x={x[err.argmax()]!r}"
 
