@@ -101,7 +101,7 @@ from .. import scalar_math
 from ..activations import ActivationSpec, get_activation
 from ..scalar_math import compile_scalar
 from ._specialize import njit_tagged, specialize
-from .numba_math import VECTOR_MATH, exp
+from .numba_math import VECTOR_MATH, exp_neg_abs
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -582,7 +582,7 @@ def _output_layer(z, bias, g, db, loss_code, labels, targets, order, use_order, 
                 total += np.float64(m - z[i, labels[row]])  # m - z_y: no cancellation
         gf = g.reshape(r * k)
         for i in range(r * k):
-            gf[i] = exp(gf[i])
+            gf[i] = exp_neg_abs(gf[i])  # z - m <= 0 (or NaN): one power of two, no clamp above
         for i in range(r):
             row = order[start + i] if use_order else start + i
             s = zero
