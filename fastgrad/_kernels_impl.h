@@ -474,7 +474,8 @@ static FG_ROW_INLINE void FG(log_softmax_row_backward)(const T *y, const T *g, T
     double total = 0;
     FG_SIMD_SUM(total) for (ptrdiff_t j = 0; j < n; j++) total += g[j];
     T t = (T)total;
-    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) out[j] = g[j] - FG_EXP(y[j]) * t;
+    /* float: the inline exp (y is any float the caller saved, not only log-probabilities) */
+    FG_IVDEP for (ptrdiff_t j = 0; j < n; j++) out[j] = g[j] - FG_EXP_INLINE(y[j]) * t;
 }
 
 /* Rows [0, rows) of a C-contiguous (rows, cols) block: the row bodies above inlined into

@@ -266,6 +266,19 @@ static inline float fg_exp_nonpos_s(float v) {
     float s = fg_pow2_shifted_s(t);
     return FG_FMAF(fg_expm1_poly_s(r), s, s) * 5.42101086e-20f;
 }
+/* exp(v) over the whole range: v clamped to [-104.5, 89] (past which the result is 0 or
+ * overflows; NaN passes), 2^n as two halves (numba_math.py's _scale: each a normal number,
+ * so that the result rounds once into the subnormals or overflows to inf) */
+static inline float fg_exp_s(float v) {
+    v = v > 89.0f ? 89.0f : v;
+    v = v < -104.5f ? -104.5f : v;
+    float t = FG_FMAF(v, 1.44269504f, 12582912.0f); /* 1.5 2^23: t holds n */
+    float n = t - 12582912.0f;
+    float r = FG_FMAF(-n, -2.12194440e-4f, FG_FMAF(-n, 0.693359375f, v));
+    float h = (0.5f * n + 12582912.0f) - 12582912.0f; /* n/2 to an integer */
+    float s1 = fg_pow2_shifted_s(h + 12582912.0f), s2 = fg_pow2_shifted_s((n - h) + 12582912.0f);
+    return FG_FMAF(fg_expm1_poly_s(r), s1, s1) * s2;
+}
 /* exp(-|x|) */
 static inline float fg_exp_neg_abs_s(float x) { return fg_exp_nonpos_s(-fabsf(x)); }
 /* 1 / (1 + exp(-x)) in float, through z = exp(-|x|) (scalar_math.sigmoid_value) */
@@ -418,6 +431,7 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_SWISH1_FWD(x) fg_swish1_fwd_s(x)
 #define FG_SWISH1_BWD(x, g) fg_swish1_bwd_s(x, g)
 #define FG_EXP_NONPOS(v) fg_exp_nonpos_s(v)
+#define FG_EXP_INLINE(v) fg_exp_s(v)
 #define FG_EXP_NONPOS_INLINE 1
 #define FG_SIGMOID(x) fg_sigmoid_s(x)
 #define FG_SOFTPLUS_TAIL(x) fg_softplus_tail_s(x)
@@ -435,6 +449,7 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #undef FG_SWISH1_FWD
 #undef FG_SWISH1_BWD
 #undef FG_EXP_NONPOS
+#undef FG_EXP_INLINE
 #undef FG_EXP_NONPOS_INLINE
 #undef FG_SIGMOID
 #undef FG_SOFTPLUS_TAIL
@@ -452,6 +467,7 @@ static inline double fg_bce_grad_d(double z, double t) { return fg_sigmoid_d(z) 
 #define FG_SWISH1_FWD(x) fg_swish_fwd_d(x, 1.0)
 #define FG_SWISH1_BWD(x, g) fg_swish_bwd_d(x, g, 1.0)
 #define FG_EXP_NONPOS(v) exp(v)
+#define FG_EXP_INLINE(v) exp(v)
 #define FG_EXP_NONPOS_INLINE 0
 #define FG_SIGMOID(x) fg_sigmoid_d(x)
 #define FG_SOFTPLUS_TAIL(x) log1p(exp(-fabs(x)))
