@@ -108,16 +108,17 @@ typedef void (*FG(fg_bias_forward_fn))(T *, const T *, T *, ptrdiff_t, T, T);
 typedef void (*FG(fg_backward_colsum_fn))(const T *, const T *, T *, T *, ptrdiff_t, T, T);
 
 #define FG_LOOPS(NAME)                                                                     \
-    static FG_MATH_CLONES void FG(NAME##_fwd_body)(const T *x, T *y, ptrdiff_t n, T a, T b) {   \
+    static FG_MATH_CLONES void FG(NAME##_fwd_body)(const T *x, T *y, ptrdiff_t n, T a,     \
+                                                   T b) {                                  \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) y[i] = FG(NAME##_f)(x[i], a, b);         \
     }                                                                                      \
-    static FG_MATH_CLONES void FG(NAME##_bwd_body)(const T *s, const T *g, T *out, ptrdiff_t n, \
-                                              T a, T b) {                                  \
+    static FG_MATH_CLONES void FG(NAME##_bwd_body)(const T *s, const T *g, T *out,         \
+                                                   ptrdiff_t n, T a, T b) {                \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] = FG(NAME##_b)(s[i], g[i], a, b); \
     }                                                                                      \
     /* z = pre + bias; pre = z (unless pre is out); out = f(z) */                          \
-    static FG_MATH_CLONES void FG(NAME##_bias_body)(T *pre, const T *bias, T *out, ptrdiff_t n, \
-                                               T a, T b) {                                 \
+    static FG_MATH_CLONES void FG(NAME##_bias_body)(T *pre, const T *bias, T *out,         \
+                                                    ptrdiff_t n, T a, T b) {               \
         if (pre == out) {                                                                  \
             FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) out[i] =                            \
                 FG(NAME##_f)(out[i] + bias[i], a, b);                                      \
@@ -130,8 +131,8 @@ typedef void (*FG(fg_backward_colsum_fn))(const T *, const T *, T *, T *, ptrdif
         }                                                                                  \
     }                                                                                      \
     /* out = f'(s) g; colsum += out */                                                     \
-    static FG_MATH_CLONES void FG(NAME##_colsum_body)(const T *s, const T *g, T *out,           \
-                                                 T *colsum, ptrdiff_t n, T a, T b) {       \
+    static FG_MATH_CLONES void FG(NAME##_colsum_body)(const T *s, const T *g, T *out,      \
+                                                      T *colsum, ptrdiff_t n, T a, T b) {  \
         FG_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                       \
             T v = FG(NAME##_b)(s[i], g[i], a, b);                                          \
             out[i] = v;                                                                    \
@@ -267,7 +268,7 @@ static const FG(fg_backward_colsum_fn) FG(fg_backward_colsum_table)[FG_NUM_KERNE
 #endif
 #define FG_MAX_LANES 32 /* 16 lanes measured 5x slower with gcc 12 */
 #define FG_SUM_LANES 16
-#define FG_ROW_CHUNK 256 /* double terms of exp(x - m) buffered on the stack (log_softmax) */
+#define FG_ROW_CHUNK 256 /* exp(x - m) buffered on the stack (libmvec path, no y) */
 #define FG_ROW_BUFFER 2048 /* softmax rows up to this long go through a stack buffer */
 
 /* Elements before y + j is 64-byte aligned (at most n). Passes that only store
