@@ -227,21 +227,22 @@ def test_float32_gelu_tanh_backward_right_tail_within_ulps(backend):
 
 
 @pytest.mark.parametrize("backend", ["numba", "cython"])
-@pytest.mark.parametrize("dtype, cols", [(np.float32, 97), (np.float64, 97),
-                                         (np.float32, 1000), (np.float32, 2500)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [97, 1000, 2500])
 @pytest.mark.parametrize("spec", ROWWISE, ids=[s.name for s in ROWWISE])
 def test_rowwise_ulp_error(spec, dtype, cols, backend):
     """Row kernels against the reference's formulas evaluated in long double (log_softmax
     as x - m - log1p(sum of the other terms), as log(1 + small) loses digits), normwise:
     softmax relative to the row's largest probability (exp(x - m) inherits the rounding
     of x - m, amplified by |x - m|), log_softmax to the terms it
-    sums (x - m and the log-sum-exp); backward relative to the row's largest term. Rows
-    short and long: float32 sums run in float32 partials over chunks of the row (and the
-    C kernels' last terms through a padded block), whose rounding this bounds; rows
-    dominated by their max (scale 30) catch a log-sum-exp whose small terms were added
-    to exp(0) = 1 in float32. (Long float64 rows are left out: their backward's row sum,
-    a float64 sum over the row in a few vector lanes, drifts past 4 ulp of the row's
-    largest term near 1,000 columns, as the sum's rounding grows with its length.)"""
+    sums (x - m and the log-sum-exp); backward relative to the row's largest term or,
+    where larger, the magnitude its row sum works at (y_j sum|g y| for softmax, exp(y_j)
+    sum|g| for log_softmax: a sum's rounding scales with the sum of its terms' sizes,
+    not with its result, so a 2,500-term float64 sum of g is 13-22 ulp off the largest
+    term where it cancels). Rows short and long: float32 sums run in float32 partials
+    over chunks of the row (and the C kernels' last terms through a padded block), whose
+    rounding this bounds; rows dominated by their max (scale 30) catch a log-sum-exp
+    whose small terms were added to exp(0) = 1 in float32."""
     rng = np.random.default_rng(99)
     x = (rng.standard_normal((64, cols)) * rng.choice([0.1, 3.0, 30.0], (64, 1))).astype(
         dtype)
@@ -263,7 +264,13 @@ def test_rowwise_ulp_error(spec, dtype, cols, backend):
     gx = fg.backward(spec, g, y=y, backend=backend)
     want_g = reference._BACKWARD[spec.name](y.astype(wide), g.astype(wide), 0.0, 0.0)
     terms = np.abs(g) + np.abs(want_g)
-    scale = np.maximum(np.abs(want_g), terms.max(axis=-1, keepdims=True))
+    yw, gw = y.astype(wide), np.abs(g.astype(wide))
+    if spec.name == "softmax":
+        summed = yw * (gw * yw).sum(axis=-1, keepdims=True)
+    else:
+        summed = np.exp(yw) * gw.sum(axis=-1, keepdims=True)
+    scale = np.maximum(np.maximum(np.abs(want_g), terms.max(axis=-1, keepdims=True)),
+                       summed.astype(np.float64))
     err = _ulp_error(gx, want_g.astype(np.float64), scale, dtype)
     assert err.max() <= MAX_ULP, f"{backend} {spec.name} backward: {err.max():.1f} ulp"
 
