@@ -504,9 +504,13 @@ def x_ncdf_impl(x):
 
 
 def x_ncdf_f64(x):
-    # Phi rounds to 0 only for x < 0: the limit 0 from below, as in float32.
-    phi = ncdf(x)
-    return -0.0 if phi == 0.0 else x * phi
+    # x Phi(x), branch-free: Phi rounds to 0 only for x < -38, where x Phi = -0.0, the
+    # limit from below, as in float32; max(x, -1e308) keeps x = -inf from giving inf * 0
+    # = NaN (NaN still gives NaN, through erfc). Phi written out (ncdf_libm's line), and no
+    # branch: calling the inlined ncdf, or branching on phi, tripped Numba's IR scope
+    # check once inlined (a NumbaIRAssumptionWarning in every fused gelu compile).
+    phi = 0.5 * math.erfc(-x * INV_SQRT2)  # noqa: F821
+    return max(x, -1e308) * phi
 
 
 def softplus_tail_impl(x):
