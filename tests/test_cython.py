@@ -268,6 +268,28 @@ def test_rowwise_ulp_error(spec, dtype, cols, backend):
     assert err.max() <= MAX_ULP, f"{backend} {spec.name} backward: {err.max():.1f} ulp"
 
 
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("dtype, cols", [(np.float32, 97), (np.float32, 300),
+                                         (np.float32, 2049), (np.float64, 4097)])
+def test_softmax_dominant_max_within_ulps(dtype, cols, backend):
+    """A row whose max dominates, the other terms just under half an ulp of 1 each: a
+    partial sum (float32 lanes, or a float64 lane) that holds the max's exp(0) = 1
+    rounds every such term away (cython float32 reached 7.3 ulp at the max, float64 110,
+    numba float32 5.7), so the max's term joins the sum apart from the rest."""
+    eps = np.finfo(dtype).eps
+    x = np.full((3, cols), np.log(0.49 * eps), dtype)
+    x[0, 0] = 0.0
+    x[1, cols // 2] = 0.0
+    x[2, cols - 1] = 0.0
+    y = fg.forward("softmax", x, backend=backend)
+    wide = np.longdouble
+    e = np.exp(x.astype(wide) - x.max(axis=-1, keepdims=True).astype(wide))
+    want = e / e.sum(axis=-1, keepdims=True)
+    scale = np.abs(want).max(axis=-1, keepdims=True) + 0 * want
+    err = _ulp_error(y, want.astype(np.float64), scale, dtype)
+    assert err.max() <= MAX_ULP, f"{backend} softmax: {err.max():.1f} ulp"
+
+
 # ---- threads ----------------------------------------------------------------------------
 
 def _inputs(spec, dtype, n, rng):
