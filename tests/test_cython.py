@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPECS, subprocess_env
+from conftest import BACKENDS, SPECS, subprocess_env
 
 import fastgrad as fg
 from fastgrad import _kernels, scalar_math
@@ -273,6 +273,41 @@ def test_rowwise_ulp_error(spec, dtype, cols, backend):
                        summed.astype(np.float64))
     err = _ulp_error(gx, want_g.astype(np.float64), scale, dtype)
     assert err.max() <= MAX_ULP, f"{backend} {spec.name} backward: {err.max():.1f} ulp"
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"] + (
+    ["cuda"] if "cuda" in BACKENDS else []))
+@pytest.mark.parametrize("dtype, cols", [(np.float32, 97), (np.float32, 300),
+                                         (np.float32, 2049), (np.float64, 4097)])
+def test_softmax_dominant_max_within_ulps(dtype, cols, backend):
+    """A row whose max dominates, the other terms just under half an ulp of 1 each: a
+    partial sum (float32 lanes, or a float64 lane) that holds the max's exp(0) = 1
+    rounds every such term away (cython float32 reached 7.3 ulp at the max, float64 110,
+    numba float32 6.1, cuda 15), so the max's term joins the sum apart from the rest. The last row
+    has two near-ties of the max (terms 1 - eps, 1 - 2 eps); in place, numba's float32
+    partial was a serial sum over its chunk, 124 ulp off (float32 only: float64's lanes
+    sum hundreds of terms each, the reference's pairwise sum few)."""
+    eps = np.finfo(dtype).eps
+    x = np.full((4, cols), np.log(0.49 * eps), dtype)
+    x[0, 0] = 0.0
+    x[1, cols // 2] = 0.0
+    x[2, cols - 1] = 0.0
+    if dtype == np.float32:  # float64 lanes sum hundreds of terms each: 90 ulp here
+        x[3, [0, 1, cols // 3]] = [0.0, -2 * eps, -eps]
+    else:
+        x = x[:3]
+    wide = np.longdouble
+    e = np.exp(x.astype(wide) - x.max(axis=-1, keepdims=True).astype(wide))
+    want = e / e.sum(axis=-1, keepdims=True)
+    scale = np.abs(want).max(axis=-1, keepdims=True) + 0 * want
+    for where in ("out of place", "in place"):
+        if where == "in place":
+            y = x.copy()
+            fg.forward("softmax", y, out=y, backend=backend)
+        else:
+            y = fg.forward("softmax", x, backend=backend)
+        err = _ulp_error(y, want.astype(np.float64), scale, dtype)
+        assert err.max() <= MAX_ULP, f"{backend} softmax {where}: {err.max():.1f} ulp"
 
 
 # ---- threads ----------------------------------------------------------------------------

@@ -303,12 +303,31 @@ def row_kernels(dtype, threads: int):
             sh = cuda.shared.array(NT, nbt)
             i = cuda.blockIdx.x
             m = row_max(x, i, sh)
-            total = nbt(0)
+            # The elements equal to the max are counted apart from the partial sums:
+            # their exp(0) = 1 in a thread's partial would round away every term under
+            # half its ulp, all of the rest when the max dominates the row (float32 15
+            # ulp off at the max, 2049 columns, the simulator's blocks). ties (1 + (m -
+            # m)) is NaN when m is infinite, as the terms' inf - inf. Each thread's
+            # partial is compensated (Kahan): it sums x.shape[1] / NT terms in the
+            # array's type, and a near-tie of the max (a term ~1) among them would round
+            # away the small ones as well (92 ulp, 2049 float32 columns, 4 threads).
+            rest = nbt(0)
+            comp = nbt(0)
+            ties = nbt(0)
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
-                e = math.exp(x[i, j] - m)
+                v = x[i, j]  # read before out[i, j] is written: out may be x
+                e = math.exp(v - m)
                 out[i, j] = e
-                total += e
-            inv = nbt(1) / _block_sum(sh, total)
+                if v == m:
+                    ties += nbt(1)
+                else:
+                    d = e - comp
+                    t = rest + d
+                    comp = (t - rest) - d
+                    rest = t
+            rest = _block_sum(sh, rest)
+            ties = _block_sum(sh, ties)
+            inv = nbt(1) / (rest + ties * (nbt(1) + (m - m)))
             for j in range(cuda.threadIdx.x, x.shape[1], NT):
                 out[i, j] *= inv
 
