@@ -254,15 +254,23 @@ static inline float fg_expm1_poly_s(float r) {
     q = FG_FMAF(q, r, 0.4999999701976776f);
     return FG_FMAF(r * r, q, r);
 }
+/* Cody-Waite reduction v = n ln2 + r, |r| <= ln2/2: returns t = v log2(e) + magic rounded,
+ * whose low mantissa bits hold n + (magic - 1.5 2^23) (fg_pow2_shifted_s's input), and r.
+ * LN2_HI has trailing zero bits, so n LN2_HI is exact (Cephes expf's C1/C2). */
+#define FG_MAGIC_F 12582912.0f /* 1.5 2^23 */
+static inline float fg_exp_reduce_s(float v, float magic, float *r) {
+    float t = FG_FMAF(v, 1.44269504f, magic);
+    float n = t - magic;
+    *r = FG_FMAF(-n, -2.12194440e-4f, FG_FMAF(-n, 0.693359375f, v));
+    return t;
+}
 /* exp(v) for v <= 0 (or NaN) = (1 + p(r)) 2^(n + 64) 2^-64: numba_math.py's _exp_neg_abs
  * (one power of two and no overflow clamp; the last product rounds once into the
  * subnormals; -inf clamps, NaN passes). Where FG_MATH_CLONES fuses its multiply-adds,
  * ~15 vector operations per 16 elements instead of ~24 as separate products and sums. */
 static inline float fg_exp_nonpos_s(float v) {
     v = v < -104.5f ? -104.5f : v;
-    float t = FG_FMAF(v, 1.44269504f, 12582976.0f); /* 1.5 2^23 + 64: t holds n + 64 */
-    float n = t - 12582976.0f;
-    float r = FG_FMAF(-n, -2.12194440e-4f, FG_FMAF(-n, 0.693359375f, v));
+    float r, t = fg_exp_reduce_s(v, FG_MAGIC_F + 64.0f, &r); /* t holds n + 64 */
     float s = fg_pow2_shifted_s(t);
     return FG_FMAF(fg_expm1_poly_s(r), s, s) * 5.42101086e-20f;
 }
@@ -272,11 +280,9 @@ static inline float fg_exp_nonpos_s(float v) {
 static inline float fg_exp_s(float v) {
     v = v > 89.0f ? 89.0f : v;
     v = v < -104.5f ? -104.5f : v;
-    float t = FG_FMAF(v, 1.44269504f, 12582912.0f); /* 1.5 2^23: t holds n */
-    float n = t - 12582912.0f;
-    float r = FG_FMAF(-n, -2.12194440e-4f, FG_FMAF(-n, 0.693359375f, v));
-    float h = (0.5f * n + 12582912.0f) - 12582912.0f; /* n/2 to an integer */
-    float s1 = fg_pow2_shifted_s(h + 12582912.0f), s2 = fg_pow2_shifted_s((n - h) + 12582912.0f);
+    float r, n = fg_exp_reduce_s(v, FG_MAGIC_F, &r) - FG_MAGIC_F;
+    float h = (0.5f * n + FG_MAGIC_F) - FG_MAGIC_F; /* n/2 to an integer */
+    float s1 = fg_pow2_shifted_s(h + FG_MAGIC_F), s2 = fg_pow2_shifted_s((n - h) + FG_MAGIC_F);
     return FG_FMAF(fg_expm1_poly_s(r), s1, s1) * s2;
 }
 /* exp(-|x|) */
@@ -331,9 +337,8 @@ static inline void fg_exp_half_square_s(float x, float *a_out, float *e_out, flo
     float h = 0.5f * (hi * hi);
     float lo = 0.5f * ((a - hi) * (a + hi)); /* a^2/2 = h + lo */
     /* exp(-h - lo) = 2^n (1 + e): Cody-Waite reduction, expm1's polynomial */
-    float t = FG_FMAF(-h, 1.44269504f, 12582976.0f); /* 1.5 2^23 + 64: t holds n + 64 */
-    float n = t - 12582976.0f;
-    float r = FG_FMAF(-n, -2.12194440e-4f, FG_FMAF(-n, 0.693359375f, -h)) - lo;
+    float r, t = fg_exp_reduce_s(-h, FG_MAGIC_F + 64.0f, &r); /* t holds n + 64 */
+    r -= lo;
     *a_out = a;
     *e_out = fg_expm1_poly_s(r);
     *s_out = fg_pow2_shifted_s(t);
