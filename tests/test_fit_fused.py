@@ -805,3 +805,43 @@ def test_sklearn_penalty_of_huge_float32_weights_is_the_same(rng, backend):
         runs.append((model, history, opt))
     assert np.isfinite(runs[1][1]["loss"]).all() and runs[1][1]["loss"][0] > 1e37
     assert_same_training(runs[0], runs[1], "float32")
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["labels", "one-hot"])
+def test_numba_fused_float32_cross_entropy_keeps_the_small_gradients(rng, dense):
+    # Confident rows: the max's exp(0) = 1 beside nine terms of ~e^-17, each under half a
+    # float32 ulp of 1. Summed in float32, s rounded to 1 and the label's gradient
+    # (1/s - 1)/r to 0, where it is -(the small terms)/(s r). Each element of g, the loss
+    # and db must come out close to itself: within a few ulp, plus the float32 rounding of
+    # z - m that exp magnifies by |z - m|. (In float64 every backend, like the reference
+    # and PyTorch, forms softmax - t and keeps no terms under 2^-53 of s.)
+    from fastgrad.backends import numba_train
+    r, k = 5, 10
+    z = rng.uniform(-0.5, 0.5, (r, k))
+    y = rng.integers(0, k, r)
+    z[np.arange(r), y] += 17.0
+    z[0] = 0.0  # one unsure row besides, all classes equal
+    z, bias = z.astype(np.float32), np.zeros(k, np.float32)
+    z64 = z.astype(np.float64)
+    d = z64 - z64.max(axis=1, keepdims=True)
+    e = np.exp(d)
+    s = e.sum(axis=1, keepdims=True)
+    t = np.eye(k)[y]
+    t[0] = 0.0
+    t[0, y[0]] = 1.0
+    small = np.where(t == 1, 0.0, e).sum(axis=1, keepdims=True)  # s - 1, no rounding
+    g_ref = np.where(t == 1, -small / s, e / s) / r
+    g_ref[0] = (e[0] / s[0] - t[0]) / r
+    loss_ref = (np.log1p(small[1:, 0]).sum() + np.log(k)) / r
+    g = np.empty((r, k), np.float32)
+    db = np.empty(k, np.float32)
+    labels, targets = ((np.zeros(0, np.int64), t.astype(np.float32)) if dense
+                       else (y.astype(np.int64), np.zeros((0, 0), np.float32)))
+    loss = numba_train._output_layer(z, bias, g, db, 2, labels, targets,
+                                     np.arange(r, dtype=np.int64), False, 0)
+    eps = float(np.finfo(np.float32).eps)
+    rows_worst = (4 + np.abs(d).max(axis=1, keepdims=True)) * eps
+    assert np.all(np.abs(g - g_ref) <= rows_worst * np.abs(g_ref)), np.abs(g / g_ref - 1)
+    np.testing.assert_allclose(loss, loss_ref, rtol=4 * eps, atol=0)
+    # db sums the rows in float32: the unsure row's terms dominate each column's rounding
+    assert np.all(np.abs(db - g_ref.sum(axis=0)) <= 32 * eps * np.abs(g_ref).sum(axis=0))
