@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
+import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -141,6 +145,55 @@ def jax_step(sizes, batch) -> Callable[[int], object]:
         return loss.block_until_ready()
 
     return step
+
+
+_PINNED_CHILD = """
+import json, os, sys
+os.sched_setaffinity(0, {cores})  # before the library starts: its threads inherit it
+sys.path.insert(0, {root!r})
+from bench import mlp, timing
+step = mlp.{maker}({sizes!r}, {batch!r})
+counter = iter(range(1 << 62))
+stats = timing.measure(lambda: step(next(counter)), timing.Budget{budget!r})
+print(json.dumps({{"times": stats.times, "number": stats.number,
+                  "cores": len(os.sched_getaffinity(0))}}))
+"""
+
+
+def _cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def pinned_step(maker: str, sizes, batch, budget: Budget, threads: int) -> tuple[Stats, int]:
+    """(stats, cores the child ran on) of `maker`(sizes, batch)'s step, timed in a child
+    process confined to `threads` cores before it imports anything. For JAX: XLA sizes
+    its CPU pool when JAX starts, and on this machine XLA_FLAGS
+    (--xla_cpu_multi_thread_eigen=false, intra_op_parallelism_threads=1) left it at two
+    threads (the large net 34-37 steps/s with and without them, 19 under `taskset -c
+    0`); the pool's threads follow the process's CPU affinity."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise NotAvailable("no os.sched_setaffinity here: a child's threads cannot be bound")
+    cores = set(sorted(os.sched_getaffinity(0))[:threads])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = _PINNED_CHILD.format(cores=cores, root=root, maker=maker, sizes=tuple(sizes),
+                                  batch=batch,
+                                  budget=(budget.warmup, budget.repeat, budget.min_time))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise NotAvailable(f"{maker} in a pinned child failed: {proc.stderr.strip()[-300:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Stats(tuple(data["times"]), data["number"]), data["cores"]
+
+
+def jax_pinned_cell(sizes, batch, budget: Budget, threads: int) -> Cell:
+    """jax_step's cell at `threads` threads: see pinned_step."""
+    require("jax")
+    stats, _ = pinned_step("jax_step", sizes, batch, budget, threads)
+    return Cell(stats, 1.0 / stats.median)
 
 
 def fastgrad_kernel_step(sizes, batch, backend: str) -> Callable[[int], object]:
@@ -319,8 +372,10 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
     notes["torch"] = "PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD"
     makers["jax"] = ("step", jax_step)
     notes["jax"] = ("jax.jit of the whole step (value_and_grad + SGD), new params returned; "
-                    "XLA's CPU pool is fixed at JAX start-up, so the threads column does not "
-                    "bind it")
+                    "XLA's CPU pool is sized at JAX start-up (XLA_FLAGS did not bind it here), "
+                    "so rows of fewer threads than this process's cores time it in a child "
+                    "process pinned to that many cores (os.sched_setaffinity before JAX "
+                    "starts); the all-cores row runs in this process")
     res = StepResults(list(makers), notes)
     for c, (sizes, batch) in enumerate(configs):
         flops = step_flops(sizes, batch)
@@ -331,10 +386,14 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
             for t in thread_counts:
                 with thread_limit(t):
                     try:
-                        if kind == "fit":
-                            _wait_for_idle_cores()
-                        fn = make(sizes, batch)
-                        cell = _fit_cell(fn, budget) if kind == "fit" else _step_cell(fn, budget)
+                        if impl == "jax" and t < _cores():
+                            cell = jax_pinned_cell(sizes, batch, budget, t)
+                        else:
+                            if kind == "fit":
+                                _wait_for_idle_cores()
+                            fn = make(sizes, batch)
+                            cell = (_fit_cell(fn, budget) if kind == "fit"
+                                    else _step_cell(fn, budget))
                     except NotAvailable as exc:
                         cell = Cell(note=str(exc))
                 res.cells[(c, t, impl)] = cell

@@ -89,3 +89,15 @@ def test_numpy_step_learns():
     step = mlp.numpy_step((16, 8, 4), 32)
     losses = [float(step(0 * i)) for i in range(200)]
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
+                    reason="CPU affinity (os.sched_setaffinity) is Linux-only")
+def test_pinned_child_times_a_step_on_the_cores_asked_for():
+    # section 4 times jax.jit's one-thread row this way (XLA's pool ignores the thread
+    # limits set in-process); numpy's step stands in so that the test needs no JAX
+    stats, cores = mlp.pinned_step("numpy_step", (8, 8, 2), 4, Budget(0, 2, 0.001), 1)
+    assert cores == 1
+    assert len(stats.times) == 2 and stats.median > 0
+    with pytest.raises(NotAvailable, match="no_such_step"):
+        mlp.pinned_step("no_such_step", (8, 8, 2), 4, Budget(0, 1, 0.001), 1)
