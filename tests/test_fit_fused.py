@@ -139,6 +139,9 @@ def test_early_stopping_and_schedules_are_the_same(rng, dtype, backend):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("lr", [1e6, 1e30], ids=["blows-up-later", "blows-up-at-once"])
+# Some draws pass an epoch end with huge but finite gradients first: the health check's
+# warning is right there, and beside the point here.
+@pytest.mark.filterwarnings("ignore::fastgrad.GradientHealthWarning")
 def test_non_finite_error_is_the_same(rng, dtype, lr, backend):
     X = rng.standard_normal((32, 3))
     y = 1e3 * rng.standard_normal(32)
