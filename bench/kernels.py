@@ -6,7 +6,9 @@ peer, in two modes: into a preallocated output and allocating a fresh one per ca
 Bytes moved = arrays read + array written (forward: x and y; backward: grad_out, the
 saved x or y where the formula needs one, and grad_x), each n * 4 bytes; GB/s = bytes /
 median time. Every implementation's output is checked against fastgrad's float64
-reference on a small input first, so a fast wrong row is flagged, not celebrated.
+reference on a small input first, so a fast wrong row is flagged, not celebrated. The
+implementations of one activation are timed in rounds (timing.measure_interleaved), so
+that ratios between them hold when the host's bandwidth moves during the run.
 
 Section 3 times (grad_x, grad_W, grad_b) of a dense layer y = x W + b without activation:
 FLOPs = 4 B D_in D_out (the two gemms; the bias sum is B D_out adds, left out).
@@ -15,14 +17,13 @@ FLOPs = 4 B D_in D_out (the two gemms; the bias sum is B D_out adds, left out).
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import peer_activations as pa
 from .peers import NotAvailable, all_threads, fastgrad_backends, require, thread_limit
-from .timing import Budget, Stats, measure
+from .timing import Budget, Stats, measure, measure_interleaved
 
 SIZES = (2**20, 2**24)
 LINEAR_SHAPES = ((32, 64, 64), (256, 784, 512), (1024, 1024, 1024))
@@ -117,7 +118,7 @@ def _check(fg, spec, impl: str, pair: pa.Pair, direction: str) -> str:
     """'' when the implementation agrees with fastgrad's float64 reference on a small
     input, else a short flag for the report."""
     x, g, y = _inputs(fg, spec, 4 * pa.ROW, seed=1)
-    peer = impl if impl in PEERS else "numpy"
+    peer = _peer(impl)
     if direction == "forward":
         ref = fg.forward(spec.name, x.astype(np.float64), backend="numpy")
         args = (pa.convert(peer, x),)
@@ -163,39 +164,49 @@ def run_activations(fg, budget: Budget, backends: list[str] | None = None,
                  for d, direction in enumerate(("forward", "backward"))}
         for n in sizes:
             data = _inputs_all(fg, specs, n)
-            # One implementation at a time over all activations: switching thread pools
-            # between rows would leave the previous pool's threads spinning.
-            for impl, table in tables.items():
-                print(f"  section 2: {impl}, n = 2^{n.bit_length() - 1}", file=sys.stderr,
-                      flush=True)
-                peer = impl if impl in PEERS else "numpy"
-                out = pa.convert(peer, np.zeros(n, np.float32)) if peer != "jax" else None
-                for spec in specs:
+            outs = {impl: (pa.convert(_peer(impl), np.zeros(n, np.float32))
+                           if _peer(impl) != "jax" else None) for impl in tables}
+            for spec in specs:
+                print(f"  section 2: {spec.name}, n = 2^{n.bit_length() - 1}",
+                      file=sys.stderr, flush=True)
+                calls = {}
+                for impl, table in tables.items():
                     if spec.name not in table:
                         for key in _keys(spec.name, n, impl):
                             res.cells[key] = Cell(note=f"{impl} has no {spec.name} here")
                         continue
-                    px, pg, py = (pa.convert(peer, a) for a in data[spec.name])
-                    o = None if out is None else out.reshape(px.shape)
+                    px, pg, py = (pa.convert(_peer(impl), a) for a in data[spec.name])
+                    o = None if outs[impl] is None else outs[impl].reshape(px.shape)
                     for d, direction in enumerate(("forward", "backward")):
                         pair = table[spec.name][d]
                         args = (px,) if direction == "forward" else (pg, px, py)
-                        nbytes = _bytes(spec, direction, n)
-                        flag = flags.get((impl, spec.name, direction), "")
                         for mode in ("into", "alloc"):
                             fn = pair.into if mode == "into" else pair.alloc
                             key = (spec.name, direction, n, mode, impl)
                             if fn is None:
                                 res.cells[key] = Cell(note=pair.why_no_into or "no out=")
                                 continue
-                            call = ((lambda fn=fn, args=args, o=o: fn(*args, o))
-                                    if mode == "into" else (lambda fn=fn, args=args: fn(*args)))
-                            stats = measure(call, budget)
-                            res.cells[key] = Cell(stats, nbytes / stats.median / 1e9, flag)
-                    del px, pg, py
-                time.sleep(0.05)  # let this pool's threads go idle before the next one
-            del data
+                            calls[key] = ((lambda fn=fn, args=args, o=o: fn(*args, o))
+                                          if mode == "into" else
+                                          (lambda fn=fn, args=args: fn(*args)))
+                # Every implementation of this activation in rounds, one batch each in
+                # turn (measure_interleaved): the host's memory bandwidth moves by up to
+                # 1.5x within minutes, and timed one implementation after another, a burst
+                # had put torch's sigmoid backward at 62-67 GB/s, above the copy ceiling,
+                # beside fastgrad's 34-37 (interleaved: 35.6 and 36.0-37.3).
+                for key, stats in measure_interleaved(calls, budget).items():
+                    name, direction, _, _, impl = key
+                    flag = flags.get((impl, name, direction), "")
+                    res.cells[key] = Cell(stats, _bytes(spec, direction, n) / stats.median
+                                          / 1e9, flag)
+                del calls
+            del data, outs
     return res, missing
+
+
+def _peer(impl: str) -> str:
+    """The array library an implementation takes: the peer's own, NumPy for fastgrad."""
+    return impl if impl in PEERS else "numpy"
 
 
 def _keys(name: str, n: int, impl: str):
