@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .kernels import Cell
-from .peers import NotAvailable, fastgrad_backends, require, thread_limit
+from .peers import NotAvailable, all_threads, fastgrad_backends, require, thread_limit
 from .timing import Budget, Stats, measure
 
 CONFIGS = (((64, 64, 10), 32), ((784, 256, 128, 10), 128), ((784, 1024, 1024, 10), 512))
@@ -158,13 +158,6 @@ stats = timing.measure(lambda: step(next(counter)), timing.Budget{budget!r})
 print(json.dumps({{"times": stats.times, "number": stats.number,
                   "cores": len(os.sched_getaffinity(0))}}))
 """
-
-
-def _cores() -> int:
-    """Cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def pinned_step(maker: str, sizes, batch, budget: Budget, threads: int) -> tuple[Stats, int]:
@@ -386,7 +379,7 @@ def run_steps(budget: Budget, thread_counts: list[int], sgemm: dict[int, float],
             for t in thread_counts:
                 with thread_limit(t):
                     try:
-                        if impl == "jax" and t < _cores():
+                        if impl == "jax" and t < all_threads():
                             cell = jax_pinned_cell(sizes, batch, budget, t)
                         else:
                             if kind == "fit":

@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: measure the checkout this file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fastgrad as fg  # noqa: E402
+from bench.kernels import _fastgrad_pair, _peer  # noqa: E402
 from bench.peer_activations import ROW, convert, peer_table, to_numpy  # noqa: E402
 from bench.peers import NotAvailable  # noqa: E402
 
@@ -70,31 +71,17 @@ def ulp_error(got: np.ndarray, ref: np.ndarray, rowwise: bool,
     return np.where(both_nan | same_inf, 0.0, np.where(np.isnan(err), np.inf, err))
 
 
-def implementations() -> dict[str, tuple]:
-    """{name: (forward(x32) -> y, backward(g32, x32, y32) -> grad, or None: its note)}."""
-    impls = {}
-    for backend in ("numba", "cython"):
-        if backend in fg.available_backends():
-            impls[f"fastgrad-{backend}"] = (
-                lambda n, x, b=backend: fg.forward(n, x, backend=b),
-                lambda n, g, x, y, b=backend: fg.backward(
-                    n, g, **({"y": y} if fg.ACTIVATIONS[n].needs == "y" else {"x": x}),
-                    backend=b))
+def implementations() -> dict[str, dict | str]:
+    """{implementation: {activation: (forward Pair, backward Pair)}, or why it is missing}:
+    fastgrad's backends as section 2 calls them, the peers' allocating forms."""
+    impls: dict[str, dict | str] = {
+        f"fastgrad-{b}": {s.name: _fastgrad_pair(fg, s, b) for s in fg.ACTIVATIONS.values()}
+        for b in ("numba", "cython") if b in fg.available_backends()}
     for peer in ("torch", "jax"):
         try:
-            table = peer_table(peer)
+            impls[peer] = peer_table(peer)
         except NotAvailable as exc:
-            impls[peer] = (None, str(exc))
-            continue
-
-        def fwd(n, x, table=table, peer=peer):
-            return to_numpy(table[n][0].alloc(convert(peer, x)))
-
-        def bwd(n, g, x, y, table=table, peer=peer):
-            c = [convert(peer, a) for a in (g, x, y)]
-            return to_numpy(table[n][1].alloc(*c))
-
-        impls[peer] = (fwd, bwd)
+            impls[peer] = str(exc)
     return impls
 
 
@@ -124,13 +111,14 @@ def measure(points: int) -> list[tuple[str, str, dict[str, tuple[str, str]]]]:
             if pas == "bwd":
                 views.append((np.abs(g.astype(np.float64)), keep))
             cells = {}
-            for impl, (f, b) in impls.items():
-                if f is None:
-                    cells[impl] = (f"n/a ({b})",) * len(views)
+            for impl, table in impls.items():
+                if isinstance(table, str):
+                    cells[impl] = (f"n/a ({table})",) * len(views)
                     continue
                 try:
-                    fn = f if pas == "fwd" else b
-                    got = np.asarray(fn(name, *args), np.float32).reshape(ref.shape)
+                    pair = table[name][0 if pas == "fwd" else 1]
+                    got = to_numpy(pair.alloc(*(convert(_peer(impl), a) for a in args)))
+                    got = np.asarray(got, np.float32).reshape(ref.shape)
                 except Exception as exc:  # a peer without this activation's form
                     cells[impl] = (f"n/a ({type(exc).__name__})",) * len(views)
                     continue
