@@ -25,6 +25,8 @@ cdef extern from "_train_impl.h" nogil:
     int FG_TRAIN_WT_MAX
     double fg_train_sumsq_f32(const float *a, Py_ssize_t n)
     double fg_train_sumsq_f64(const double *a, Py_ssize_t n)
+    double fg_train_grad_sumsq_f32(const float *a, Py_ssize_t n)
+    double fg_train_grad_sumsq_f64(const double *a, Py_ssize_t n)
     int fg_train_all_finite_f32(const float *a, Py_ssize_t n)
     int fg_train_all_finite_f64(const double *a, Py_ssize_t n)
     void fg_train_clip_f32(float *g, Py_ssize_t n, float c)
@@ -77,6 +79,13 @@ cdef inline double _sumsq(const floating *a, Py_ssize_t n) noexcept nogil:
         return fg_train_sumsq_f32(a, n)
     else:
         return fg_train_sumsq_f64(a, n)
+
+
+cdef inline double _grad_sumsq(const floating *a, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fg_train_grad_sumsq_f32(a, n)
+    else:
+        return fg_train_grad_sumsq_f64(a, n)
 
 
 cdef inline bint _all_finite(const floating *a, Py_ssize_t n) noexcept nogil:
@@ -218,7 +227,7 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                           max(din, 1))
                 # ---- this layer's squared gradient norm; a non-finite one (or an overflow
                 # of finite squares) decided by the elements
-                sq = _sumsq(G + off, nw + m)
+                sq = _grad_sumsq(G + off, nw + m)
                 if not isfinite(sq) and not _all_finite(G + off, nw + m):
                     finite = False
                 grad_sq[kt * L + l] = sq
@@ -233,7 +242,7 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 else:
                     fg_train_clip_f64(G, n_params, cv)
             if clip_norm > 0:
-                norm = sqrt(_sumsq(G, n_params))
+                norm = sqrt(_grad_sumsq(G, n_params))
                 if norm > clip_norm:
                     scale = <floating>(clip_norm / norm)
                     if floating is float:

@@ -125,6 +125,25 @@ def test_clipping_is_the_same(rng, clip, dtype, backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
+def test_float32_gradient_norms_past_float32_range_stay_finite(rng, backend):
+    # Gradients ~1e21 are finite in float32, their squares (and a 256-element block's sum
+    # of them) are not: the fused runners sum squares in float32 for speed and must redo
+    # such a sum in float64, where the layer-by-layer trainer computes it.
+    X = (rng.standard_normal((32, 20)) * 1e21).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    norms = []
+    for fused in (True, False):
+        model = fg.MLP([20, 300, 3], activation="relu", dtype="float32", seed=0,
+                       backend=backend)
+        h = model.fit(X, y, epochs=1, batch_size=32, optimizer="sgd", lr=1e-30,
+                      shuffle=False, verbose=0, health=False, fused=fused)
+        assert h.runner == ("fused" if fused else "layers")
+        norms.append(np.asarray(h["grad_norm"]))
+    assert np.all(norms[1] > 1e20) and np.all(np.isfinite(norms[1]))
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_early_stopping_and_schedules_are_the_same(rng, dtype, backend):
     X, y, d_out, output = problem(rng, "cross_entropy")
