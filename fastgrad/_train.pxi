@@ -64,14 +64,14 @@ cdef int _IDENTITY = KERNELS["identity"]
 def train_workspace_size(sizes, Py_ssize_t batch_size, dtype):
     """Elements (of `dtype`, float32 or float64) of the workspace train_epochs needs for
     layer sizes (d_0, ..., d_L) and batches of batch_size rows: batch_size * (4 * (d_1 +
-    ... + d_L) + d_0 + d_L) + FG_TRAIN_WT_MAX, and batch_size * (d_L + 2) doubles (+ 1
+    ... + d_L) + d_0 + d_L) + FG_TRAIN_WT_MAX, and batch_size * (d_L + 4) doubles (+ 1
     element to align them)."""
     sizes = [int(s) for s in sizes]
     per_double = 8 // np.dtype(dtype).itemsize
     B = int(batch_size)
     K = sizes[len(sizes) - 1]
     return (B * (4 * sum(sizes[1:]) + sizes[0] + K) + FG_TRAIN_WT_MAX
-            + per_double * B * (K + 2) + 1)
+            + per_double * B * (K + 4) + 1)
 
 
 cdef inline double _sumsq(const floating *a, Py_ssize_t n) noexcept nogil:
