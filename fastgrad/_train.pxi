@@ -39,6 +39,12 @@ cdef extern from "_train_impl.h" nogil:
                           float momentum, float wd, int nesterov)
     void fg_train_sgd_f64(double *p, const double *grad, double *v, Py_ssize_t n, double lr,
                           double momentum, double wd, int nesterov)
+    void fg_train_adam_f32(float *p, const float *grad, float *m, float *v, Py_ssize_t n,
+                           float lr, float beta1, float beta2, float eps, float wd,
+                           int decoupled, float step_size, float inv_sqrt_bc2)
+    void fg_train_adam_f64(double *p, const double *grad, double *m, double *v,
+                           Py_ssize_t n, double lr, double beta1, double beta2, double eps,
+                           double wd, int decoupled, double step_size, double inv_sqrt_bc2)
     void fg_train_transpose_f32(const float *W, float *Wt, Py_ssize_t rows, Py_ssize_t cols)
     void fg_train_transpose_f64(const double *W, double *Wt, Py_ssize_t rows,
                                 Py_ssize_t cols)
@@ -50,10 +56,12 @@ cdef extern from "_train_impl.h" nogil:
 # Indices into the hyper-parameter vector (float64) train_epochs takes.
 TRAIN_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "alpha",
                "clip_norm", "clip_value")
-TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "sgd_dtype")
+TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "sgd_dtype", "adam_dtype",
+                    "adamw_dtype")
 """Optimizer codes of train_epochs: the update kernels of this module (PyTorch's formulas, in
-double whatever the dtype, as the layer-by-layer runner updates), and "sgd_dtype", SGD in
-the arrays' own arithmetic (PyTorch's float32 update; ~4x faster than through double)."""
+double whatever the dtype, as the layer-by-layer runner updates), and "sgd_dtype",
+"adam_dtype", "adamw_dtype": the same in the arrays' own arithmetic (PyTorch's float32
+update, the numba runner's; ~4x faster than through double)."""
 TRAIN_SAVED = ("none", "x", "y")
 """What each layer's backward reads (the activation's `needs`): codes of train_epochs."""
 
@@ -293,7 +301,15 @@ cdef Py_ssize_t _train_epochs(floating *P, floating *G, floating *SA, floating *
                 # pow as Python's float ** int (adam_update's bias corrections)
                 step_size = lr / (1.0 - pow(b1, t))
                 inv_sqrt_bc2 = 1.0 / sqrt(1.0 - pow(b2, t))
-                if floating is float:
+                if opt >= 5:  # adam_dtype, adamw_dtype: in the arrays' arithmetic
+                    if floating is float:
+                        fg_train_adam_f32(P, G, SA, SB, n_params, <float>lr, <float>b1,
+                                          <float>b2, <float>eps, <float>wd_step, opt == 6,
+                                          <float>step_size, <float>inv_sqrt_bc2)
+                    else:
+                        fg_train_adam_f64(P, G, SA, SB, n_params, lr, b1, b2, eps, wd_step,
+                                          opt == 6, step_size, inv_sqrt_bc2)
+                elif floating is float:
                     fg_adam_update_f32(P, G, SA, SB, n_params, lr, b1, b2, eps, wd_step,
                                        opt == 2, step_size, inv_sqrt_bc2)
                 else:

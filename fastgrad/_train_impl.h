@@ -36,7 +36,7 @@ extern double log(double) FG_SIMD_DECL;
 #define FG_TRAIN_WT_MAX_COLS 32
 #define FG_TRAIN_WT_MAX 4096
 
-#define FG_TRAIN_DEFINE(T, SUF)                                                               \
+#define FG_TRAIN_DEFINE(T, SUF, SQRT)                                                               \
     /* sum of squares, in double */                                                          \
     static FG_CLONES double fg_train_sumsq##SUF(const T *a, ptrdiff_t n) {                   \
         double acc[FG_TRAIN_LANES] = {0}, s = 0;                                             \
@@ -102,6 +102,30 @@ extern double log(double) FG_SIMD_DECL;
                 v[i] = vi;                                                                   \
                 p[i] -= lr * vi;                                                             \
             }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    /* Adam / AdamW (decoupled: p *= 1 - lr wd first, else g += wd p) in the dtype's      \
+     * arithmetic, as PyTorch updates float32 parameters and the numba runner's _update    \
+     * does, with the bias corrections hoisted (step_size = lr / (1 - beta1^t) and        \
+     * inv_sqrt_bc2 = 1 / sqrt(1 - beta2^t), computed in double by the caller). The        \
+     * float32 update through double (fg_adam_update, the layer-by-layer runner's) ran     \
+     * 5% of scikit-learn's digits fit (64-100-10, batch 200: 7,510 parameters, ~5.6 us a \
+     * step); in float, 16 lanes a division and a square root. */                         \
+    static FG_CLONES void fg_train_adam##SUF(T *p, const T *grad, T *m, T *v, ptrdiff_t n,  \
+                                             T lr, T beta1, T beta2, T eps, T wd,            \
+                                             int decoupled, T step_size, T inv_sqrt_bc2) {   \
+        T c1 = (T)1 - beta1, c2 = (T)1 - beta2, shrink = (T)1 - lr * wd;                     \
+        if (decoupled) {                                                                     \
+            for (ptrdiff_t i = 0; i < n; i++) p[i] *= shrink;                                \
+            wd = 0;                                                                          \
+        }                                                                                    \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                  \
+            T g = grad[i] + wd * p[i];                                                       \
+            T mi = beta1 * m[i] + c1 * g;                                                    \
+            T vi = beta2 * v[i] + c2 * g * g;                                                \
+            m[i] = mi;                                                                       \
+            v[i] = vi;                                                                       \
+            p[i] -= step_size * mi / (SQRT(vi) * inv_sqrt_bc2 + eps);                        \
         }                                                                                    \
     }                                                                                        \
     /* Wt (cols, rows) = W (rows, cols) transposed */                                        \
@@ -171,8 +195,8 @@ extern double log(double) FG_SIMD_DECL;
         return total;                                                                        \
     }
 
-FG_TRAIN_DEFINE(float, _f32)
-FG_TRAIN_DEFINE(double, _f64)
+FG_TRAIN_DEFINE(float, _f32, sqrtf)
+FG_TRAIN_DEFINE(double, _f64, sqrt)
 #undef FG_TRAIN_DEFINE
 
 /* A gradient's sum of squares for its norm (history's grad_norm, clip_norm): float32

@@ -920,7 +920,7 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
         ({"act": np.zeros((2, 3))}, ValueError, r"act has shape \(2, 3\)"),
         ({"act": np.zeros((2, 2), np.float32)}, TypeError, "act must be a float64"),
         ({"loss": 7}, ValueError, "loss must be an id"),
-        ({"optimizer": 5}, ValueError, "optimizer must be an index"),
+        ({"optimizer": len(_kernels.TRAIN_OPTIMIZERS)}, ValueError, "optimizer must be an index"),
         ({"optimizer": -1}, ValueError, "optimizer must be an index"),
         ({"hyper": np.zeros(8)}, ValueError, r"hyper has shape \(8,\)"),
         ({"batch_size": 0}, ValueError, r"batch_size must be in \[1,"),
@@ -944,7 +944,8 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
 @pytest.mark.parametrize("loss, optimizer, sizes", [
     ("cross_entropy", "adam", (3, 4, 2)), ("mse", "sgd", (5, 3)),
     ("cross_entropy", "sgd_dtype", (3, 4, 2)),
-    ("binary_cross_entropy", "rmsprop", (2, 40, 3, 1)), ("cross_entropy", "adamw", (4, 6, 40))])
+    ("binary_cross_entropy", "rmsprop", (2, 40, 3, 1)), ("cross_entropy", "adamw", (4, 6, 40)),
+    ("cross_entropy", "adam_dtype", (3, 4, 2)), ("mse", "adamw_dtype", (4, 6, 40))])
 @pytest.mark.parametrize("n, B, gather", [(10, 4, False), (10, 4, True), (3, 8, True),
                                           (16, 16, False)])
 def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, B, gather):
@@ -985,6 +986,39 @@ def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, 
                                           args["batch_loss"][e * nb:(e + 1) * nb])
         np.testing.assert_array_equal(plain["params"], args["params"])
         np.testing.assert_array_equal(plain["state_b"], args["state_b"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("optimizer", ["adam_dtype", "adamw_dtype"])
+def test_train_epochs_adam_in_the_dtype_is_pytorchs_update(dtype, optimizer):
+    """adam_dtype / adamw_dtype update in the arrays' own arithmetic (PyTorch's float32
+    Adam, the numba runner's): one batch from zero state, against the formula evaluated in
+    the dtype by NumPy from the gradient the call leaves in grads, bit for bit."""
+    args = _train_args(dtype, (3, 4, 2), n=4, B=4, optimizer=optimizer)
+    lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.01
+    args["hyper"][[0, 2, 3, 4, 5]] = (lr, b1, b2, eps, wd)
+    p0 = args["params"].copy()
+    assert _kernels.train_epochs(**args) == 1
+    f = np.dtype(dtype).type
+    g, p = args["grads"], p0.copy()
+    if optimizer == "adamw_dtype":
+        p *= f(1) - f(lr) * f(wd)
+    else:
+        g = g + f(wd) * p
+    m = f(b1) * np.zeros_like(p) + (f(1) - f(b1)) * g
+    v = f(b2) * np.zeros_like(p) + (f(1) - f(b2)) * g * g
+    step_size = f(lr / (1.0 - b1))
+    inv_sqrt_bc2 = f(1.0 / np.sqrt(1.0 - b2))
+    p -= step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + f(eps))
+    np.testing.assert_array_equal(args["state_a"], m)
+    np.testing.assert_array_equal(args["state_b"], v)
+    np.testing.assert_array_equal(args["params"], p)
+    if dtype == np.float32:  # through double (the "adam" codes) the bits differ
+        ref = _train_args(dtype, (3, 4, 2), n=4, B=4, optimizer=optimizer[:-6])
+        ref["hyper"][:] = args["hyper"]
+        _kernels.train_epochs(**ref)
+        np.testing.assert_allclose(ref["params"], p, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(ref["params"], p)
 
 
 def test_train_epochs_stops_before_the_update_of_a_non_finite_batch():
@@ -1120,7 +1154,7 @@ def test_train_epochs_records_apart_from_the_other_outputs(name, other):
     np.testing.assert_array_equal(args["params"], before)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "rmsprop", "adam_dtype", "adamw_dtype"])
 def test_train_epochs_two_state_optimizers_need_two_state_arrays(optimizer):
     """state_b may be state_a itself for sgd (its velocity twice), not for the optimizers
     with two state arrays: adam's m and v (rmsprop's buffers) in one array made a silently

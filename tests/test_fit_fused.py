@@ -398,6 +398,23 @@ def test_cython_float32_sgd_updates_in_float32_where_its_hyper_parameters_fit(rn
     assert _kernels.TRAIN_OPTIMIZERS[adapter.switches[1]] == update
 
 
+@pytest.mark.parametrize("name, eps, update", [("adam", 1e-8, "adam_dtype"),
+                                               ("adamw", 1e-8, "adamw_dtype"),
+                                               ("adam", 1e-50, "adam")])
+def test_cython_float32_adam_updates_in_float32_where_its_hyper_parameters_fit(rng, name, eps,
+                                                                              update):
+    """float32 Adam / AdamW run in float32 arithmetic as SGD does (above): eps = 1e-50 is
+    not a float32 number, so that run goes through double."""
+    from fastgrad import _kernels
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    opt = (name, {"lr": 0.01, "eps": eps, "weight_decay": 0.01})
+    runs = [run(X, y, d_out, output, "float32", fused, opt=opt, epochs=3, batch_size=8,
+                backend="cython") for fused in (True, False)]
+    assert_same_training(*runs, "float32")
+    adapter = runs[0][0]._runner_cache["cython.train_epoch"]
+    assert _kernels.TRAIN_OPTIMIZERS[adapter.switches[1]] == update
+
+
 def test_plans_the_cython_fused_runner_declines(rng):
     X, y = rng.standard_normal((24, 3)), np.arange(24) % 2
 

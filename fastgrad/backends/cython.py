@@ -161,10 +161,15 @@ class _FitAdapter(_fit_adapter.FitAdapter):
         if config != self.configured:
             self.hyper[:] = values
             code = _OPTIMIZER_CODES[self.opt_name]
-            if self.opt_name == "sgd" and plan.params.dtype == np.float32 and all(
-                    _fit_adapter.representable(v, np.float32)
-                    for v in (plan.lr, named["momentum"], opt.weight_decay)):
-                code = _OPTIMIZER_CODES["sgd_dtype"]  # float32 SGD in float32, as PyTorch
+            # float32 SGD and Adam in float32, as PyTorch and the numba runner update, when
+            # the hyper-parameters they read are float32 numbers
+            in_dtype = {"sgd": ("lr", "momentum", "weight_decay"),
+                        "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+                        "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay")}
+            reads = in_dtype.get(self.opt_name)
+            if reads and plan.params.dtype == np.float32 and all(
+                    _fit_adapter.representable(named[name], np.float32) for name in reads):
+                code = _OPTIMIZER_CODES[f"{self.opt_name}_dtype"]
             self.switches = (_LOSS_IDS[plan.loss.name], code, bool(config[3]),
                              opt.decay == "sklearn")
             self.configured = config
