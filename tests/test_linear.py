@@ -83,6 +83,26 @@ def test_linear_formulas(backend, rng):
     assert_close(gb, g.sum(axis=0), np.float64, True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, d_in, d_out", [(200, 64, 100), (201, 63, 101), (3, 700, 700)])
+def test_linear_products_just_past_blas_small_size(rows, d_in, d_out, dtype, rng):
+    """The cython backend splits a product whose M N K lies just past 100^3 into two halves
+    of C's columns (OpenBLAS's small-matrix path, see _kernels.pyx: _gemm): odd and even
+    halves, for each of the three products, against float64 NumPy."""
+    x = rng.standard_normal((rows, d_in)).astype(dtype)
+    W = rng.standard_normal((d_in, d_out)).astype(dtype)
+    g = rng.standard_normal((rows, d_out)).astype(dtype)
+    x64, W64, g64 = x.astype(np.float64), W.astype(np.float64), g.astype(np.float64)
+    assert 1e6 < rows * d_in * d_out <= 2e6
+    tol = {"rtol": 1e-4, "atol": 1e-4 * np.sqrt(max(d_in, rows, d_out))} \
+        if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(fg.linear_forward(x, W, None, backend="cython"), x64 @ W64,
+                               **tol)
+    gx, gW, _ = fg.linear_backward(g, x, W, backend="cython")
+    np.testing.assert_allclose(gx, g64 @ W64.T, **tol)
+    np.testing.assert_allclose(gW, x64.T @ g64, **tol)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_shapes_and_layouts(backend, rng):
     x, W, b = make_layer(rng, np.float32, lead=(8,), d_in=6, d_out=5)
