@@ -101,3 +101,17 @@ def test_pinned_child_times_a_step_on_the_cores_asked_for():
     assert len(stats.times) == 2 and stats.median > 0
     with pytest.raises(NotAvailable, match="no_such_step"):
         mlp.pinned_step("no_such_step", (8, 8, 2), 4, Budget(0, 1, 0.001), 1)
+
+
+def test_two_thread_cells_slower_than_one_thread_are_flagged():
+    from bench.kernels import Cell
+    from bench.timing import Stats
+    st = Stats((1.0,), 1)
+    cells = {(0, 1, "a"): Cell(st, 100.0), (0, 2, "a"): Cell(st, 60.0),
+             (0, 1, "b"): Cell(st, 100.0), (0, 2, "b"): Cell(st, 150.0),
+             (0, 2, "c"): Cell(st, 50.0)}
+    for impl in "abc":
+        mlp._flag_slower_than_one_thread(cells, 0, impl, [1, 2])
+    assert mlp.SLOWER_THAN_ONE_THREAD in cells[(0, 2, "a")].text()
+    assert cells[(0, 2, "b")].note == "" and cells[(0, 1, "a")].note == ""
+    assert cells[(0, 2, "c")].note == ""  # no one-thread cell to compare with
