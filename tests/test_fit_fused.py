@@ -80,9 +80,14 @@ def assert_same_training(a, b, dtype):
     tol = TOL[dtype]
     assert ha.epoch == hb.epoch
     assert (ha.stopped_early, ha.best_epoch) == (hb.stopped_early, hb.best_epoch)
-    for key in ("loss", "val_loss", "accuracy", "r2", "lr"):
+    for key in ("loss", "val_loss", "accuracy", "lr"):
         if key in hb.history:
             np.testing.assert_allclose(ha[key], hb[key], err_msg=key, **tol)
+    if "r2" in hb.history:
+        # r2 = 1 - SS_res / SS_tot: SS_res / SS_tot carries the loss's relative rounding,
+        # r2 itself none near 0 (0.02341 against 0.02342 is 2.5e-4 relative)
+        np.testing.assert_allclose(1 - np.asarray(ha["r2"]), 1 - np.asarray(hb["r2"]),
+                                   err_msg="r2", **tol)
     np.testing.assert_allclose(ha["grad_norm"], hb["grad_norm"], err_msg="grad_norm", **tol)
     assert_close(ma.params, mb.params, dtype, "final weights")
     assert oa.steps == ob.steps
