@@ -129,6 +129,23 @@ def test_clipping_is_the_same(rng, clip, dtype, backend):
     assert not np.allclose(free[0].params, runs[0][0].params, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, k, m", [(200, 64, 100), (201, 63, 101), (100, 64, 100)])
+def test_numba_runner_products_just_past_blas_small_size(rng, rows, k, m, dtype):
+    """numba's fused runner splits a product of rows just past OpenBLAS's small-matrix
+    size into two halves of the rows (numba_train._dot_rows): odd and even halves, a
+    transposed right operand, and a product below the size (not split), as np.dot."""
+    from fastgrad.backends import numba_train
+    a = rng.standard_normal((rows, k)).astype(dtype)
+    b = rng.standard_normal((k, m)).astype(dtype)
+    for right in (b, np.ascontiguousarray(b.T).T):
+        out = np.full((rows, m), np.nan, dtype)  # a row left unwritten stays NaN
+        numba_train._dot_rows(a, right, out)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ right.astype(np.float64),
+                                   rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_float32_gradient_norms_past_float32_range_stay_finite(rng, backend):
     # Gradients ~1e21 are finite in float32, their squares (and a 256-element block's sum

@@ -516,6 +516,26 @@ _DOT_T_MAX_K = 32
 _DOT_T_MAX_SIZE = 4096
 
 
+# OpenBLAS's AVX-512 kernels skip their packing copies while M N K <= 100^3 (see
+# _kernels.pyx: _gemm, which splits the same way): a product of rows just past that runs as
+# two products of half the rows, each element of out still from one call.
+_BLAS_SMALL_MNK = 1_000_000
+
+
+@njit(**_JIT)
+def _dot_rows(a, b, out):
+    """out = a @ b (a (r, k), b (k, m) in any layout np.dot takes, out (r, m) C-contiguous),
+    in two halves of the rows when r k m lies just past _BLAS_SMALL_MNK."""
+    r, k = a.shape
+    m = b.shape[1]
+    half = (r + 1) // 2
+    if r * k * m > _BLAS_SMALL_MNK and half * k * m <= _BLAS_SMALL_MNK:
+        np.dot(a[:half], b, out[:half])
+        np.dot(a[half:], b, out[half:])
+    else:
+        np.dot(a, b, out)
+
+
 @njit(**_JIT)
 def _dot_t(g, W, out, wt):
     """out = g @ W.T (g (r, k), W (m, k), out (r, m)); wt: flat scratch for W.T."""
@@ -525,9 +545,9 @@ def _dot_t(g, W, out, wt):
         for j in range(k):
             for c in range(m):
                 Wt[j, c] = W[c, j]
-        np.dot(g, Wt, out)
+        _dot_rows(g, Wt, out)
     else:
-        np.dot(g, W.T, out)
+        _dot_rows(g, W.T, out)
 
 
 _scalar = njit(inline="always", **_JIT)
@@ -781,11 +801,11 @@ def _t_epoch(X, order, labels, targets, Ws, bs, mW, mb, vW, vb, step, xbuf, zbuf
             o = offsets[layer]
             z = zbuf[o: o + r * m].reshape((r, m))
             if layer == 0:
-                np.dot(xb, W, z)
+                _dot_rows(xb, W, z)
             else:
                 p = offsets[layer - 1]
                 mp = W.shape[0]
-                np.dot(hbuf[p: p + r * mp].reshape((r, mp)), W, z)
+                _dot_rows(hbuf[p: p + r * mp].reshape((r, mp)), W, z)
             if layer < L - 1:
                 _hidden_forward(z, hbuf[o: o + r * m].reshape((r, m)), bs[layer],
                                active[unit: unit + m], saturated[unit: unit + m], a, b,
