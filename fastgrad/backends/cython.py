@@ -96,6 +96,11 @@ rmsprop_update = _update("rmsprop_update")
 from . import _fit_adapter  # noqa: E402  (the section's own imports)
 
 _OPTIMIZER_CODES = {name: i for i, name in enumerate(getattr(_kernels, "TRAIN_OPTIMIZERS", ()))}
+# float32 SGD and Adam update in float32 (the "<name>_dtype" codes), as PyTorch and the numba
+# runner do, when the hyper-parameters each reads are float32 numbers
+_DTYPE_UPDATE_READS = {"sgd": ("lr", "momentum", "weight_decay"),
+                       "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+                       "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay")}
 _SAVED_CODES = {None: 0, "x": 1, "y": 2}  # an activation's `needs` -> _kernels.TRAIN_SAVED
 
 
@@ -161,12 +166,7 @@ class _FitAdapter(_fit_adapter.FitAdapter):
         if config != self.configured:
             self.hyper[:] = values
             code = _OPTIMIZER_CODES[self.opt_name]
-            # float32 SGD and Adam in float32, as PyTorch and the numba runner update, when
-            # the hyper-parameters they read are float32 numbers
-            in_dtype = {"sgd": ("lr", "momentum", "weight_decay"),
-                        "adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
-                        "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay")}
-            reads = in_dtype.get(self.opt_name)
+            reads = _DTYPE_UPDATE_READS.get(self.opt_name)
             if reads and plan.params.dtype == np.float32 and all(
                     _fit_adapter.representable(named[name], np.float32) for name in reads):
                 code = _OPTIMIZER_CODES[f"{self.opt_name}_dtype"]
