@@ -35,3 +35,14 @@ def test_measure_interleaved_times_in_rounds():
     timed = calls[-3 * (stats["slow"].number + stats["fast"].number):]
     runs = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]
     assert runs == ["slow", "fast"] * 3
+
+
+def test_ab_fit_runs_both_checkouts_in_fresh_processes(capsys):
+    """bench.ab_fit with this checkout as both sides: one pair of the small fit, a rate
+    from each process."""
+    from bench import ab_fit
+    ab_fit.main(["--old", str(ab_fit.ROOT), "--pairs", "1", "--seconds", "0.05"])
+    out = capsys.readouterr().out
+    assert "pair 1: old" in out and "median: old" in out
+    old, new = (float(v.replace(",", "")) for v in out.split("median: old")[1].split()[0:3:2])
+    assert old > 0 and new > 0
