@@ -4,7 +4,8 @@
                            [--pairs N] [--seconds S]
 
 DIR: a directory holding a `fastgrad` package with its built extension (a `git archive`
-of the old commit's fastgrad/ plus its _kernels*.so); --new defaults to this checkout.
+of the old commit's fastgrad/ plus its _kernels*.so); --new defaults to the directory of
+the fastgrad this Python imports (this checkout built in place, or an installed one).
 Each pair runs the old then the new in fresh processes (never in one process: the fit
 runners cache compiled kernels per module). What one process times:
 - small: the 64-64-10 net at batch 32, fit over 16 batches an epoch (200 epochs a fit,
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = r"""
 import sys, time, warnings
-sys.path[:0] = [sys.argv[1], sys.argv[2]]  # the fastgrad to time, then bench's checkout
+sys.path.insert(0, sys.argv[1])  # the fastgrad to time, ahead of the working directory
+sys.path.append(sys.argv[2])  # bench's checkout
 import numpy as np
 what, backend, seconds = sys.argv[3], sys.argv[4], float(sys.argv[5])
 if what == "small":
@@ -74,10 +76,16 @@ def run_one(root: Path, what: str, backend: str, seconds: float) -> float:
     return float(out.stdout.split()[-1])
 
 
+def imported_fastgrad() -> Path:
+    """The directory holding the `fastgrad` package this Python imports."""
+    import fastgrad
+    return Path(fastgrad.__file__).resolve().parent.parent
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", type=lambda p: Path(p).resolve(), required=True)
-    ap.add_argument("--new", type=lambda p: Path(p).resolve(), default=ROOT)
+    ap.add_argument("--new", type=lambda p: Path(p).resolve(), default=imported_fastgrad())
     ap.add_argument("--what", choices=("small", "digits"), default="small")
     ap.add_argument("--backend", default="cython")
     ap.add_argument("--pairs", type=int, default=5)

@@ -38,10 +38,11 @@ def test_measure_interleaved_times_in_rounds():
 
 
 def test_ab_fit_runs_both_checkouts_in_fresh_processes(capsys):
-    """bench.ab_fit with this checkout as both sides: one pair of the small fit, a rate
-    from each process."""
+    """bench.ab_fit with the fastgrad this Python imports on both sides (CI's is installed,
+    without an in-place extension): one pair of the small fit, a rate from each process."""
     from bench import ab_fit
-    ab_fit.main(["--old", str(ab_fit.ROOT), "--pairs", "1", "--seconds", "0.05"])
+    ab_fit.main(["--old", str(ab_fit.imported_fastgrad()), "--pairs", "1",
+                 "--seconds", "0.05"])
     out = capsys.readouterr().out
     assert "pair 1: old" in out and "median: old" in out
     old, new = (float(v.replace(",", "")) for v in out.split("median: old")[1].split()[0:3:2])
