@@ -17,7 +17,7 @@ writes out of bounds, whatever it is given.
 """
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
@@ -84,6 +84,14 @@ cdef extern from "_kernels_simd.h" nogil:
                               Py_ssize_t rows, Py_ssize_t cols)
     void fg_loss_backward_f64(int k, const double *p, const double *t, double *out,
                               Py_ssize_t rows, Py_ssize_t cols)
+    double fg_loss_total_f32(int k, const float *p, const float *t, Py_ssize_t rows,
+                             Py_ssize_t cols)
+    double fg_loss_total_f64(int k, const double *p, const double *t, Py_ssize_t rows,
+                             Py_ssize_t cols)
+    void fg_loss_backward_part_f32(int k, const float *p, const float *t, float *out,
+                                   Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t batch_rows)
+    void fg_loss_backward_part_f64(int k, const double *p, const double *t, double *out,
+                                   Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t batch_rows)
     void fg_sgd_update_f32(float *param, const float *grad, float *velocity, Py_ssize_t n,
                            double lr, double momentum, double weight_decay, int nesterov)
     void fg_sgd_update_f64(double *param, const double *grad, double *velocity,

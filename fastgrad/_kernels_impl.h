@@ -668,26 +668,46 @@ static FG_CLONES void FG(fg_ce_row_grad)(const T *z, const T *t, T *out, ptrdiff
         out[j] = (T)((exp((double)z[j] - m) / s - (double)t[j]) / count);
 }
 
-static void FG(fg_ce_grad)(const T *z, const T *t, T *out, ptrdiff_t rows, ptrdiff_t cols) {
+/* out = (softmax(z) - t) / count per row: count the batch's rows (rows, or more when
+ * these rows are one thread's part of a batch) */
+static void FG(fg_ce_grad)(const T *z, const T *t, T *out, ptrdiff_t rows, ptrdiff_t cols,
+                           double count) {
     for (ptrdiff_t i = 0; i < rows; i++) {
         double m, s;
         FG(fg_row_lse)(z + i * cols, cols, &m, &s);
-        FG(fg_ce_row_grad)(z + i * cols, t + i * cols, out + i * cols, cols, m, s,
-                           (double)rows);
+        FG(fg_ce_row_grad)(z + i * cols, t + i * cols, out + i * cols, cols, m, s, count);
     }
 }
 
-/* Entry points (k validated by the caller): the mean loss, and dL/dpred into out. */
+/* The mean's divisor for a batch of `rows` rows: its rows (row-wise losses) or elements. */
+static inline double FG(fg_loss_count)(int k, ptrdiff_t rows, ptrdiff_t cols) {
+    return fg_loss_rowwise[k] ? (double)rows : (double)(rows * cols);
+}
+
+/* Entry points (k validated by the caller): the mean loss, and dL/dpred into out. The
+ * fused epoch runner's threads each take a part of a batch's rows: fg_loss_total is the
+ * numerator of the part's share of the mean, fg_loss_backward_part its rows of dL/dpred
+ * for a batch of batch_rows rows (the same bits as fg_loss_backward gives them). */
+static double FG(fg_loss_total)(int k, const T *p, const T *t, ptrdiff_t rows,
+                                ptrdiff_t cols) {
+    if (fg_loss_rowwise[k]) return FG(fg_ce_sum)(p, t, rows, cols);
+    return FG(fg_loss_sum)(k, p, t, rows * cols);
+}
+
 static double FG(fg_loss_forward)(int k, const T *p, const T *t, ptrdiff_t rows,
                                   ptrdiff_t cols) {
-    if (fg_loss_rowwise[k]) return FG(fg_ce_sum)(p, t, rows, cols) / (double)rows;
-    return FG(fg_loss_sum)(k, p, t, rows * cols) / (double)(rows * cols);
+    return FG(fg_loss_total)(k, p, t, rows, cols) / FG(fg_loss_count)(k, rows, cols);
+}
+
+static void FG(fg_loss_backward_part)(int k, const T *p, const T *t, T *out, ptrdiff_t rows,
+                                      ptrdiff_t cols, ptrdiff_t batch_rows) {
+    if (fg_loss_rowwise[k]) FG(fg_ce_grad)(p, t, out, rows, cols, (double)batch_rows);
+    else FG(fg_loss_grad)(k, p, t, out, rows * cols, FG(fg_loss_count)(k, batch_rows, cols));
 }
 
 static void FG(fg_loss_backward)(int k, const T *p, const T *t, T *out, ptrdiff_t rows,
                                  ptrdiff_t cols) {
-    if (fg_loss_rowwise[k]) FG(fg_ce_grad)(p, t, out, rows, cols);
-    else FG(fg_loss_grad)(k, p, t, out, rows * cols, (double)(rows * cols));
+    FG(fg_loss_backward_part)(k, p, t, out, rows, cols, rows);
 }
 
 /* ---- optimizer updates: one pass over a flat parameter vector, in place ----------------

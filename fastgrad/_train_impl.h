@@ -36,6 +36,75 @@ extern double log(double) FG_SIMD_DECL;
 #define FG_TRAIN_WT_MAX_COLS 32
 #define FG_TRAIN_WT_MAX 4096
 
+/* The threads of a data-parallel epoch (_train.pxi: each takes a part of every batch's
+ * rows): its team and place in it, and the barrier between a batch's parts and its
+ * update. Called inside the runner's OpenMP parallel region (an orphaned barrier binds to
+ * it), or outside any, where the team is the calling thread alone. */
+#ifdef _OPENMP
+#include <omp.h>
+static inline int fg_train_team_size(void) { return omp_get_num_threads(); }
+static inline int fg_train_thread_id(void) { return omp_get_thread_num(); }
+static inline void fg_train_barrier(void) {
+#pragma omp barrier
+}
+#else
+static inline int fg_train_team_size(void) { return 1; }
+static inline int fg_train_thread_id(void) { return 0; }
+static inline void fg_train_barrier(void) {}
+#endif
+
+/* Whether a data-parallel call would share the cores: the threads of this process that
+ * are running now (state R in /proc/self/task/<tid>/stat) besides the caller and the
+ * team's own workers (fg_train_note_worker: libgomp's pool, which spins for milliseconds
+ * after each region). A BLAS pool spins ~100 ms after a multi-threaded call (OpenBLAS's
+ * THREAD_TIMEOUT): on 2 cores, a data-parallel epoch beside such a spinner ran 1.5x
+ * slower than one thread, its barriers waiting out the scheduler's time slices. -1 where
+ * /proc is not available. ~15 us for a handful of threads. */
+#define FG_TRAIN_MAX_WORKERS 64
+static int fg_train_workers[FG_TRAIN_MAX_WORKERS];
+#if defined(__linux__)
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline int fg_train_gettid(void) { return (int)syscall(SYS_gettid); }
+static int fg_train_others_running(void) {
+    DIR *dir = opendir("/proc/self/task");
+    if (dir == NULL) return -1;
+    int self = fg_train_gettid(), count = 0;
+    struct dirent *entry;
+    char path[64], buf[512];
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+        int tid = atoi(entry->d_name), ours = tid == self;
+        for (int i = 0; i < FG_TRAIN_MAX_WORKERS && !ours; i++) ours = fg_train_workers[i] == tid;
+        if (ours) continue;
+        snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) continue; /* the thread ended meanwhile */
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
+        buf[n] = 0;
+        /* "tid (comm) S ...": the state follows the last ')' (comm may hold one) */
+        char *end = strrchr(buf, ')');
+        if (end != NULL && end[1] == ' ' && end[2] == 'R') count++;
+    }
+    closedir(dir);
+    return count;
+}
+#else
+static inline int fg_train_gettid(void) { return 0; }
+static int fg_train_others_running(void) { return -1; }
+#endif
+/* Called by each thread of a data-parallel team: its OS thread id, so the check above
+ * does not count the pool that will run the call. */
+static inline void fg_train_note_worker(int index) {
+    if (index > 0 && index < FG_TRAIN_MAX_WORKERS) fg_train_workers[index] = fg_train_gettid();
+}
+
 #define FG_TRAIN_DEFINE(T, SUF, SQRT)                                                        \
     /* sum of squares, in double */                                                          \
     static FG_CLONES double fg_train_sumsq##SUF(const T *a, ptrdiff_t n) {                   \
@@ -128,6 +197,10 @@ extern double log(double) FG_SIMD_DECL;
             p[i] -= step_size * mi / (SQRT(vi) * inv_sqrt_bc2 + eps);                        \
         }                                                                                    \
     }                                                                                        \
+    /* g += h: a second thread's gradient into the first's */                              \
+    static FG_CLONES void fg_train_add##SUF(T *g, const T *h, ptrdiff_t n) {                 \
+        for (ptrdiff_t i = 0; i < n; i++) g[i] += h[i];                                      \
+    }                                                                                        \
     /* Wt (cols, rows) = W (rows, cols) transposed */                                        \
     static void fg_train_transpose##SUF(const T *W, T *Wt, ptrdiff_t rows, ptrdiff_t cols) { \
         for (ptrdiff_t j = 0; j < cols; j++)                                                 \
@@ -136,7 +209,8 @@ extern double log(double) FG_SIMD_DECL;
     /* The output layer of softmax cross-entropy, fused: z (r, k) += bias (z: the logits),  \
      * then against target rows t (one-hot or summing to 1) returns the sum over rows of   \
      * sum_j t_j (lse - z_j), writes g = (softmax(z) - t) / r and db = the column sums of  \
-     * g. The formulas of _kernels_impl.h's fg_ce_sum / fg_ce_grad in double, each g        \
+     * g (r rows of a batch of batch_rows: the mean's divisor). The formulas of            \
+     * _kernels_impl.h's fg_ce_sum / fg_ce_grad in double, each g                          \
      * rounded once, with each exponential computed once in one flat vectorized pass, and  \
      * 1/s and 1/r multiplied (two divisions per element were half of this function's     \
      * time). Rows of a few logits vectorize poorly one by one, and each row's sums are     \
@@ -149,8 +223,9 @@ extern double log(double) FG_SIMD_DECL;
      * of scratch. A NaN logit, or an infinite row max, makes the row's loss and gradient  \
      * NaN, as there. */                                                                   \
     static FG_CLONES double fg_train_ce##SUF(T *z, const T *bias, const T *t, T *g, T *db,   \
-                                             double *e, ptrdiff_t r, ptrdiff_t k) {          \
-        double inv_r = 1.0 / (double)r, total = 0;                                           \
+                                             double *e, ptrdiff_t r, ptrdiff_t k,            \
+                                             ptrdiff_t batch_rows) {                         \
+        double inv_r = 1.0 / (double)batch_rows, total = 0;                                  \
         /* per row: s (the sum of exponentials) then 1/s, log s then lse, the max then    \
          * the row's loss; the max in T before that */                                     \
         double *rs = e + r * k, *ls = rs + r, *ms = ls + r;                                  \

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backends import available_backends, get_backend, get_kernel
+from .backends._fit_adapter import DATA_PARALLEL_MIN_FLOPS
 from .losses import LossSpec
 from .nn import Sequential
 from .optim import Optimizer, Schedule, make_optimizer
@@ -130,6 +131,9 @@ class EpochPlan:
     cache: a dict that lives as long as the model (fit passes the same one every epoch and
     every fit), where a runner keeps what it builds once per model (buffers, views);
     None means nothing is kept.
+    threads: the most threads a runner may run a batch's parts on (None: as many as its
+    thread pool allows; fit sets 1 on a busy machine). It changes the speed, never the
+    result (the parts are the same: `backends._fit_adapter.data_parallel_parts`).
     """
 
     layers: list[tuple]
@@ -148,6 +152,7 @@ class EpochPlan:
     batch_loss: np.ndarray = field(default=None)
     grad_sq: np.ndarray = field(default=None)
     last_good: np.ndarray | None = None
+    threads: int | None = None
     cache: dict | None = None
 
     @property
@@ -472,15 +477,15 @@ def _own_running_threads() -> int:
     return running
 
 
-def blas_thread_limit(layers: Sequence[tuple], batch_size: int):
+def blas_thread_limit(layers: Sequence[tuple], batch_size: int, busy: bool | None = None):
     """A context manager for fit's training loop: one BLAS thread when the batch's matmuls
-    are below BLAS_SINGLE_THREAD_FLOPS or the machine is busy, through threadpoolctl (an
-    optional dependency: without it, a no-op), restoring every library's previous limit on
-    exit. Imports scipy.linalg first so SciPy's OpenBLAS, the one numba's np.dot calls, is
-    loaded and limited along with NumPy's."""
+    are below BLAS_SINGLE_THREAD_FLOPS or the machine is busy (`busy`, or machine_busy()
+    when None), through threadpoolctl (an optional dependency: without it, a no-op),
+    restoring every library's previous limit on exit. Imports scipy.linalg first so SciPy's
+    OpenBLAS, the one numba's np.dot calls, is loaded and limited along with NumPy's."""
     from contextlib import nullcontext
     if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
-            and not machine_busy()):
+            and not (machine_busy() if busy is None else busy)):
         return nullcontext()
     controller = _blas_controller()
     if controller is None:
@@ -621,8 +626,15 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     # The end-of-epoch pass over diag_rows (a forward of up to 2048 rows) costs as much as
     # several batches of a small net: run it only when something reads what it gives.
     diagnose = health_cfg is not None or (stopper is not None and stopper.monitor == metric)
+    # One look at the machine (~0.4 ms), where threads could pay: for BLAS's threads, and
+    # for a fused runner's, which share each batch from DATA_PARALLEL_MIN_FLOPS a batch
+    # (on a busy machine threads wait on each other for a core: one each)
+    flops = batch_matmul_flops(layers, batch_size)
+    busy = (flops >= min(BLAS_SINGLE_THREAD_FLOPS, DATA_PARALLEL_MIN_FLOPS)
+            and machine_busy())
+    runner_threads = 1 if busy else None
     # threadpoolctl applies its limits when the limiter is made: make it right here
-    threads = blas_thread_limit(layers, batch_size)
+    threads = blas_thread_limit(layers, batch_size, busy)
     # After the first epoch (which picks the runner), a runner with a block form runs the
     # rest in blocks of epochs, one call each, when nothing reads or acts between epochs:
     # the same training, batches and history (tested), without the per-epoch Python.
@@ -637,7 +649,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             if blocks:
                 done = _fit_block(model, runner, history, layers, X, T, batch_size, opt,
                                   clip_norm, clip_value, cache, bool(shuffle), epoch,
-                                  epochs - epoch)
+                                  epochs - epoch, runner_threads)
                 if done:
                     epoch += done
                     continue
@@ -658,7 +670,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 Xs, Ts = X, T
             plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, Xs, Ts,
                              batch_size, model.loss_spec, opt, epoch_lr, clip_norm,
-                             clip_value, model.backend, cache=cache)
+                             clip_value, model.backend, cache=cache, threads=runner_threads)
             plan.batch_loss = np.zeros(plan.n_batches)
             plan.grad_sq = np.zeros((plan.n_batches, n_layers))
             if runner is None:
@@ -748,7 +760,7 @@ _BLOCK_ELEMENTS = 1 << 20
 def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tuple],
                X: np.ndarray, T: np.ndarray, batch_size: int, opt: Optimizer,
                clip_norm: float | None, clip_value: float | None, cache: dict,
-               shuffle: bool, epoch: int, remaining: int) -> int:
+               shuffle: bool, epoch: int, remaining: int, threads: int | None) -> int:
     """Epochs epoch, epoch+1, ... of fit in one call of the runner's block form, their
     history logged as fit logs them; returns how many ran, or 0 when one met a non-finite
     batch (the runner put the weights and optimizer state back, and the model's random
@@ -762,7 +774,7 @@ def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tu
               else np.zeros((count, 0), np.int64))
     plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, X, T, batch_size,
                      model.loss_spec, opt, opt.lr, clip_norm, clip_value, model.backend,
-                     cache=cache)
+                     cache=cache, threads=threads)
     plan.batch_loss = np.zeros(count * nb)
     plan.grad_sq = np.zeros((count * nb, len(layers)))
     if runner.train_epochs(plan, orders) < count:

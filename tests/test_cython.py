@@ -857,7 +857,7 @@ def test_built_wheel_installs_and_imports(tmp_path):
 # ---- the fused epoch runner's entry point (fastgrad/_train.pxi) -------------------------
 
 def _train_args(dtype=np.float64, sizes=(3, 4, 2), n=10, B=4, epochs=1, gather=False,
-                seed=0, loss="cross_entropy", optimizer="adam"):
+                seed=0, loss="cross_entropy", optimizer="adam", parts=1, nthreads=0):
     """Valid keyword arguments of _kernels.train_epochs: a small MLP, one-hot targets."""
     rng = np.random.default_rng(seed)
     L_ = len(sizes) - 1
@@ -876,9 +876,9 @@ def _train_args(dtype=np.float64, sizes=(3, 4, 2), n=10, B=4, epochs=1, gather=F
         loss=L[loss], optimizer=_kernels.TRAIN_OPTIMIZERS.index(optimizer),
         hyper=np.array([0.05, 0.0, 0.9, 0.999, 1e-8, 0.0, 0.99, 0.0, 0.0]),
         nesterov=False, sklearn_decay=False, batch_size=B,
-        workspace=np.zeros(_kernels.train_workspace_size(sizes, B, dtype), dtype),
+        workspace=np.zeros(_kernels.train_workspace_size(sizes, B, dtype, parts), dtype),
         batch_loss=np.zeros(epochs * nb), grad_sq=np.zeros((epochs * nb, L_)),
-        step=np.zeros(1, np.int64))
+        step=np.zeros(1, np.int64), parts=parts, nthreads=nthreads)
 
 
 def test_train_epochs_direct_calls_reject_bad_arguments():
@@ -929,6 +929,10 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
         ({"grad_sq": np.zeros((3, 3))}, ValueError, r"grad_sq must be 2-D \(>= 3, 2\)"),
         ({"grad_sq": np.zeros((2, 2))}, ValueError, "grad_sq must be 2-D"),
         ({"step": np.zeros(2, np.int64)}, ValueError, r"step has shape \(2,\)"),
+        ({"parts": 0}, ValueError, "parts must be >= 1, got 0"),
+        ({"nthreads": 2}, ValueError, r"nthreads must be in \[0, parts = 1\], got 2"),
+        ({"nthreads": -1}, ValueError, r"nthreads must be in \[0, parts = 1\], got -1"),
+        ({"parts": 2}, ValueError, r"workspace has \d+ elements; .* in 2 part\(s\) need"),
     ]
     for change, exc, match in cases:
         args = _train_args()
@@ -946,15 +950,18 @@ def test_train_epochs_direct_calls_reject_bad_arguments():
     ("cross_entropy", "sgd_dtype", (3, 4, 2)),
     ("binary_cross_entropy", "rmsprop", (2, 40, 3, 1)), ("cross_entropy", "adamw", (4, 6, 40)),
     ("cross_entropy", "adam_dtype", (3, 4, 2)), ("mse", "adamw_dtype", (4, 6, 40))])
-@pytest.mark.parametrize("n, B, gather", [(10, 4, False), (10, 4, True), (3, 8, True),
-                                          (16, 16, False)])
-def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, B, gather):
+@pytest.mark.parametrize("n, B, gather, parts, nthreads", [
+    (10, 4, False, 1, 1), (10, 4, True, 1, 1), (3, 8, True, 1, 1), (16, 16, False, 1, 1),
+    (10, 4, True, 3, 3), (10, 4, True, 3, 2), (3, 8, False, 2, 2)])
+def test_train_epochs_stays_inside_its_arrays(dtype, loss, optimizer, sizes, n, B, gather,
+                                              parts, nthreads):
     """Every array the call writes sits between guard elements, the workspace exactly
     sized (a short last batch, a batch larger than the data, a wide output layer that skips
-    the transposed copy): the guards keep their values, and gathering rows in an order
-    trains as the rows put in that order do."""
+    the transposed copy, batches in parts, some of them with no rows, on as many threads or
+    fewer): the guards keep their values, and gathering rows in an order trains as the
+    rows put in that order do."""
     args = _train_args(dtype, sizes, n, B, epochs=2, gather=gather, loss=loss,
-                       optimizer=optimizer)
+                       optimizer=optimizer, parts=parts, nthreads=nthreads)
     if loss != "cross_entropy":
         args["T"] = np.random.default_rng(1).uniform(0, 1, args["T"].shape).astype(dtype)
     args["hyper"][1] = 0.5 if optimizer in ("sgd", "sgd_dtype", "rmsprop") else 0.0
@@ -1021,8 +1028,79 @@ def test_train_epochs_adam_in_the_dtype_is_pytorchs_update(dtype, optimizer):
         assert not np.array_equal(ref["params"], p)
 
 
-def test_train_epochs_stops_before_the_update_of_a_non_finite_batch():
-    args = _train_args(n=12, B=4)
+def _train_copy(args: dict, parts: int, nthreads: int) -> dict:
+    """A run of a copy of args with each batch in `parts` parts on nthreads threads; the
+    batches completed in run["done"]."""
+    run = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    run["parts"], run["nthreads"] = parts, nthreads
+    run["workspace"] = np.zeros(_kernels.train_workspace_size(
+        run["sizes"], run["batch_size"], run["params"].dtype, parts), run["params"].dtype)
+    run["done"] = _kernels.train_epochs(**run)
+    return run
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss, optimizer, clip, sklearn", [
+    ("cross_entropy", "adam_dtype", False, False), ("mse", "sgd", True, False),
+    ("binary_cross_entropy", "rmsprop", False, True), ("cross_entropy", "adamw", True, True),
+    ("cross_entropy", "sgd_dtype", False, True)])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_train_epochs_in_parts_trains_as_one_batch(dtype, loss, optimizer, clip, sklearn,
+                                                   parts):
+    """Batches split in parts (data-parallel: each part's gradient, then their sum) train
+    as whole batches do but for the rounding of those sums: the same batches, losses,
+    norms and parameters to rounding, the same step count. Any number of threads runs the
+    parts to the same bits (the arithmetic is the parts'). A wide net (20 -> 64 -> 40, a
+    short last batch, rows gathered in an order) whose parameters split into slices of
+    whole cache lines across layer boundaries."""
+    sizes = (20, 64, 40) if loss == "cross_entropy" else (20, 64, 1)
+    args = _train_args(dtype, sizes, n=70, B=16, epochs=2, gather=True, loss=loss,
+                       optimizer=optimizer)
+    if loss != "cross_entropy":
+        args["T"] = np.random.default_rng(1).uniform(0, 1, args["T"].shape).astype(dtype)
+    args["hyper"][0] = 0.01
+    args["hyper"][1] = 0.5 if optimizer in ("sgd", "sgd_dtype", "rmsprop") else 0.0
+    args["hyper"][5] = 1e-3  # weight decay (scikit-learn's L2 with sklearn_decay)
+    args["sklearn_decay"] = sklearn
+    if clip:
+        args["hyper"][7:] = (0.5, 0.05)  # clip_norm, clip_value: both bite
+    whole = _train_copy(args, 1, 1)
+    split = _train_copy(args, parts, parts)
+    nb = 2 * 5
+    assert whole["done"] == split["done"] == nb
+    assert whole["step"][0] == split["step"][0] == nb
+    rtol = 2e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(split["batch_loss"], whole["batch_loss"], rtol=rtol)
+    np.testing.assert_allclose(split["grad_sq"], whole["grad_sq"], rtol=10 * rtol)
+    scale = np.abs(whole["params"]).max()
+    np.testing.assert_allclose(split["params"], whole["params"], rtol=rtol, atol=rtol * scale)
+    # the batches really were split: sums split by rows round otherwise
+    assert not np.array_equal(split["params"], whole["params"])
+    for threads in range(1, parts + 1):
+        again = _train_copy(args, parts, threads)
+        for name in ("params", "grads", "state_a", "state_b", "batch_loss", "grad_sq"):
+            np.testing.assert_array_equal(again[name], split[name],
+                                          err_msg=f"{name}, {threads} thread(s)")
+
+
+def test_train_epochs_in_parts_leaves_blas_threads_as_they_were():
+    """The threads of a data-parallel call run BLAS on one thread each: the call puts
+    SciPy's OpenBLAS on one thread and back to what it was."""
+    tpc = pytest.importorskip("threadpoolctl", reason="threadpoolctl is an optional dependency")
+    before = _kernels.blas_threads()
+    if before == 0:
+        pytest.skip("SciPy's BLAS exports no OpenBLAS thread setter")
+    args = _train_args(np.float32, (20, 64, 40), n=64, B=32, parts=2)
+    with tpc.threadpool_limits(limits=2, user_api="blas"):
+        assert _kernels.blas_threads() == 2
+        assert _kernels.train_epochs(**args) == 2
+        assert _kernels.blas_threads() == 2
+    assert _kernels.blas_threads() == before
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_train_epochs_stops_before_the_update_of_a_non_finite_batch(parts):
+    args = _train_args(n=12, B=4, parts=parts)
     args["X"][5, 0] = np.nan  # batch 1
     before = args["params"].copy()
     assert _kernels.train_epochs(**args) == 1

@@ -96,6 +96,30 @@ def plan_reason(plan, losses) -> str | None:
     return None
 
 
+DATA_PARALLEL_MIN_FLOPS = 2e6
+"""A fused runner splits each batch into parts of its rows, one per thread (data-parallel:
+each part's forward and backward, then the parts' gradients summed) when one batch's
+matmuls take at least this many FLOPs (6 * batch * the weights' count): below it the
+barriers and the sum of the gradients cost more than the smaller products save. Measured:
+see bench/RESULTS.md."""
+DATA_PARALLEL_MIN_ROWS = 8
+"""... and each part gets at least this many of the batch's rows."""
+
+
+def data_parallel_parts(plan, available: int) -> int:
+    """How many parts a fused runner splits each batch of `plan` into: 1 below
+    DATA_PARALLEL_MIN_FLOPS a batch, else `available` (the threads its pool may use), at
+    most one per DATA_PARALLEL_MIN_ROWS rows. The parts fix the arithmetic (the training's
+    bits), so they follow the thread settings only, never the load: a runner runs them on
+    fewer threads when the cores are busy (plan.threads), with the same result."""
+    if available <= 1:
+        return 1
+    flops = 6 * plan.batch_size * sum(W.size for W, *_rest in plan.layers)
+    if flops < DATA_PARALLEL_MIN_FLOPS:
+        return 1
+    return max(1, min(available, plan.batch_size // DATA_PARALLEL_MIN_ROWS))
+
+
 def check_launch(plan, count: int) -> None:
     """ValueError unless plan.T has a row per row of plan.X and plan.batch_loss (>= count,)
     and plan.grad_sq (>= count, L) are float64 arrays that hold `count` batches: a kernel

@@ -149,13 +149,12 @@ class _FitAdapter(_fit_adapter.FitAdapter):
         self.saved = np.array([_SAVED_CODES[spec.needs] for _W, _b, spec, *_ in plan.layers],
                               np.int32)
         self.act = np.array([(a, b) for *_rest, a, b in plan.layers], np.float64)
-        self.ws = np.empty(_kernels.train_workspace_size(sizes, plan.batch_size,
-                                                          plan.params.dtype),
-                           plan.params.dtype)
+        self.ws = np.empty(0, plan.params.dtype)  # sized by _launch for its thread count
         self.hyper = np.zeros(len(_kernels.TRAIN_HYPER))
         self.step = np.zeros(1, np.int64)
         self.no_order = np.zeros((1, 0), np.int64)  # one epoch over rows in the given order
         self.switches = (0, 0, False, False)  # loss id, optimizer code, nesterov, sklearn
+        self.parts = 0  # the parts of a batch the workspace is sized for (0: none yet)
 
     def configure(self, plan, hyper: dict, use_order: bool) -> None:
         opt = plan.optimizer
@@ -177,10 +176,20 @@ class _FitAdapter(_fit_adapter.FitAdapter):
     def _launch(self, plan, X, T, orders, batch_loss, grad_sq, step: int) -> int:
         loss, code, nesterov, sklearn = self.switches
         self.step[0] = step
+        parts = _fit_adapter.data_parallel_parts(plan, _kernels.max_threads())
+        if parts != self.parts:
+            self.ws = np.empty(_kernels.train_workspace_size(
+                self.sizes, plan.batch_size, plan.params.dtype, parts), plan.params.dtype)
+            self.parts = parts
+        # the parts on one thread (the same result) where a thread would wait for a core:
+        # fit found the machine busy, or a thread of this process is running (a BLAS pool
+        # spins ~100 ms after a multi-threaded call)
+        threads = (parts if parts > 1 and plan.threads != 1
+                   and _kernels.train_threads_free(parts) else 1)
         return _kernels.train_epochs(
             plan.params, plan.grads, self.state_arrays[0], self.state_arrays[1], X, T, orders,
             self.sizes, self.kernels, self.act, self.saved, loss, code, self.hyper, nesterov,
-            sklearn, plan.batch_size, self.ws, batch_loss, grad_sq, self.step)
+            sklearn, plan.batch_size, self.ws, batch_loss, grad_sq, self.step, parts, threads)
 
     def run(self, plan, lo: int, hi: int, step: int) -> int:
         k0 = lo // plan.batch_size
