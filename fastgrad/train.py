@@ -487,6 +487,13 @@ def blas_thread_limit(layers: Sequence[tuple], batch_size: int, busy: bool | Non
     if (batch_matmul_flops(layers, batch_size) >= BLAS_SINGLE_THREAD_FLOPS
             and not (machine_busy() if busy is None else busy)):
         return nullcontext()
+    return one_blas_thread()
+
+
+def one_blas_thread():
+    """A context manager that runs BLAS on one thread (every BLAS library threadpoolctl
+    finds), restoring the previous limits on exit; a no-op without threadpoolctl."""
+    from contextlib import nullcontext
     controller = _blas_controller()
     if controller is None:
         return nullcontext()
@@ -677,6 +684,15 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 runner = _epoch_runner(model, plan, batch_callbacks=False, fused=fused)
                 history.runner = ("layers" if runner is train_epoch_layers
                                   or getattr(runner, "layer_by_layer", False) else "fused")
+                splits = getattr(runner, "splits_batches", None)
+                if flops >= BLAS_SINGLE_THREAD_FLOPS and not busy and splits and splits(plan):
+                    # The runner shares batches among its own threads: BLAS on one for the
+                    # rest of fit too, or the multi-threaded calls between epochs (the
+                    # diagnostics' forward) leave its pool spinning (~100 ms), and the
+                    # runner, finding the cores taken, runs its parts on one thread.
+                    threads.__exit__(None, None, None)
+                    threads = one_blas_thread()
+                    threads.__enter__()
             snapshot = model.params.copy()
             done = runner(plan)
             if done < plan.n_batches:

@@ -602,6 +602,139 @@ def test_blas_policy_without_threadpoolctl(monkeypatch):
     assert h.runner == "fused"
 
 
+# --- batches in parts on the cython runner's threads ---------------------------------------
+
+def _record_launches(monkeypatch) -> list[tuple[int, int]]:
+    """(parts, nthreads) of every call the cython runner makes, recorded."""
+    from fastgrad import _kernels
+    seen = []
+    real = _kernels.train_epochs
+
+    def recording(*args):
+        seen.append(args[-2:])
+        return real(*args)
+
+    monkeypatch.setattr(cython_backend._kernels, "train_epochs", recording)
+    return seen
+
+
+def test_data_parallel_parts_follow_the_size_and_the_threads():
+    from fastgrad.backends import _fit_adapter as fa
+
+    def plan(sizes, batch):
+        layers = [(np.zeros((a, b)),) for a, b in zip(sizes, sizes[1:])]
+        return train.EpochPlan(layers, None, None, [], None, None, batch, None, None, 0.0,
+                               None, None, "cython")
+
+    small, digits = plan((64, 64, 10), 32), plan((64, 100, 10), 200)
+    assert 6 * 32 * (64 * 64 + 64 * 10) < fa.DATA_PARALLEL_MIN_FLOPS
+    assert fa.data_parallel_parts(small, 2) == 1
+    assert fa.data_parallel_parts(digits, 2) == 2 and fa.data_parallel_parts(digits, 8) == 8
+    assert fa.data_parallel_parts(digits, 1) == 1
+    # at least DATA_PARALLEL_MIN_ROWS rows a part
+    few = plan((784, 256, 10), 2 * fa.DATA_PARALLEL_MIN_ROWS + 1)
+    assert fa.data_parallel_parts(few, 8) == 2
+    # the load never changes the parts (fit's busy machine: plan.threads = 1)
+    digits.threads = 1
+    assert fa.data_parallel_parts(digits, 2) == 2
+
+
+def _spinning(seconds: float):
+    """A context manager: a thread of this process running (not waiting) for about
+    `seconds`, as a BLAS pool spins after a multi-threaded call; the block must end within
+    it (asserted)."""
+    import contextlib
+    import threading
+
+    from numba import njit
+
+    @njit(nogil=True, cache=False)
+    def spin(count):  # arithmetic without the GIL, never blocking
+        acc = 0.0
+        for i in range(count):
+            acc += i * 1e-9
+        return acc
+
+    @contextlib.contextmanager
+    def running():
+        spin(1)  # compiled before the thread starts
+        worker = threading.Thread(target=spin, args=(int(seconds * 3e8),), daemon=True)
+        worker.start()
+        try:
+            time.sleep(0.02)
+            yield
+            assert worker.is_alive(), "the spinner ended before the block did"
+        finally:
+            worker.join()
+
+    return running()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_cython_fit_in_parts_gives_the_same_model_whatever_the_load(rng, monkeypatch):
+    """A net above DATA_PARALLEL_MIN_FLOPS a batch trains in parts of its batches: on two
+    threads when the cores are free, on one while another thread of the process runs (the
+    parts' barriers would wait for a core), and on one when fit finds the machine busy:
+    the same model, bit for bit, every time."""
+    from fastgrad import _kernels
+    if _kernels.max_threads() < 2 or (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: the runner never splits batches")
+    monkeypatch.setattr(train, "machine_busy", lambda: False)
+    X = rng.standard_normal((300, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    seen = _record_launches(monkeypatch)
+
+    def fitted():
+        m = fg.MLP([64, 100, 10], backend="cython", dtype="float32", seed=3)
+        m.fit(X, y, epochs=3, batch_size=100, optimizer="adam", lr=1e-3, verbose=0,
+              health=False, shuffle=False)
+        return m.params.copy()
+
+    free = fitted()
+    assert seen and all(parts == 2 and threads == 2 for parts, threads in seen), seen
+    seen.clear()
+    with _spinning(2.0):
+        assert not _kernels.train_threads_free(2)
+        spun = fitted()
+    assert seen and all(parts == 2 and threads == 1 for parts, threads in seen), seen
+    seen.clear()
+    monkeypatch.setattr(train, "machine_busy", lambda: True)
+    busy = fitted()
+    assert seen and all(parts == 2 and threads == 1 for parts, threads in seen), seen
+    np.testing.assert_array_equal(spun, free)
+    np.testing.assert_array_equal(busy, free)
+    # and trained as whole batches do, to rounding
+    monkeypatch.setattr(cython_backend._fit_adapter, "DATA_PARALLEL_MIN_FLOPS", np.inf)
+    whole = fitted()
+    assert seen[-1] == (1, 1)
+    np.testing.assert_allclose(whole, free, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_keeps_blas_on_one_thread_while_the_runner_splits_batches(rng, monkeypatch):
+    """Batches in parts on the runner's threads: BLAS stays on one thread all through fit
+    (the diagnostics' forward between epochs included: a multi-threaded call there leaves
+    the pool spinning into the next epoch), and is restored after."""
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is an optional dependency")
+    from threadpoolctl import threadpool_limits
+
+    from fastgrad import _kernels
+    if _kernels.max_threads() < 2:
+        pytest.skip("one OpenMP thread: the runner never splits batches")
+    monkeypatch.setattr(train, "machine_busy", lambda: False)
+    X = rng.standard_normal((256, 256)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        m = fg.MLP([256, 256, 3], backend="cython", dtype="float32", seed=0)
+        assert train.batch_matmul_flops([(W,) for W, *_ in train._plan_layers(m)], 128) >= \
+            train.BLAS_SINGLE_THREAD_FLOPS  # BLAS would keep two threads otherwise
+        m.fit(X, y, epochs=2, batch_size=128, verbose=0,
+              callbacks=[lambda epoch, logs: seen.append(_blas_threads())])
+        assert len(seen) == 2 and all(n == 1 for threads in seen for _, n in threads), seen
+        assert _blas_threads() == before
+
+
 # --- decay="sklearn" and the end-of-epoch pass --------------------------------------------
 
 @pytest.mark.parametrize("backend", FUSED)

@@ -173,19 +173,22 @@ class _FitAdapter(_fit_adapter.FitAdapter):
                              opt.decay == "sklearn")
             self.configured = config
 
-    def _launch(self, plan, X, T, orders, batch_loss, grad_sq, step: int) -> int:
-        loss, code, nesterov, sklearn = self.switches
-        self.step[0] = step
+    def _threads(self, plan) -> tuple[int, int]:
+        """(parts of each batch, threads to run them on) for the next call, the workspace
+        sized for the parts. The parts on one thread (the same result) where a thread
+        would wait for a core: fit found the machine busy, or a thread of this process is
+        running now (a BLAS pool spins ~100 ms after a multi-threaded call)."""
         parts = _fit_adapter.data_parallel_parts(plan, _kernels.max_threads())
         if parts != self.parts:
             self.ws = np.empty(_kernels.train_workspace_size(
                 self.sizes, plan.batch_size, plan.params.dtype, parts), plan.params.dtype)
             self.parts = parts
-        # the parts on one thread (the same result) where a thread would wait for a core:
-        # fit found the machine busy, or a thread of this process is running (a BLAS pool
-        # spins ~100 ms after a multi-threaded call)
-        threads = (parts if parts > 1 and plan.threads != 1
-                   and _kernels.train_threads_free(parts) else 1)
+        free = parts > 1 and plan.threads != 1 and _kernels.train_threads_free(parts)
+        return parts, parts if free else 1
+
+    def _launch(self, plan, X, T, orders, batch_loss, grad_sq, parts: int,
+                threads: int) -> int:
+        loss, code, nesterov, sklearn = self.switches
         return _kernels.train_epochs(
             plan.params, plan.grads, self.state_arrays[0], self.state_arrays[1], X, T, orders,
             self.sizes, self.kernels, self.act, self.saved, loss, code, self.hyper, nesterov,
@@ -193,14 +196,28 @@ class _FitAdapter(_fit_adapter.FitAdapter):
 
     def run(self, plan, lo: int, hi: int, step: int) -> int:
         k0 = lo // plan.batch_size
+        self.step[0] = step
         done = self._launch(plan, plan.X[lo:hi], plan.T[lo:hi], self.no_order,
-                            plan.batch_loss[k0:], plan.grad_sq[k0:], step)
+                            plan.batch_loss[k0:], plan.grad_sq[k0:], *self._threads(plan))
         plan.optimizer.steps = int(self.step[0])
         return k0 + done
 
     def run_epochs(self, plan, orders: np.ndarray, step: int) -> tuple[int, int]:
-        done = self._launch(plan, plan.X, plan.T, orders, plan.batch_loss, plan.grad_sq, step)
-        return done // plan.n_batches if plan.n_batches else len(orders), int(self.step[0])
+        # While the parts run on one thread for want of a free core, one epoch per call,
+        # so that the threads come back with the cores rather than at the block's end.
+        nb = plan.n_batches
+        self.step[0] = step
+        epoch = 0
+        while epoch < len(orders):
+            parts, threads = self._threads(plan)
+            count = len(orders) - epoch if threads == parts else 1
+            done = self._launch(plan, plan.X, plan.T, orders[epoch:epoch + count],
+                                plan.batch_loss[epoch * nb:], plan.grad_sq[epoch * nb:],
+                                parts, threads)
+            if done < count * nb:
+                return epoch + (done // nb if nb else count), int(self.step[0])
+            epoch += count
+        return len(orders), int(self.step[0])
 
 
 def train_epoch(plan) -> int:
@@ -217,4 +234,11 @@ def train_epochs(plan, orders: np.ndarray) -> int:
     return _fit_adapter.train_epochs(_FitAdapter, plan, orders)
 
 
+def splits_batches(plan) -> bool:
+    """Whether train_epoch splits the batches of `plan` into parts on threads of its own
+    (`_fit_adapter.data_parallel_parts`): fit then keeps BLAS on one thread."""
+    return _fit_adapter.data_parallel_parts(plan, _kernels.max_threads()) > 1
+
+
 train_epoch.train_epochs = train_epochs  # the runner's form for blocks of epochs (fit)
+train_epoch.splits_batches = splits_batches
