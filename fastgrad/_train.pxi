@@ -760,21 +760,33 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
 
 
 cdef int _workers_noted = 1  # the team size whose OpenMP workers fg_train_note_worker knows
+_free_seen = [-1.0, 0, False]  # when (time.monotonic) train_threads_free looked, for whom, what
+_FREE_MAX_AGE = 0.01
 
 
 def train_threads_free(int nthreads) -> bool:
-    """Whether a data-parallel call on nthreads threads would have the cores to itself as
-    far as this process goes: no thread of it running now but the caller and the OpenMP
-    pool that runs the call (a BLAS pool spinning after a multi-threaded call makes the
-    call's barriers wait out time slices; see fg_train_others_running). True where /proc
-    is not available. ~15 us; the first call for a team size runs an empty region to learn
-    the pool's threads."""
+    """Whether a data-parallel call on nthreads threads would have the cores to itself: no
+    thread running now but the caller and the OpenMP pool that runs the call, in this
+    process or another (a BLAS pool spinning after a multi-threaded call, another program:
+    the call's barriers would wait out time slices; see fg_train_others_running), on a
+    machine of at least nthreads cores. True where /proc is not available. A look costs
+    ~60 us (a /proc read per thread): its answer is reused for 10 ms (a spinning pool
+    lasts ~100 ms), and the first look for a team size runs an empty region to learn the
+    pool's threads."""
     global _workers_noted
-    if nthreads > _workers_noted:
+    import os
+    import time
+    now = time.monotonic()
+    if _free_seen[1] == nthreads and now - _free_seen[0] < _FREE_MAX_AGE:
+        return _free_seen[2]
+    free = (os.cpu_count() or 1) >= nthreads
+    if free and nthreads > _workers_noted:
         with nogil, parallel(num_threads=nthreads):
             fg_train_note_worker(fg_train_thread_id())
         _workers_noted = nthreads
-    return fg_train_others_running() <= 0
+    free = free and fg_train_others_running() <= 0
+    _free_seen[:] = [now, nthreads, free]
+    return free
 
 
 # ---- BLAS on one thread while the data-parallel threads run --------------------------------

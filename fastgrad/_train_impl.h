@@ -53,13 +53,15 @@ static inline int fg_train_thread_id(void) { return 0; }
 static inline void fg_train_barrier(void) {}
 #endif
 
-/* Whether a data-parallel call would share the cores: the threads of this process that
- * are running now (state R in /proc/self/task/<tid>/stat) besides the caller and the
- * team's own workers (fg_train_note_worker: libgomp's pool, which spins for milliseconds
- * after each region). A BLAS pool spins ~100 ms after a multi-threaded call (OpenBLAS's
- * THREAD_TIMEOUT): on 2 cores, a data-parallel epoch beside such a spinner ran 1.5x
- * slower than one thread, its barriers waiting out the scheduler's time slices. -1 where
- * /proc is not available. ~15 us for a handful of threads. */
+/* Whether a data-parallel call would share the cores: the threads running now (state R)
+ * that are not the caller nor the team's own workers (fg_train_note_worker: libgomp's
+ * pool, which spins for milliseconds after each region): this process's other threads
+ * (/proc/self/task/<tid>/stat), and other processes' (/proc/loadavg's running count less
+ * this process's running threads). A BLAS pool spins ~100 ms after a multi-threaded call
+ * (OpenBLAS's THREAD_TIMEOUT): on 2 cores, a data-parallel epoch beside such a spinner ran
+ * 1.5x slower than one thread, its barriers waiting out the scheduler's time slices. One
+ * sample (~20 us): a short-lived kernel thread may make one call run on one thread, with
+ * the same result. -1 where /proc is not available. */
 #define FG_TRAIN_MAX_WORKERS 64
 static int fg_train_workers[FG_TRAIN_MAX_WORKERS];
 #if defined(__linux__)
@@ -70,30 +72,44 @@ static int fg_train_workers[FG_TRAIN_MAX_WORKERS];
 #include <sys/syscall.h>
 #include <unistd.h>
 static inline int fg_train_gettid(void) { return (int)syscall(SYS_gettid); }
+/* The bytes of a small /proc file, NUL-terminated; 0 when it cannot be read. */
+static ssize_t fg_train_read_proc(const char *path, char *buf, size_t size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n < 0) n = 0;
+    buf[n] = 0;
+    return n;
+}
 static int fg_train_others_running(void) {
+    char path[64], buf[512];
+    /* "0.52 0.58 0.59 3/219 4242": runnable threads on the machine, this one included */
+    if (fg_train_read_proc("/proc/loadavg", buf, sizeof buf) == 0) return -1;
+    char *slash = strchr(buf, '/'), *field = slash;
+    if (slash == NULL) return -1;
+    while (field > buf && field[-1] != ' ') field--;
+    int machine = atoi(field);
     DIR *dir = opendir("/proc/self/task");
     if (dir == NULL) return -1;
-    int self = fg_train_gettid(), count = 0;
+    int self = fg_train_gettid(), own = 0, extra = 0;
     struct dirent *entry;
-    char path[64], buf[512];
     while ((entry = readdir(dir)) != NULL) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-        int tid = atoi(entry->d_name), ours = tid == self;
-        for (int i = 0; i < FG_TRAIN_MAX_WORKERS && !ours; i++) ours = fg_train_workers[i] == tid;
-        if (ours) continue;
+        int tid = atoi(entry->d_name);
         snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
-        int fd = open(path, O_RDONLY);
-        if (fd < 0) continue; /* the thread ended meanwhile */
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0) continue;
-        buf[n] = 0;
+        if (fg_train_read_proc(path, buf, sizeof buf) == 0) continue; /* it ended */
         /* "tid (comm) S ...": the state follows the last ')' (comm may hold one) */
         char *end = strrchr(buf, ')');
-        if (end != NULL && end[1] == ' ' && end[2] == 'R') count++;
+        if (end == NULL || end[1] != ' ' || end[2] != 'R') continue;
+        own++;
+        int ours = tid == self;
+        for (int i = 0; i < FG_TRAIN_MAX_WORKERS && !ours; i++) ours = fg_train_workers[i] == tid;
+        extra += !ours;
     }
     closedir(dir);
-    return count;
+    int others = machine - own;
+    return extra + (others > 0 ? others : 0);
 }
 #else
 static inline int fg_train_gettid(void) { return 0; }

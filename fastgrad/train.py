@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from .backends import available_backends, get_backend, get_kernel
-from .backends._fit_adapter import DATA_PARALLEL_MIN_FLOPS
 from .losses import LossSpec
 from .nn import Sequential
 from .optim import Optimizer, Schedule, make_optimizer
@@ -131,9 +130,6 @@ class EpochPlan:
     cache: a dict that lives as long as the model (fit passes the same one every epoch and
     every fit), where a runner keeps what it builds once per model (buffers, views);
     None means nothing is kept.
-    threads: the most threads a runner may run a batch's parts on (None: as many as its
-    thread pool allows; fit sets 1 on a busy machine). It changes the speed, never the
-    result (the parts are the same: `backends._fit_adapter.data_parallel_parts`).
     """
 
     layers: list[tuple]
@@ -152,7 +148,6 @@ class EpochPlan:
     batch_loss: np.ndarray = field(default=None)
     grad_sq: np.ndarray = field(default=None)
     last_good: np.ndarray | None = None
-    threads: int | None = None
     cache: dict | None = None
 
     @property
@@ -633,13 +628,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     # The end-of-epoch pass over diag_rows (a forward of up to 2048 rows) costs as much as
     # several batches of a small net: run it only when something reads what it gives.
     diagnose = health_cfg is not None or (stopper is not None and stopper.monitor == metric)
-    # One look at the machine (~0.4 ms), where threads could pay: for BLAS's threads, and
-    # for a fused runner's, which share each batch from DATA_PARALLEL_MIN_FLOPS a batch
-    # (on a busy machine threads wait on each other for a core: one each)
     flops = batch_matmul_flops(layers, batch_size)
-    busy = (flops >= min(BLAS_SINGLE_THREAD_FLOPS, DATA_PARALLEL_MIN_FLOPS)
-            and machine_busy())
-    runner_threads = 1 if busy else None
+    busy = flops >= BLAS_SINGLE_THREAD_FLOPS and machine_busy()
     # threadpoolctl applies its limits when the limiter is made: make it right here
     threads = blas_thread_limit(layers, batch_size, busy)
     # After the first epoch (which picks the runner), a runner with a block form runs the
@@ -656,7 +646,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             if blocks:
                 done = _fit_block(model, runner, history, layers, X, T, batch_size, opt,
                                   clip_norm, clip_value, cache, bool(shuffle), epoch,
-                                  epochs - epoch, runner_threads)
+                                  epochs - epoch)
                 if done:
                     epoch += done
                     continue
@@ -677,7 +667,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 Xs, Ts = X, T
             plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, Xs, Ts,
                              batch_size, model.loss_spec, opt, epoch_lr, clip_norm,
-                             clip_value, model.backend, cache=cache, threads=runner_threads)
+                             clip_value, model.backend, cache=cache)
             plan.batch_loss = np.zeros(plan.n_batches)
             plan.grad_sq = np.zeros((plan.n_batches, n_layers))
             if runner is None:
@@ -776,7 +766,7 @@ _BLOCK_ELEMENTS = 1 << 20
 def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tuple],
                X: np.ndarray, T: np.ndarray, batch_size: int, opt: Optimizer,
                clip_norm: float | None, clip_value: float | None, cache: dict,
-               shuffle: bool, epoch: int, remaining: int, threads: int | None) -> int:
+               shuffle: bool, epoch: int, remaining: int) -> int:
     """Epochs epoch, epoch+1, ... of fit in one call of the runner's block form, their
     history logged as fit logs them; returns how many ran, or 0 when one met a non-finite
     batch (the runner put the weights and optimizer state back, and the model's random
@@ -790,7 +780,7 @@ def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tu
               else np.zeros((count, 0), np.int64))
     plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, X, T, batch_size,
                      model.loss_spec, opt, opt.lr, clip_norm, clip_value, model.backend,
-                     cache=cache, threads=threads)
+                     cache=cache)
     plan.batch_loss = np.zeros(count * nb)
     plan.grad_sq = np.zeros((count * nb, len(layers)))
     if runner.train_epochs(plan, orders) < count:

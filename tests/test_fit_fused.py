@@ -634,9 +634,6 @@ def test_data_parallel_parts_follow_the_size_and_the_threads():
     # at least DATA_PARALLEL_MIN_ROWS rows a part
     few = plan((784, 256, 10), 2 * fa.DATA_PARALLEL_MIN_ROWS + 1)
     assert fa.data_parallel_parts(few, 8) == 2
-    # the load never changes the parts (fit's busy machine: plan.threads = 1)
-    digits.threads = 1
-    assert fa.data_parallel_parts(digits, 2) == 2
 
 
 def _spinning(seconds: float):
@@ -673,36 +670,58 @@ def _spinning(seconds: float):
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
 def test_cython_fit_in_parts_gives_the_same_model_whatever_the_load(rng, monkeypatch):
     """A net above DATA_PARALLEL_MIN_FLOPS a batch trains in parts of its batches: on two
-    threads when the cores are free, on one while another thread of the process runs (the
-    parts' barriers would wait for a core), and on one when fit finds the machine busy:
-    the same model, bit for bit, every time."""
+    threads when the cores are free, on one while another thread runs, of this process
+    or of another (the parts' barriers would wait for a core): the same model, bit for
+    bit, every time."""
+    import subprocess
+    import sys
+
     from fastgrad import _kernels
     if _kernels.max_threads() < 2 or (os.cpu_count() or 1) < 2:
         pytest.skip("one core: the runner never splits batches")
-    monkeypatch.setattr(train, "machine_busy", lambda: False)
     X = rng.standard_normal((300, 64)).astype(np.float32)
     y = rng.integers(0, 10, 300)
     seen = _record_launches(monkeypatch)
 
     def fitted():
+        time.sleep(2 * _kernels._FREE_MAX_AGE)  # the runner looks afresh
         m = fg.MLP([64, 100, 10], backend="cython", dtype="float32", seed=3)
-        m.fit(X, y, epochs=3, batch_size=100, optimizer="adam", lr=1e-3, verbose=0,
-              health=False, shuffle=False)
+        # (SGD: Adam's m / sqrt(v) would magnify the rounding of near-zero gradients)
+        m.fit(X, y, epochs=3, batch_size=100, optimizer="sgd", lr=0.05, momentum=0.9,
+              verbose=0, health=False, shuffle=False)
         return m.params.copy()
 
+    def until_free():  # other processes of a shared machine: wait for a quiet moment
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(2 * _kernels._FREE_MAX_AGE)
+            if _kernels.train_threads_free(2):
+                return
+        pytest.skip("the machine stayed busy for 20 s")
+
+    until_free()
     free = fitted()
-    assert seen and all(parts == 2 and threads == 2 for parts, threads in seen), seen
+    assert seen and {parts for parts, _ in seen} == {2}, seen
+    assert any(threads == 2 for _, threads in seen), seen  # (a busy moment may take one)
     seen.clear()
     with _spinning(2.0):
-        assert not _kernels.train_threads_free(2)
         spun = fitted()
     assert seen and all(parts == 2 and threads == 1 for parts, threads in seen), seen
     seen.clear()
-    monkeypatch.setattr(train, "machine_busy", lambda: True)
-    busy = fitted()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\n"
+                              "while time.time() - t < 20: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while _kernels.train_threads_free(2) and time.monotonic() < deadline:
+            time.sleep(2 * _kernels._FREE_MAX_AGE)
+        other = fitted()
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
     assert seen and all(parts == 2 and threads == 1 for parts, threads in seen), seen
     np.testing.assert_array_equal(spun, free)
-    np.testing.assert_array_equal(busy, free)
+    np.testing.assert_array_equal(other, free)
     # and trained as whole batches do, to rounding
     monkeypatch.setattr(cython_backend._fit_adapter, "DATA_PARALLEL_MIN_FLOPS", np.inf)
     whole = fitted()

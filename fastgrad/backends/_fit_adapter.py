@@ -113,7 +113,7 @@ def data_parallel_parts(plan, available: int) -> int:
     DATA_PARALLEL_MIN_FLOPS a batch, else `available` (the threads its pool may use), at
     most one per DATA_PARALLEL_MIN_ROWS rows. The parts fix the arithmetic (the training's
     bits), so they follow the thread settings only, never the load: a runner runs them on
-    fewer threads when the cores are busy (plan.threads), with the same result."""
+    fewer threads when the cores are busy, with the same result."""
     if available <= 1:
         return 1
     flops = 6 * plan.batch_size * sum(W.size for W, *_rest in plan.layers)

@@ -176,14 +176,15 @@ class _FitAdapter(_fit_adapter.FitAdapter):
     def _threads(self, plan) -> tuple[int, int]:
         """(parts of each batch, threads to run them on) for the next call, the workspace
         sized for the parts. The parts on one thread (the same result) where a thread
-        would wait for a core: fit found the machine busy, or a thread of this process is
-        running now (a BLAS pool spins ~100 ms after a multi-threaded call)."""
+        would wait for a core: another thread is running now, of this process (a BLAS
+        pool spins ~100 ms after a multi-threaded call) or another
+        (`_kernels.train_threads_free`)."""
         parts = _fit_adapter.data_parallel_parts(plan, _kernels.max_threads())
         if parts != self.parts:
             self.ws = np.empty(_kernels.train_workspace_size(
                 self.sizes, plan.batch_size, plan.params.dtype, parts), plan.params.dtype)
             self.parts = parts
-        free = parts > 1 and plan.threads != 1 and _kernels.train_threads_free(parts)
+        free = parts > 1 and _kernels.train_threads_free(parts)
         return parts, parts if free else 1
 
     def _launch(self, plan, X, T, orders, batch_loss, grad_sq, parts: int,
