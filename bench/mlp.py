@@ -309,17 +309,23 @@ def _step_cell(step, budget: Budget) -> Cell:
 
 
 def _wait_for_idle_cores(limit: float = 2.0) -> None:
-    """Wait (up to `limit` seconds) until no other process's thread is runnable. fit picks
-    its BLAS threads from that count when it starts (fastgrad.train.machine_busy): the
-    peers measured just before (XLA's and PyTorch's pools winding down) made it train the
-    medium net's two-thread row on one thread (509-645 against 1,030-1,130 steps/s alone)."""
+    """Wait (up to `limit` seconds) until no other thread is runnable: another process's,
+    or another of this process's (a BLAS pool spins ~100 ms after a multi-threaded call).
+    fit picks its BLAS threads from the other processes' count when it starts
+    (fastgrad.train.machine_busy): the peers measured just before (XLA's and PyTorch's
+    pools winding down) made it train the medium net's two-thread row on one thread
+    (509-645 against 1,030-1,130 steps/s alone). The cython runner splits batches over its
+    threads only while no other thread runs (fastgrad._kernels.train_threads_free):
+    scikit-learn's fits just before left NumPy's pool spinning through the whole of
+    fastgrad's digits fits (2026-11-29), which then ran on one thread."""
     try:
-        from fastgrad.train import other_runnable_threads
+        from fastgrad.train import _own_running_threads, other_runnable_threads
     except ImportError:
         return
     deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline and (other_runnable_threads() or 0) > 0:
-        time.sleep(0.05)
+    while time.perf_counter() < deadline and (
+            (other_runnable_threads() or 0) > 0 or _own_running_threads() > 1):
+        time.sleep(0.02)
 
 
 def _fit_cell(fit, budget: Budget) -> Cell:
@@ -468,6 +474,7 @@ def run_digits(budget: Budget, threads: int) -> list[DigitsRow]:
         try:
             with thread_limit(threads), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                _wait_for_idle_cores()  # the previous estimator's BLAS pool winding down
                 t0 = time.perf_counter()
                 est = cls(**DIGITS_PARAMS).fit(Xtr, ytr)
                 first = time.perf_counter() - t0

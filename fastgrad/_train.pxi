@@ -61,6 +61,8 @@ cdef extern from "_train_impl.h" nogil:
     void fg_train_barrier()
     void fg_train_note_worker(int index)
     int fg_train_others_running()
+    int FG_TRAIN_MAX_WORKERS
+    int fg_train_workers[]
 
 # Indices into the hyper-parameter vector (float64) train_epochs takes.
 TRAIN_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "alpha",
@@ -787,6 +789,11 @@ def train_threads_free(int nthreads) -> bool:
     free = free and fg_train_others_running() <= 0
     _free_seen[:] = [now, nthreads, free]
     return free
+
+
+def train_worker_tids() -> list:
+    """The OS thread ids of the OpenMP workers train_threads_free leaves out (diagnostics)."""
+    return [fg_train_workers[i] for i in range(FG_TRAIN_MAX_WORKERS) if fg_train_workers[i]]
 
 
 # ---- BLAS on one thread while the data-parallel threads run --------------------------------

@@ -8,6 +8,7 @@ without a new test.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -94,3 +95,34 @@ def saved_for(spec, x, dtype):
     if spec.needs == "y":
         return {"y": reference_forward(spec, x).astype(dtype)}
     return {}
+
+
+def spinning(seconds: float):
+    """A context manager: a thread of this process running (not waiting) for about
+    `seconds`, as a BLAS pool spins after a multi-threaded call; the block must end within
+    it (asserted)."""
+    import contextlib
+    import threading
+
+    from numba import njit
+
+    @njit(nogil=True, cache=False)
+    def spin(count):  # arithmetic without the GIL, never blocking
+        acc = 0.0
+        for i in range(count):
+            acc += i * 1e-9
+        return acc
+
+    @contextlib.contextmanager
+    def running():
+        spin(1)  # compiled before the thread starts
+        worker = threading.Thread(target=spin, args=(int(seconds * 3e8),), daemon=True)
+        worker.start()
+        try:
+            time.sleep(0.02)
+            yield
+            assert worker.is_alive(), "the spinner ended before the block did"
+        finally:
+            worker.join()
+
+    return running()

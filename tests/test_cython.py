@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, SPECS, subprocess_env
+from conftest import BACKENDS, SPECS, spinning, subprocess_env
 
 import fastgrad as fg
 from fastgrad import _kernels, scalar_math
@@ -1096,6 +1096,37 @@ def test_train_epochs_in_parts_leaves_blas_threads_as_they_were():
         assert _kernels.train_epochs(**args) == 2
         assert _kernels.blas_threads() == 2
     assert _kernels.blas_threads() == before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_train_threads_free_knows_its_pool_and_sees_other_threads():
+    """train_threads_free leaves out the caller and the OpenMP pool that runs the parts
+    (libgomp's workers spin for milliseconds after each region: counted, they would keep
+    the runner on one thread), and sees another thread of the process running."""
+    import threading
+    import time
+
+    if _kernels.max_threads() < 2 or (os.cpu_count() or 1) < 2 or not _kernels.OPENMP:
+        pytest.skip("one core or no OpenMP: no team to learn")
+    args = _train_args(np.float32, (20, 64, 40), n=64, B=32, parts=2)
+    assert _kernels.train_epochs(**args) == 2
+    tids = _kernels.train_worker_tids()
+    assert tids and set(tids) <= {int(t) for t in os.listdir("/proc/self/task")}
+    assert threading.get_native_id() not in tids  # the caller is not a worker
+    time.sleep(2 * _kernels._FREE_MAX_AGE)
+    # right after a region its worker spins: still free (unless another program runs)
+    assert _kernels.train_epochs(**args) == 2
+    free_after_region = _kernels.train_threads_free(2)
+    with spinning(2.0):  # a thread of this process running without the GIL
+        deadline = time.monotonic() + 1.5
+        seen_busy = False
+        while not seen_busy and time.monotonic() < deadline:
+            time.sleep(2 * _kernels._FREE_MAX_AGE)
+            seen_busy = not _kernels.train_threads_free(2)
+    assert seen_busy
+    if not free_after_region:
+        other = int(open("/proc/loadavg").read().split()[3].split("/")[0]) > 1
+        assert other, "only this process's pool ran, yet the cores counted as taken"
 
 
 @pytest.mark.parametrize("parts", [1, 2])

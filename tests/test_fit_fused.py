@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import spinning
 
 import fastgrad as fg
 from fastgrad import optim, train
@@ -636,37 +637,6 @@ def test_data_parallel_parts_follow_the_size_and_the_threads():
     assert fa.data_parallel_parts(few, 8) == 2
 
 
-def _spinning(seconds: float):
-    """A context manager: a thread of this process running (not waiting) for about
-    `seconds`, as a BLAS pool spins after a multi-threaded call; the block must end within
-    it (asserted)."""
-    import contextlib
-    import threading
-
-    from numba import njit
-
-    @njit(nogil=True, cache=False)
-    def spin(count):  # arithmetic without the GIL, never blocking
-        acc = 0.0
-        for i in range(count):
-            acc += i * 1e-9
-        return acc
-
-    @contextlib.contextmanager
-    def running():
-        spin(1)  # compiled before the thread starts
-        worker = threading.Thread(target=spin, args=(int(seconds * 3e8),), daemon=True)
-        worker.start()
-        try:
-            time.sleep(0.02)
-            yield
-            assert worker.is_alive(), "the spinner ended before the block did"
-        finally:
-            worker.join()
-
-    return running()
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
 def test_cython_fit_in_parts_gives_the_same_model_whatever_the_load(rng, monkeypatch):
     """A net above DATA_PARALLEL_MIN_FLOPS a batch trains in parts of its batches: on two
@@ -704,7 +674,7 @@ def test_cython_fit_in_parts_gives_the_same_model_whatever_the_load(rng, monkeyp
     assert seen and {parts for parts, _ in seen} == {2}, seen
     assert any(threads == 2 for _, threads in seen), seen  # (a busy moment may take one)
     seen.clear()
-    with _spinning(2.0):
+    with spinning(2.0):
         spun = fitted()
     assert seen and all(parts == 2 and threads == 1 for parts, threads in seen), seen
     seen.clear()
