@@ -60,6 +60,7 @@ cdef extern from "_train_impl.h" nogil:
     int fg_train_thread_id()
     void fg_train_barrier()
     void fg_train_note_worker(int index)
+    void fg_train_forget_workers_from(int size)
     int fg_train_others_running()
     int FG_TRAIN_MAX_WORKERS
     int fg_train_workers[]
@@ -433,6 +434,8 @@ cdef void _train_worker(floating *P, floating *G, floating *SA, floating *SB,
     cdef int d0 = <int>sizes[0], K = <int>sizes[L], r, rt, p
     cdef Py_ssize_t S = 0, l, i, e, k, start, row, lo, hi, count, kt = 0
     fg_train_note_worker(tid)
+    if tid == 0:
+        fg_train_forget_workers_from(nt)
     for l in range(L):
         S += sizes[l + 1]
     cdef floating *XB = ws + 4 * B * S
@@ -762,6 +765,7 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
 
 
 cdef int _workers_noted = 1  # the team size whose OpenMP workers fg_train_note_worker knows
+# (a data-parallel call notes its own team too; a smaller team forgets the rest)
 _free_seen = [-1.0, 0, False]  # when (time.monotonic) train_threads_free looked, for whom, what
 _FREE_MAX_AGE = 0.01
 
@@ -782,9 +786,10 @@ def train_threads_free(int nthreads) -> bool:
     if _free_seen[1] == nthreads and now - _free_seen[0] < _FREE_MAX_AGE:
         return _free_seen[2]
     free = (os.cpu_count() or 1) >= nthreads
-    if free and nthreads > _workers_noted:
+    if free and nthreads != _workers_noted:
         with nogil, parallel(num_threads=nthreads):
             fg_train_note_worker(fg_train_thread_id())
+        fg_train_forget_workers_from(nthreads)
         _workers_noted = nthreads
     free = free and fg_train_others_running() <= 0
     _free_seen[:] = [now, nthreads, free]

@@ -120,6 +120,11 @@ static int fg_train_others_running(void) { return -1; }
 static inline void fg_train_note_worker(int index) {
     if (index > 0 && index < FG_TRAIN_MAX_WORKERS) fg_train_workers[index] = fg_train_gettid();
 }
+/* Called by the team's first thread: threads past a team of `size` are no longer the
+ * pool's (libgomp ends a larger team's extra threads). */
+static inline void fg_train_forget_workers_from(int size) {
+    for (int i = size > 1 ? size : 1; i < FG_TRAIN_MAX_WORKERS; i++) fg_train_workers[i] = 0;
+}
 
 #define FG_TRAIN_DEFINE(T, SUF, SQRT)                                                        \
     /* sum of squares, in double */                                                          \
