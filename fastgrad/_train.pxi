@@ -7,14 +7,17 @@
 # activation), fg_loss_forward / fg_loss_backward, fg_backward_colsum (activation backward +
 # bias gradient), and the optimizer update on the flat parameter buffer; so both runners
 # train alike to the last bit but for the squared gradient norms (summed here in double,
-# there by BLAS's dot) and the clipping norm that follows from them.
+# there by BLAS's dot) and the clipping norm that follows from them. That holds for whole
+# batches (parts = 1); batches split into parts (data-parallel, on OpenMP threads) differ
+# only in the rounding of the parts' sums, the same on any number of threads.
 #
 # Layout (the trainer's, fastgrad.nn.Sequential): params and grads are flat; layer l of
 # sizes d_l -> d_{l+1} holds W_l (d_l, d_{l+1}) row-major, then b_l (d_{l+1},), layers one
 # after another. The workspace (one per model, made by the caller) holds per layer the
-# pre-activations z, outputs h, dL/dh and dL/dz of one batch (B x d_{l+1} each), then a
-# batch of gathered inputs (B x d_0) and targets (B x d_L), a scratch for a transposed W,
-# and B x (d_L + 2) doubles (softmax cross-entropy's exponentials, sums and logs).
+# pre-activations z, outputs h, dL/dh and dL/dz of one batch (B x d_{l+1} each; a part's
+# rows are a block of them), then a batch of gathered inputs (B x d_0) and targets
+# (B x d_L), B x (d_L + 4) doubles (softmax cross-entropy's exponentials, sums and logs),
+# per part a scratch for a transposed W, and per part but the first a gradient buffer.
 
 from libc.math cimport NAN, isfinite, isnan, pow
 from libc.string cimport memcpy

@@ -60,7 +60,7 @@ static inline void fg_train_barrier(void) {}
  * this process's running threads). A BLAS pool spins ~100 ms after a multi-threaded call
  * (OpenBLAS's THREAD_TIMEOUT): on 2 cores, a data-parallel epoch beside such a spinner ran
  * 1.5x slower than one thread, its barriers waiting out the scheduler's time slices. One
- * sample (~20 us): a short-lived kernel thread may make one call run on one thread, with
+ * sample (~60 us): a short-lived kernel thread may make one call run on one thread, with
  * the same result. -1 where /proc is not available. */
 #define FG_TRAIN_MAX_WORKERS 64
 static int fg_train_workers[FG_TRAIN_MAX_WORKERS];
@@ -218,7 +218,7 @@ static inline void fg_train_forget_workers_from(int size) {
             p[i] -= step_size * mi / (SQRT(vi) * inv_sqrt_bc2 + eps);                        \
         }                                                                                    \
     }                                                                                        \
-    /* g += h: a second thread's gradient into the first's */                              \
+    /* g += h: another part's gradient into the first's */                              \
     static FG_CLONES void fg_train_add##SUF(T *g, const T *h, ptrdiff_t n) {                 \
         for (ptrdiff_t i = 0; i < n; i++) g[i] += h[i];                                      \
     }                                                                                        \
