@@ -514,6 +514,28 @@ cdef void _train_worker(floating *P, floating *G, floating *SA, floating *SB,
         done[0] = kt
 
 
+cdef void _run_workers(floating *P, floating *G, floating *SA, floating *SB,
+                       Py_ssize_t n_params, const floating *X, const floating *T,
+                       Py_ssize_t n, const int64_t *orders, Py_ssize_t n_epochs,
+                       bint gather, const int64_t *sizes, int L, const int *kern,
+                       const double *act, const int *saved, int loss, int opt,
+                       const double *hp, bint nesterov, bint sk_decay, int B,
+                       floating *ws, int parts, double *batch_loss, double *grad_sq,
+                       int64_t *step, double *shared, Py_ssize_t *done,
+                       int nthreads) noexcept nogil:
+    """_train_worker on a team of nthreads OpenMP threads, or on the calling thread alone
+    (no parallel region) when nthreads is 1."""
+    if nthreads <= 1:
+        _train_worker(P, G, SA, SB, n_params, X, T, n, orders, n_epochs, gather, sizes, L,
+                      kern, act, saved, loss, opt, hp, nesterov, sk_decay, B, ws, parts,
+                      batch_loss, grad_sq, step, shared, done)
+        return
+    with parallel(num_threads=nthreads):
+        _train_worker(P, G, SA, SB, n_params, X, T, n, orders, n_epochs, gather, sizes, L,
+                      kern, act, saved, loss, opt, hp, nesterov, sk_decay, B, ws, parts,
+                      batch_loss, grad_sq, step, shared, done)
+
+
 cdef cnp.ndarray _vector(object obj, str name, str dtype, Py_ssize_t size):
     """obj as a C-contiguous 1-D array of `dtype` with `size` elements (-1: any)."""
     if not cnp.PyArray_Check(obj):
@@ -706,62 +728,30 @@ def train_epochs(params, grads, state_a, state_b, X, T, orders, sizes, kernels, 
     cdef int blas_threads = _blas_single_thread() if nthreads > 1 else 0
     if typenum == cnp.NPY_FLOAT32:
         with nogil:
-            if nthreads > 1:
-                with parallel(num_threads=nthreads):
-                    _train_worker(
-                        <float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
-                        <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(sb),
-                        n_params, <float *>cnp.PyArray_DATA(xa),
-                        <float *>cnp.PyArray_DATA(ta), n, <int64_t *>cnp.PyArray_DATA(oa),
-                        n_epochs, gather, <int64_t *>cnp.PyArray_DATA(sz), iL,
-                        <int *>cnp.PyArray_DATA(ka), <double *>cnp.PyArray_DATA(aa),
-                        <int *>cnp.PyArray_DATA(va), loss_id, opt,
-                        <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
-                        <float *>cnp.PyArray_DATA(wsa), slots,
-                        <double *>cnp.PyArray_DATA(bla), <double *>cnp.PyArray_DATA(gsa),
-                        <int64_t *>cnp.PyArray_DATA(sta), part, &done)
-            else:
-                _train_worker(
-                    <float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
-                    <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(sb),
-                    n_params, <float *>cnp.PyArray_DATA(xa),
-                    <float *>cnp.PyArray_DATA(ta), n, <int64_t *>cnp.PyArray_DATA(oa),
-                    n_epochs, gather, <int64_t *>cnp.PyArray_DATA(sz), iL,
-                    <int *>cnp.PyArray_DATA(ka), <double *>cnp.PyArray_DATA(aa),
-                    <int *>cnp.PyArray_DATA(va), loss_id, opt,
-                    <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
-                    <float *>cnp.PyArray_DATA(wsa), slots,
-                    <double *>cnp.PyArray_DATA(bla), <double *>cnp.PyArray_DATA(gsa),
-                    <int64_t *>cnp.PyArray_DATA(sta), part, &done)
+            _run_workers(
+                <float *>cnp.PyArray_DATA(pa), <float *>cnp.PyArray_DATA(ga),
+                <float *>cnp.PyArray_DATA(sa), <float *>cnp.PyArray_DATA(sb), n_params,
+                <float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ta), n,
+                <int64_t *>cnp.PyArray_DATA(oa), n_epochs, gather,
+                <int64_t *>cnp.PyArray_DATA(sz), iL, <int *>cnp.PyArray_DATA(ka),
+                <double *>cnp.PyArray_DATA(aa), <int *>cnp.PyArray_DATA(va), loss_id, opt,
+                <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
+                <float *>cnp.PyArray_DATA(wsa), slots, <double *>cnp.PyArray_DATA(bla),
+                <double *>cnp.PyArray_DATA(gsa), <int64_t *>cnp.PyArray_DATA(sta), part,
+                &done, nthreads)
     else:
         with nogil:
-            if nthreads > 1:
-                with parallel(num_threads=nthreads):
-                    _train_worker(
-                        <double *>cnp.PyArray_DATA(pa), <double *>cnp.PyArray_DATA(ga),
-                        <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(sb),
-                        n_params, <double *>cnp.PyArray_DATA(xa),
-                        <double *>cnp.PyArray_DATA(ta), n, <int64_t *>cnp.PyArray_DATA(oa),
-                        n_epochs, gather, <int64_t *>cnp.PyArray_DATA(sz), iL,
-                        <int *>cnp.PyArray_DATA(ka), <double *>cnp.PyArray_DATA(aa),
-                        <int *>cnp.PyArray_DATA(va), loss_id, opt,
-                        <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
-                        <double *>cnp.PyArray_DATA(wsa), slots,
-                        <double *>cnp.PyArray_DATA(bla), <double *>cnp.PyArray_DATA(gsa),
-                        <int64_t *>cnp.PyArray_DATA(sta), part, &done)
-            else:
-                _train_worker(
-                    <double *>cnp.PyArray_DATA(pa), <double *>cnp.PyArray_DATA(ga),
-                    <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(sb),
-                    n_params, <double *>cnp.PyArray_DATA(xa),
-                    <double *>cnp.PyArray_DATA(ta), n, <int64_t *>cnp.PyArray_DATA(oa),
-                    n_epochs, gather, <int64_t *>cnp.PyArray_DATA(sz), iL,
-                    <int *>cnp.PyArray_DATA(ka), <double *>cnp.PyArray_DATA(aa),
-                    <int *>cnp.PyArray_DATA(va), loss_id, opt,
-                    <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
-                    <double *>cnp.PyArray_DATA(wsa), slots,
-                    <double *>cnp.PyArray_DATA(bla), <double *>cnp.PyArray_DATA(gsa),
-                    <int64_t *>cnp.PyArray_DATA(sta), part, &done)
+            _run_workers(
+                <double *>cnp.PyArray_DATA(pa), <double *>cnp.PyArray_DATA(ga),
+                <double *>cnp.PyArray_DATA(sa), <double *>cnp.PyArray_DATA(sb), n_params,
+                <double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ta), n,
+                <int64_t *>cnp.PyArray_DATA(oa), n_epochs, gather,
+                <int64_t *>cnp.PyArray_DATA(sz), iL, <int *>cnp.PyArray_DATA(ka),
+                <double *>cnp.PyArray_DATA(aa), <int *>cnp.PyArray_DATA(va), loss_id, opt,
+                <double *>cnp.PyArray_DATA(ha), nest, skd, ib,
+                <double *>cnp.PyArray_DATA(wsa), slots, <double *>cnp.PyArray_DATA(bla),
+                <double *>cnp.PyArray_DATA(gsa), <int64_t *>cnp.PyArray_DATA(sta), part,
+                &done, nthreads)
     if blas_threads > 1:
         _set_blas_threads(blas_threads)
     return done
