@@ -84,6 +84,7 @@ cdef extern from "_kernels_simd.h" nogil:
                               Py_ssize_t rows, Py_ssize_t cols)
     void fg_loss_backward_f64(int k, const double *p, const double *t, double *out,
                               Py_ssize_t rows, Py_ssize_t cols)
+    double fg_loss_count_f64(int k, Py_ssize_t rows, Py_ssize_t cols)
     double fg_loss_total_f32(int k, const float *p, const float *t, Py_ssize_t rows,
                              Py_ssize_t cols)
     double fg_loss_total_f64(int k, const double *p, const double *t, Py_ssize_t rows,

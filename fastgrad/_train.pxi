@@ -435,7 +435,7 @@ cdef void _train_worker(floating *P, floating *G, floating *SA, floating *SB,
     _SH_NORMS + L doubles."""
     cdef int tid = fg_train_thread_id(), nt = fg_train_team_size()
     cdef int d0 = <int>sizes[0], K = <int>sizes[L], r, rt, p
-    cdef Py_ssize_t S = 0, l, i, e, k, start, row, lo, hi, count, kt = 0
+    cdef Py_ssize_t S = 0, l, i, e, k, start, row, lo, hi, kt = 0
     fg_train_note_worker(tid)
     if tid == 0:
         fg_train_forget_workers_from(nt)
@@ -493,9 +493,9 @@ cdef void _train_worker(floating *P, floating *G, floating *SA, floating *SB,
             total = shared[_SH_LOSS]
             for p in range(1, parts):
                 total += shared[p * width + _SH_LOSS]
-            count = r if fg_loss_rowwise[loss] else <Py_ssize_t>r * K
             pen = _batch_decide(G, n_params, L, parts, tid, hp, sk_decay, r,
-                                total / <double>count, shared, batch_loss, grad_sq, kt)
+                                total / fg_loss_count_f64(loss, r, K), shared, batch_loss,
+                                grad_sq, kt)
             if isnan(pen):
                 if tid == 0:
                     done[0] = kt
