@@ -37,8 +37,9 @@ MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf", "npdf")
 
 # Functions here that other formulas call: compiled alongside them by `compile_scalar`
 # (unless `math_functions` binds the name: a target may give its own, as the numba CPU
-# backend does for exp_neg_abs, ncdf, npdf, softplus_tail and x_ncdf).
-HELPERS = ("exp_neg_abs", "sigmoid_value", "ncdf", "npdf", "softplus_tail", "x_ncdf")
+# backend does for exp_neg_abs, ncdf, npdf, softplus_tail, x_ncdf and x_ncdf_slope).
+HELPERS = ("exp_neg_abs", "sigmoid_value", "ncdf", "npdf", "softplus_tail", "x_ncdf",
+           "x_ncdf_slope")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -135,6 +136,20 @@ def x_ncdf(x):
     if phi == 0.0:
         return 0.0
     return x * phi
+
+
+def x_ncdf_slope(x):
+    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's); 0 where Phi rounds to 0,
+    Phi where phi does (x * phi would be inf * 0 at x = inf). Its terms cancel near its
+    root x ~ -0.7518: the numba CPU backend binds a float32 form accurate there (a
+    polynomial in x - root), as the cython backend's fg_x_ncdf_slope_s is."""
+    phi = ncdf(x)
+    if phi == 0.0:
+        return 0.0
+    pdf = npdf(x)
+    if pdf == 0.0:
+        return phi
+    return phi + x * pdf
 
 
 def softplus_tail(x):
@@ -257,13 +272,7 @@ def gelu_forward(x, a, b):
 
 def gelu_backward(x, g, a, b):
     if a == 0.0:
-        phi = ncdf(x)
-        if phi == 0.0:
-            return 0.0 * g
-        pdf = npdf(x)
-        if pdf == 0.0:  # |x| so large that x * pdf is 0 in the limit (inf * 0 otherwise)
-            return g * phi
-        return g * (phi + x * pdf)
+        return g * x_ncdf_slope(x)
     v = 2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
     # s = sigmoid(v) as sigmoid_value computes it, and s (1 - s) = z / (1 + z)^2 on both
     # sides: 1 - s cancels where s ~ 1

@@ -26,9 +26,10 @@ from fastgrad.backends import numba_cpu, numba_math
 from fastgrad.scalar_math import compile_scalar
 
 NAMES = ("exp", "expm1", "log1p", "tanh", "exp_neg_abs")
-# erfc, ncdf and x_ncdf: vectorized in float32 only (float64 calls libm's); npdf and softplus_tail
-# have their own forms in float32 only (float64 composes exp and log1p): float32 tests only.
-F32_NAMES = (*NAMES, "erfc", "ncdf", "npdf", "softplus_tail", "x_ncdf")
+# erfc, ncdf, x_ncdf and x_ncdf_slope: vectorized in float32 only (float64 calls libm's); npdf
+# and softplus_tail have their own forms in float32 only (float64 composes exp and log1p):
+# float32 tests only.
+F32_NAMES = (*NAMES, "erfc", "ncdf", "npdf", "softplus_tail", "x_ncdf", "x_ncdf_slope")
 F32_MAX = float(np.finfo(np.float32).max)
 
 # Sweep ranges (float32): past where each result saturates (exp: overflow and underflow to
@@ -37,16 +38,19 @@ F32_RANGE = {"exp": (-104.5, 89.0), "expm1": (-104.5, 89.0), "log1p": (-1.0, F32
              "exp_neg_abs": (-105.0, 105.0),
              "tanh": (-20.0, 20.0), "erfc": (-10.5, 10.5),
              "ncdf": (-14.75, 14.75), "npdf": (-14.75, 14.75), "x_ncdf": (-14.75, 14.75),
-             "softplus_tail": (-110.0, 110.0)}
+             "x_ncdf_slope": (-14.75, 14.75), "softplus_tail": (-110.0, 110.0)}
 # Allowed max error in ulps: what the implementations reach (see the report printed by
 # -s) plus a little margin, far below the tests' tolerance of the activations.
 MAX_ULP = {np.float32: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5, "erfc": 5.0,
                         "ncdf": 4.0, "npdf": 2.0, "softplus_tail": 2.5, "exp_neg_abs": 1.5,
-                        "x_ncdf": 4.0},
+                        "x_ncdf": 4.0, "x_ncdf_slope": 4.5},
            np.float64: {"exp": 1.5, "expm1": 2.5, "log1p": 2.0, "tanh": 2.5,
                         "exp_neg_abs": 1.5}}
 # The float64 references of the functions numpy lacks (np.<name> for the others).
 F64_REF = {"erfc": special.erfc, "ncdf": special.ndtr, "x_ncdf": lambda v: v * special.ndtr(v),
+           # near its root the float64 terms' rounding is < 0.2 ulp of the float32 result
+           "x_ncdf_slope": lambda v: special.ndtr(v) + v * np.exp(-0.5 * v * v) / math.sqrt(
+               2 * math.pi),
            "npdf": lambda v: np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi),
            "softplus_tail": lambda v: np.log1p(np.exp(-np.abs(v))),
            "exp_neg_abs": lambda v: np.exp(-np.abs(v))}
@@ -190,6 +194,8 @@ EDGES = {
              (-0.0, 1 / math.sqrt(2 * math.pi)), (40.0, 0.0), (-40.0, 0.0)],
     "x_ncdf": [(NAN, NAN), (INF, INF), (-INF, -0.0), (0.0, 0.0), (-0.0, -0.0), (40.0, 40.0),
                (-40.0, -0.0), (1e-30, 5e-31), (-1e-30, -5e-31)],
+    "x_ncdf_slope": [(NAN, NAN), (INF, 1.0), (-INF, 0.0), (0.0, 0.5), (-0.0, 0.5), (40.0, 1.0),
+                     (-40.0, 0.0), (1e-30, 0.5), (-1e-30, 0.5)],
     "softplus_tail": [(NAN, NAN), (INF, 0.0), (-INF, 0.0), (1000.0, 0.0), (-1000.0, 0.0),
                       (1e-30, math.log(2.0)), (-1e-30, math.log(2.0))],
 }

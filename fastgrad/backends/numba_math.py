@@ -25,7 +25,9 @@ result being at most 1. ncdf and npdf (the normal CDF and density, for gelu) and
 softplus_tail (log1p(exp(-|x|)), for softplus) are specialised in float32 (max 3.6, 1.5
 and 1.9 ulp over all float32, allowed 4, 2 and 2.5; see their comments); in float64 they
 compose libm's erfc, exp and log1p. x_ncdf (x Phi(x), gelu's forward) shares ncdf's
-arithmetic in float32 (max 3.9 ulp over all float32, allowed 4; see x_ncdf_impl).
+arithmetic in float32 (max 3.9 ulp over all float32, allowed 4; see x_ncdf_impl), and so
+does x_ncdf_slope (Phi(x) + x phi(x), gelu's derivative), with a polynomial near its root
+where the terms cancel (max 4.02 ulp, allowed 4.5; see x_ncdf_slope_impl).
 
 erfc is vectorized in float32 only (max 4.4 ulp, allowed 5): exp(-x^2) with x^2 split
 into an exact head and a small tail, times a polynomial fit of erfcx in 1/(1 + |x|/2),
@@ -247,6 +249,16 @@ _CONSTANTS = {
                    0.49761509895324707, 0.7978845834732056),
         "NCDF_Q": (0.0024204000364989042, 0.02919076383113861, 0.16806510090827942,
                    0.5597984790802002, 1.0790976285934448, 1.0),
+        # x_ncdf_slope near its root X0 = X0_HI + X0_LO (-0.75179152469356446, to 4e-16):
+        # Phi(x) + x phi(x) = d SLOPE_C(d), d = x - X0, |d| < SLOPE_W, a polynomial fit
+        # of degree 9 for error relative to the slope (docs/numba_math.md fits it again),
+        # 1.2e-8 with its float32 coefficients (Horner's order).
+        "SLOPE_X0_HI": -0.7517915368080139, "SLOPE_X0_LO": 1.2114450302102823e-08,
+        "SLOPE_W": 0.55,
+        "SLOPE_C": (0.00023329096438828856, -0.0006042508757673204, -0.0022691653575748205,
+                    0.00447601405903697, 0.019426891580224037, -0.014760997146368027,
+                    -0.11400847136974335, -0.018200265243649483, 0.38828498125076294,
+                    0.43149399757385254),
     },
     np.float64: {
         "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
@@ -503,6 +515,40 @@ def x_ncdf_impl(x):
     return x - aq if x >= 0 else -aq  # +-0.0 keep their signs; NaN gives NaN
 
 
+def x_ncdf_slope_impl(x):
+    # d/dx x Phi(x) = Phi(x) + x phi(x), gelu's derivative. Its two terms cancel near its
+    # root X0 ~ -0.7518, where each one's rounding (~1 ulp of 0.23) is amplified by
+    # 0.23 / |slope|: 5e6 ulp off at the float32 next to X0, over 4 ulp for x in
+    # (-1.3, -0.25). There it is d SLOPE_C(d), d = x - X0: x - X0_HI is exact (Sterbenz,
+    # x within a factor 2 of X0_HI) or off by under 1 ulp of d, so d is accurate relative
+    # to itself and so is the slope. Elsewhere, from ncdf's and npdf's arithmetic: for
+    # x < 0, Phi(-a) - a phi(a) from the terms scaled by 2^64, then scaled back once (in the
+    # left tail the result is subnormal, and a phi(a) from a subnormal phi was 100 ulp off
+    # at x = -14.2), and 0 past NCDF_HI (+-inf included); above, 1 - q + x phi, or 1 - q
+    # where phi rounds to 0 (x phi would be inf * 0 at x = inf).
+    a, t = _ncdf_left(x)  # noqa: F821  (t = Phi(-a) 2^64)
+    a, e, s = _exp_half_square(x)  # noqa: F821  (its exp again: LLVM merges the two)
+    p = (NCDF_C + NCDF_C * e) * s  # noqa: F821  (phi(a) 2^64)
+    left = (t - a * p) * SCALE  # noqa: F821
+    left = 0.0 if a >= NCDF_HI else left  # noqa: F821
+    phi = 1.0 - t * SCALE  # noqa: F821
+    pdf = p * SCALE  # noqa: F821
+    right = phi if pdf == 0.0 else phi + x * pdf
+    slope = left if x < 0 else right  # NaN: right, NaN
+    d = (x - SLOPE_X0_HI) - SLOPE_X0_LO  # noqa: F821
+    near = d * _horner(d, SLOPE_C)  # noqa: F821
+    return near if abs(d) < SLOPE_W else slope  # noqa: F821
+
+
+def x_ncdf_slope_f64(x):
+    # The same terms in float64, whose rounding near the root costs ~1e-9 relative to the
+    # slope of a float32 input (and as much as the reference's for float64 inputs).
+    phi = 0.5 * math.erfc(-x * INV_SQRT2)  # noqa: F821
+    pdf = INV_SQRT2PI * exp(-0.5 * x * x)  # noqa: F821
+    slope = phi if pdf == 0.0 else phi + x * pdf
+    return 0.0 if phi == 0.0 else slope
+
+
 def x_ncdf_f64(x):
     # x Phi(x), branch-free: Phi rounds to 0 only for x < -38, where x Phi = -0.0, the
     # limit from below, as in float32; max(x, -1e308) keeps x = -inf from giving inf * 0
@@ -581,6 +627,15 @@ def npdf(x):
     return INV_SQRT2PI * math.exp(-0.5 * x * x)
 
 
+def x_ncdf_slope(x):
+    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's; vectorizable in float32 and
+    accurate relative to itself near its root x ~ -0.7518, where the terms cancel)."""
+    phi = 0.5 * math.erfc(-x * INV_SQRT2)
+    if phi == 0.0:
+        return 0.0
+    return phi + x * INV_SQRT2PI * math.exp(-0.5 * x * x)
+
+
 def softplus_tail(x):
     """log1p(exp(-|x|)), softplus(x) - max(x, 0) (vectorizable, shorter in float32)."""
     return math.log1p(math.exp(-abs(x)))
@@ -610,7 +665,8 @@ _IMPLS = {exp: exp_impl, expm1: expm1_impl, log1p: log1p_impl, tanh: tanh_impl,
           ncdf: {np.float32: ncdf_impl, np.float64: ncdf_libm},
           npdf: {np.float32: npdf_impl, np.float64: npdf_f64},
           softplus_tail: {np.float32: softplus_tail_impl, np.float64: softplus_tail_f64},
-          x_ncdf: {np.float32: x_ncdf_impl, np.float64: x_ncdf_f64}}
+          x_ncdf: {np.float32: x_ncdf_impl, np.float64: x_ncdf_f64},
+          x_ncdf_slope: {np.float32: x_ncdf_slope_impl, np.float64: x_ncdf_slope_f64}}
 
 
 def _build(dtype) -> dict:
@@ -626,7 +682,7 @@ def _build(dtype) -> dict:
 _BY_TYPE = {types.float32: _build(np.float32), types.float64: _build(np.float64)}
 
 
-_INLINE = (erfc, ncdf, npdf, softplus_tail, exp_neg_abs, x_ncdf)
+_INLINE = (erfc, ncdf, npdf, softplus_tail, exp_neg_abs, x_ncdf, x_ncdf_slope)
 
 
 def _register(stub: pytypes.FunctionType) -> None:
@@ -641,5 +697,5 @@ for _stub in _IMPLS:
 
 VECTOR_MATH = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "erfc": erfc,
                "exp_neg_abs": exp_neg_abs, "ncdf": ncdf, "npdf": npdf,
-               "softplus_tail": softplus_tail, "x_ncdf": x_ncdf}
+               "softplus_tail": softplus_tail, "x_ncdf": x_ncdf, "x_ncdf_slope": x_ncdf_slope}
 """The bindings for `compile_scalar(..., math_functions=VECTOR_MATH)`."""
