@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -371,13 +372,24 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count = 0
             return False
 
+        def quiet_epochs(epoch: int) -> float:
+            """Epochs from `epoch` on in which end_epoch cannot act (fit may run them as
+            one block): it stops (or cuts adaptive's rate) only when the no-improvement
+            count passes n_iter_no_change, at least n_iter_no_change - count + 1 epochs
+            away; under early stopping it scores the current weights every epoch, under
+            invscaling it sets the rate every epoch."""
+            if early or (self.solver == "sgd" and self.learning_rate == "invscaling"):
+                return 0
+            return self.n_iter_no_change - self._no_improvement_count
+
+        callback = SimpleNamespace(on_epoch_end=end_epoch, quiet_epochs=quiet_epochs)
         max_iter = 1 if incremental else params["max_iter"]
         self.n_iter_ = 0
         try:
             self._model.fit(
                 X_train, T_train, epochs=max_iter, batch_size=batch_size,
                 optimizer=self._optimizer, shuffle=shuffle if self.shuffle else False,
-                verbose=0, health=False, callbacks=[end_epoch],
+                verbose=0, health=False, callbacks=[callback],
                 classes=np.arange(len(self.classes_)) if is_classifier(self) else None)
         except NonFiniteError as err:
             raise ValueError(f"Solver produced non-finite values ({err}). The input "

@@ -550,10 +550,15 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     validation_split: fraction of (X, y) held out at random (seeded by the model), or
     validation_data=(X_val, y_val). early_stopping: an EarlyStopping, a patience (int) or
     its keywords (dict). callbacks: callables cb(epoch, logs) or objects with
-    on_epoch_end(epoch, logs); returning True stops training. shuffle: True reshuffles the
-    training rows every epoch from the model's seed; a callable shuffle(epoch) returns
-    that epoch's row order (a permutation of range(n_train): a caller's own random stream,
-    as scikit-learn's estimators draw theirs). clip_norm / clip_value:
+    on_epoch_end(epoch, logs); returning True stops training. A callback object may also
+    have quiet_epochs(epoch) -> k: a promise that for the k epochs from `epoch` on it will
+    not stop training, change the optimizer or read the model, so that fit may run them
+    in one block and call it afterwards, once per epoch in order (see docs/training.md).
+    shuffle: True reshuffles the training rows every epoch from the model's seed; a
+    callable shuffle(epoch) returns that epoch's row order (a permutation of
+    range(n_train): a caller's own random stream, as scikit-learn's estimators draw
+    theirs; called once per epoch, in order, possibly a block's epochs ahead of
+    training them). clip_norm / clip_value:
     gradient clipping. health: GradientHealth settings (True: defaults; False: no
     diagnostics, and no end-of-epoch pass over the training rows: "dead_relu",
     "saturated" and the training metric ("accuracy" / "r2") are then not logged, unless
@@ -633,35 +638,57 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
     # threadpoolctl applies its limits when the limiter is made: make it right here
     threads = blas_thread_limit(layers, batch_size, busy)
     # After the first epoch (which picks the runner), a runner with a block form runs the
-    # rest in blocks of epochs, one call each, when nothing reads or acts between epochs:
-    # the same training, batches and history (tested), without the per-epoch Python.
-    blockable = (not callbacks and stopper is None and not diagnose and Xv is None
-                 and schedule is None and bar is None and verbose == 0 and monitor is None
-                 and not callable(shuffle) and X.flags.c_contiguous and T.flags.c_contiguous)
+    # rest in blocks of epochs, one call each, when nothing reads or acts between epochs
+    # (callbacks only where they promise quiet epochs): the same training, batches and
+    # history (tested), without the per-epoch Python.
+    blockable = (stopper is None and not diagnose and Xv is None and schedule is None
+                 and bar is None and verbose == 0 and monitor is None
+                 and X.flags.c_contiguous and T.flags.c_contiguous)
     blocks = False
     ordered = False  # whether the runner gathers each epoch's rows itself (its block form)
+    drawn: dict[int, np.ndarray] = {}  # row orders of a block put back, to replay
+
+    def order_of(epoch: int) -> np.ndarray | None:
+        """Epoch `epoch`'s row order, each drawn once, in epoch order (None: unshuffled)."""
+        if epoch in drawn:
+            return drawn.pop(epoch)
+        if not shuffle:
+            return None
+        if not callable(shuffle):
+            return model._rng.permutation(n)
+        perm = np.array(shuffle(epoch))  # a copy: drawn ahead, it must not change
+        if perm.shape != (n,):
+            raise ValueError(f"shuffle(epoch) must return a permutation of range({n}), "
+                             f"got an array of shape {perm.shape}")
+        return perm
+
     threads.__enter__()
     try:
         epoch = 0
         while epoch < epochs:
-            if blocks:
-                done = _fit_block(model, runner, history, layers, X, T, batch_size, opt,
-                                  clip_norm, clip_value, cache, bool(shuffle), epoch,
-                                  epochs - epoch)
-                if done:
-                    epoch += done
+            count = (min(_block_length(callbacks, epoch, epochs - epoch),
+                         _block_cap(n, batch_size, n_layers)) if blocks else 0)
+            if count:
+                orders = [order_of(epoch + i) for i in range(count)]
+                block_logs = _fit_block(model, runner, layers, X, T, batch_size, opt,
+                                        clip_norm, clip_value, cache, orders)
+                if block_logs is None:  # a non-finite batch: replay epoch by epoch
+                    blocks = False
+                    drawn.update(zip(range(epoch, epoch + count), orders))
                     continue
-                blocks = False  # a non-finite batch: replay the block epoch by epoch
+                stop = False
+                for logs in block_logs:
+                    history.append(epoch, logs)
+                    stop = _end_of_epoch(callbacks, epoch, logs)
+                    epoch += 1
+                    if stop:
+                        break
+                if stop:
+                    history.stopped_early = True
+                    break
+                continue
             epoch_lr = opt.lr if schedule is None else float(schedule(epoch, opt.lr))
-            perm = None
-            if shuffle:
-                if callable(shuffle):
-                    perm = np.asarray(shuffle(epoch))
-                    if perm.shape != (n,):
-                        raise ValueError(f"shuffle(epoch) must return a permutation of "
-                                         f"range({n}), got an array of shape {perm.shape}")
-                else:
-                    perm = model._rng.permutation(n)
+            perm = order_of(epoch)
             plan = None
             if perm is not None and ordered:
                 # the runner's block form, one epoch: it gathers the rows in the epoch's
@@ -743,10 +770,8 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                 else:
                     wait += 1
                     stop = wait >= stopper.patience
-            for cb in callbacks:
-                hook = getattr(cb, "on_epoch_end", cb)
-                if hook(epoch, logs):
-                    stop = True
+            if _end_of_epoch(callbacks, epoch, logs):
+                stop = True
             if stop:
                 history.stopped_early = True
                 break
@@ -776,40 +801,58 @@ def _epoch_summaries(batch_loss: np.ndarray, grad_sq: np.ndarray, batch_size: in
     return losses, norms
 
 
+def _end_of_epoch(callbacks: Sequence, epoch: int, logs: dict[str, Any]) -> bool:
+    """Every callback, in order, on epoch `epoch`'s logs; True when one asks to stop."""
+    stop = False
+    for cb in callbacks:
+        if getattr(cb, "on_epoch_end", cb)(epoch, logs):
+            stop = True
+    return stop
+
+
 # Largest block of epochs fit runs in one call: its row orders (E x n int64) and batch
 # records stay below ~8 MiB, and a block of a small net lasts well under a second.
 _BLOCK_ELEMENTS = 1 << 20
 
 
-def _fit_block(model: Sequential, runner: Any, history: History, layers: list[tuple],
-               X: np.ndarray, T: np.ndarray, batch_size: int, opt: Optimizer,
-               clip_norm: float | None, clip_value: float | None, cache: dict,
-               shuffle: bool, epoch: int, remaining: int) -> int:
-    """Epochs epoch, epoch+1, ... of fit in one call of the runner's block form, their
-    history logged as fit logs them; returns how many ran, or 0 when one met a non-finite
-    batch (the runner put the weights and optimizer state back, and the model's random
-    stream is put back here, so fit replays them epoch by epoch and reports the failure)."""
+def _block_cap(n: int, batch_size: int, n_layers: int) -> int:
+    """The most epochs of n rows one block may hold (_BLOCK_ELEMENTS)."""
+    return max(1, _BLOCK_ELEMENTS // max(n, -(-n // batch_size) * n_layers))
+
+
+def _block_length(callbacks: Sequence, epoch: int, remaining: int) -> int:
+    """How many epochs from `epoch` on fit may run as one block: the remaining ones, as
+    long as every callback promises them quiet (its quiet_epochs(epoch); a callback
+    without one promises none)."""
+    for cb in callbacks:
+        quiet = getattr(cb, "quiet_epochs", None)
+        remaining = min(remaining, quiet(epoch) if quiet is not None else 0)  # may be inf
+    return max(int(remaining), 0)
+
+
+def _fit_block(model: Sequential, runner: Any, layers: list[tuple], X: np.ndarray,
+               T: np.ndarray, batch_size: int, opt: Optimizer, clip_norm: float | None,
+               clip_value: float | None, cache: dict,
+               orders: list[np.ndarray | None]) -> list[dict[str, Any]] | None:
+    """len(orders) epochs of fit, rows in the given orders (None: unshuffled), in one call
+    of the runner's block form; their logs as fit logs them, or None when one met a
+    non-finite batch (the runner put the weights and optimizer state back: fit replays
+    them epoch by epoch, in the same orders, and reports the failure)."""
     n = len(X)
     nb = -(-n // batch_size)
-    count = max(1, min(remaining, _BLOCK_ELEMENTS // (max(n, nb * len(layers)))))
-    rng_state = model._rng.bit_generator.state if shuffle else None
-    # the very permutations the epoch-by-epoch loop draws, in its order
-    orders = (np.stack([model._rng.permutation(n) for _ in range(count)]) if shuffle
-              else np.zeros((count, 0), np.int64))
+    count = len(orders)
+    block = (np.stack(orders).astype(np.int64, copy=False) if orders[0] is not None
+             else np.zeros((count, 0), np.int64))
     plan = EpochPlan(layers, model.params, model.grads, model.layer_slices, X, T, batch_size,
                      model.loss_spec, opt, opt.lr, clip_norm, clip_value, model.backend,
                      cache=cache)
     plan.batch_loss = np.zeros(count * nb)
     plan.grad_sq = np.zeros((count * nb, len(layers)))
-    if runner.train_epochs(plan, orders) < count:
-        if rng_state is not None:
-            model._rng.bit_generator.state = rng_state
-        return 0
+    if runner.train_epochs(plan, block) < count:
+        return None
     losses, norms = _epoch_summaries(plan.batch_loss, plan.grad_sq, batch_size, n)
-    for i in range(count):
-        history.append(epoch + i, {"loss": float(losses[i]), "lr": opt.lr,
-                                   "grad_norm": norms[i].tolist()})
-    return count
+    return [{"loss": float(losses[i]), "lr": opt.lr, "grad_norm": norms[i].tolist()}
+            for i in range(count)]
 
 
 def _early_stopping(spec, has_validation: bool) -> EarlyStopping | None:

@@ -894,12 +894,83 @@ def test_fit_uses_blocks_only_when_nothing_runs_between_epochs(rng, monkeypatch,
     assert calls == [2]
     for extra in ({"health": True}, {"callbacks": [lambda e, logs: None]},
                   {"validation_split": 0.25}, {"early_stopping": 5},
-                  {"lr_schedule": lambda epoch, lr: lr},
-                  {"shuffle": lambda epoch: np.arange(len(X))}):
+                  {"lr_schedule": lambda epoch, lr: lr}):
         calls.clear()
         run(X, y, d_out, output, "float64", True, **{**quiet, **extra})
         # (shuffled epochs run as blocks of one: the runner gathers the rows itself)
         assert all(count == 1 for count in calls), (extra, calls)
+    calls.clear()  # a caller's own row orders: drawn a block ahead
+    run(X, y, d_out, output, "float64", True, **quiet, shuffle=lambda e: np.arange(len(X)))
+    assert calls == [2]
+
+
+class QuietFor:
+    """A callback promising `quiet` epochs at a time (a plain function promises none),
+    recording what it is called with."""
+
+    def __init__(self, quiet):
+        self.quiet, self.seen, self.asked = quiet, [], []
+
+    def quiet_epochs(self, epoch):
+        self.asked.append(epoch)
+        return self.quiet
+
+    def on_epoch_end(self, epoch, logs):
+        self.seen.append((epoch, logs))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("quiet", [0, 2, 4, np.inf])
+def test_callbacks_promising_quiet_epochs_get_blocks_of_them(rng, monkeypatch, quiet,
+                                                             backend):
+    """fit runs as many epochs in one block as every callback promises quiet, then calls
+    each callback once per epoch, in order, with the logs epoch-by-epoch training gives;
+    the row orders of a callable shuffle are drawn in epoch order; the training is the
+    same bit for bit."""
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    calls = _count_block_calls(monkeypatch, 8, len(X), backend)
+    runs = []
+    for cb in (QuietFor(quiet), lambda epoch, logs: None):
+        orders, drawn = np.random.default_rng(5), []
+
+        def shuffle(epoch):
+            drawn.append(epoch)
+            return orders.permutation(len(X))
+
+        calls.clear()
+        recorder = QuietFor(np.inf)  # never limits the block, records the calls
+        model, history, _ = run(X, y, d_out, output, "float32", True, epochs=9,
+                                batch_size=8, health=False, shuffle=shuffle,
+                                callbacks=[cb, recorder], backend=backend)
+        runs.append((model.params.copy(), history.history, recorder.seen, list(calls)))
+        assert drawn == list(range(9))
+    (pa, ha, seen_a, calls_a), (pb, hb, seen_b, calls_b) = runs
+    np.testing.assert_array_equal(pa, pb)
+    assert ha == hb and seen_a == seen_b
+    assert [e for e, _ in seen_a] == list(range(9))
+    # after the runner-picking first epoch: blocks as long as promised (and 8 at most)
+    want = {0: [1] * 8, 2: [2, 2, 2, 2], 4: [4, 4], np.inf: [8]}[quiet]
+    assert calls_a == want and calls_b == [1] * 8
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_a_callback_stopping_inside_a_block_stops_fit_there(rng, monkeypatch, backend):
+    """A broken promise (stopping inside its quiet epochs): fit stops logging and calling
+    back at that epoch; the block's later epochs have trained."""
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    _count_block_calls(monkeypatch, 8, len(X), backend)
+
+    class StopAt3(QuietFor):
+        def on_epoch_end(self, epoch, logs):
+            super().on_epoch_end(epoch, logs)
+            return epoch == 3
+
+    cb = StopAt3(np.inf)
+    _, history, opt = run(X, y, d_out, output, "float64", True, epochs=9, batch_size=8,
+                          health=False, callbacks=[cb], backend=backend)
+    assert history.epoch == [0, 1, 2, 3] and history.stopped_early
+    assert [e for e, _ in cb.seen] == [0, 1, 2, 3]
+    assert opt.steps == 9 * 5  # the block of epochs 1-8 ran whole
 
 
 _HOSTILE_BLOCKS = r"""

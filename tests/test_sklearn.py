@@ -143,6 +143,41 @@ def test_one_fit_call_per_fit(iris, monkeypatch):
     assert calls == [3, 1] and binary._model.history_.runner == "fused"
 
 
+@pytest.mark.parametrize("extra, blocks", [
+    ({}, True),  # adam, all 30 epochs
+    ({"tol": 1e9, "n_iter_no_change": 3}, True),  # improves only on the first: stops at 5
+    ({"solver": "sgd", "learning_rate": "adaptive", "tol": 1e-2, "n_iter_no_change": 2},
+     True),  # the rate cut by 5 between blocks
+    ({"solver": "sgd", "learning_rate": "invscaling"}, False),  # a new rate every epoch
+    ({"early_stopping": True}, False),  # scores the weights every epoch
+])
+def test_quiet_epochs_run_in_blocks_exactly_as_epoch_by_epoch(iris, monkeypatch, extra, blocks):
+    """Between the epochs where scikit-learn's end-of-iteration logic can act, fit runs
+    the epochs in blocks (one compiled call each): the same model, loss curve, iteration
+    count and stopping, bit for bit, as epoch by epoch."""
+    import fastgrad.train
+    X, y = iris
+    longest = []
+    real = fastgrad.train._fit_block
+    monkeypatch.setattr(fastgrad.train, "_fit_block", lambda *a: (
+        longest.append(len(a[-1])) or real(*a)))
+    fits = []
+    for blocked in (True, False):
+        if not blocked:  # no callback promises anything: epoch by epoch
+            monkeypatch.setattr(fastgrad.train, "_block_length", lambda *a: 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(MLPClassifier(hidden_layer_sizes=(12,), max_iter=30, random_state=0,
+                                      batch_size=32, **extra).fit(X, y))
+    a, b = fits
+    assert (max(longest, default=0) > 1) == blocks
+    assert a.n_iter_ == b.n_iter_ and a.loss_curve_ == b.loss_curve_
+    for wa, wb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(wa, wb)
+    if "n_iter_no_change" in extra and "solver" not in extra:
+        assert a.n_iter_ == 5
+
+
 # --- acceptance on scikit-learn's bundled datasets --------------------------------------
 
 @pytest.mark.parametrize("loader, floor, seeds", [
