@@ -933,7 +933,7 @@ def test_callbacks_promising_quiet_epochs_get_blocks_of_them(rng, monkeypatch, q
     for cb in (QuietFor(quiet), lambda epoch, logs: None):
         orders, drawn = np.random.default_rng(5), []
 
-        def shuffle(epoch):
+        def shuffle(epoch, orders=orders, drawn=drawn):
             drawn.append(epoch)
             return orders.permutation(len(X))
 
