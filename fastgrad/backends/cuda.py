@@ -40,7 +40,7 @@ with warnings.catch_warnings():  # importing must stay silent (backend_info() im
     from numba import float32 as nb_float32
     from numba import float64 as nb_float64
 
-from .. import update_math
+from .. import scalar_math, update_math
 from ..activations import ACTIVATIONS, ActivationSpec
 from ..scalar_math import compile_scalar
 
@@ -108,6 +108,22 @@ def _cached(key: tuple, build):
     return k
 
 
+def _wide_math():
+    """The formulas' functions the device computes in float64 whatever the input's type:
+    gelu's derivative Phi(x) + x phi(x), whose two terms (~0.23) cancel near its root
+    x ~ -0.7518, far beyond a float32 result's ulp when summed in float32 (the simulator
+    computes a float32 input's arithmetic in float32)."""
+    def build():
+        jit = cuda.jit(device=True)
+        slope = compile_scalar(scalar_math.x_ncdf_slope, jit)
+
+        def x_ncdf_slope(x):
+            return slope(nb_float64(x))
+
+        return {"x_ncdf_slope": jit(x_ncdf_slope)}
+    return _cached(("wide math",), build)
+
+
 def _device_formulas(name: str):
     """(forward, backward) device functions of an elementwise activation, compiled from
     its scalar formulas."""
@@ -115,7 +131,7 @@ def _device_formulas(name: str):
         spec = ACTIVATIONS[name]
         jit = cuda.jit(device=True)
         return (compile_scalar(spec.scalar_forward, jit),
-                compile_scalar(spec.scalar_backward, jit))
+                compile_scalar(spec.scalar_backward, jit, _wide_math()))
     return _cached(("formulas", name), build)
 
 
