@@ -65,7 +65,8 @@ static inline T FG(swish_one_b)(T x, T g, T a, T b) {
     return FG_SWISH1_BWD(x, g);
 }
 
-/* exact gelu: in float for float (fg_ncdf_s), in double for double */
+/* exact gelu: in float for float (fg_gelu_exact_fwd_s, fg_x_ncdf_slope_s), in double for
+ * double */
 static inline T FG(gelu_exact_f)(T x, T a, T b) { (void)a; (void)b; return (T)FG_GELU_EXACT_FWD(x); }
 static inline T FG(gelu_exact_b)(T x, T g, T a, T b) {
     (void)a; (void)b;

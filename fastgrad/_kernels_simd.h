@@ -193,7 +193,7 @@ static const int fg_loss_rowwise[FG_NUM_LOSSES] = {0, 0, 1};
 #define FG_SELU_SCALE 1.0507009873554805
 
 /* swish and gelu's tanh form are computed in double for float32 too (exact gelu: see
- * fg_ncdf_s): in float the rounding of the
+ * fg_ncdf_left_s): in float the rounding of the
  * sigmoid/erfc argument is amplified ~|x| (swish) to ~x^2 (gelu) times in the left tail
  * (hundreds of ulp at x = -10), swish's product x s underflows through subnormal s, and
  * its derivative s (1 + beta x (1 - s)) cancels near x = -1.28; in double the float32
@@ -230,7 +230,7 @@ static inline double fg_gelu_exact_bwd_d(double x, double g) {
     double r = pdf == 0.0 ? g * phi : g * (phi + x * pdf);
     return phi == 0.0 ? 0.0 * g : r;
 }
-/* float32 exact gelu: in float (16 lanes), through Phi = fg_ncdf_s, the float arithmetic of
+/* float32 exact gelu: in float (16 lanes), through Phi = fg_ncdf_left_s, the arithmetic of
  * fastgrad/backends/numba_math.py's ncdf_impl with its constants (the multiply-adds
  * FG_FMAF, fused where the CPU has FMA, see FG_MATH_CLONES). In double, libmvec's
  * erfc made gelu half as fast; float erfc(-x/sqrt2) was 52-1274 ulp off in the left tail
@@ -361,20 +361,6 @@ static inline float fg_ncdf_left_s(float x, float *a_out) {
     Q = FG_FMAF(Q, a, 1.0f);
     float u = 0.3989422917366028f / (a + P / Q);
     return FG_FMAF(u, e, u) * s;
-}
-/* Phi(x): numba_math.py's ncdf_impl */
-static inline float fg_ncdf_s(float x) {
-    float a;
-    float q = fg_ncdf_left_s(x, &a) * 5.42101086e-20f; /* 2^-64 */
-    return x < 0 ? q : 1.0f - q;
-}
-/* exp(-x^2/2)/sqrt(2 pi): numba_math.py's npdf_impl (inlined beside fg_ncdf_s, gcc merges
- * the shared arithmetic) */
-static inline float fg_npdf_s(float x) {
-    float a, e, s;
-    fg_exp_half_square_s(x, &a, &e, &s);
-    const float c = 0.3989422917366028f;
-    return (c + c * e) * s * 5.42101086e-20f;
 }
 /* x Phi(x): numba_math.py's x_ncdf_impl, -|x| q for x <= 0 and x - |x| q above (not
  * x (1 - q): near 0, 1 - q ~ 1/2 at the bottom of its binade doubled q's error relative to

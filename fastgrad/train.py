@@ -646,7 +646,7 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
                  and X.flags.c_contiguous and T.flags.c_contiguous)
     blocks = False
     ordered = False  # whether the runner gathers each epoch's rows itself (its block form)
-    drawn: dict[int, np.ndarray] = {}  # row orders of a block put back, to replay
+    drawn: dict[int, np.ndarray] = {}  # a callable shuffle's orders of a block put back
 
     def order_of(epoch: int) -> np.ndarray | None:
         """Epoch `epoch`'s row order, each drawn once, in epoch order (None: unshuffled)."""
@@ -669,12 +669,16 @@ def fit(model: Sequential, X: Any, y: Any, *, epochs: int = 10, batch_size: int 
             count = (min(_block_length(callbacks, epoch, epochs - epoch),
                          _block_cap(n, batch_size, n_layers)) if blocks else 0)
             if count:
+                rng_state = model._rng.bit_generator.state
                 orders = [order_of(epoch + i) for i in range(count)]
                 block_logs = _fit_block(model, runner, layers, X, T, batch_size, opt,
                                         clip_norm, clip_value, cache, orders)
                 if block_logs is None:  # a non-finite batch: replay epoch by epoch
                     blocks = False
-                    drawn.update(zip(range(epoch, epoch + count), orders))
+                    if callable(shuffle):  # the caller's stream: its orders, kept
+                        drawn.update(zip(range(epoch, epoch + count), orders))
+                    else:  # the model's stream, put back: the replay draws them again
+                        model._rng.bit_generator.state = rng_state
                     continue
                 stop = False
                 for logs in block_logs:
@@ -826,7 +830,8 @@ def _block_length(callbacks: Sequence, epoch: int, remaining: int) -> int:
     without one promises none)."""
     for cb in callbacks:
         quiet = getattr(cb, "quiet_epochs", None)
-        remaining = min(remaining, quiet(epoch) if quiet is not None else 0)  # may be inf
+        promised = quiet(epoch) if quiet is not None else 0  # may be inf
+        remaining = min(remaining, promised) if promised >= 0 else 0  # NaN: none
     return max(int(remaining), 0)
 
 

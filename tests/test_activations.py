@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -335,3 +336,26 @@ def test_gelu_float32_backward_accurate_across_its_root(backend):
     worst = int(np.argmax(err))
     assert err[worst] <= 3.0, (f"{err[worst]:.1f} ulp at x={x[worst]!r}, g={g[worst]!r}: "
                                f"got {got[worst]!r}, exact {want[worst]!r}")
+
+
+def test_gelu_float32_backward_same_bits_on_cython_and_numba():
+    """numba_math's x_ncdf_slope and the C kernels' fg_x_ncdf_slope_s are one formula
+    written twice (constants copied by hand): the same bits around the root, at the
+    polynomial's window edges and over a sweep, where both use fused multiply-adds (the
+    C kernels' variant without FMA may differ in the last bit)."""
+    if not {"numba", "cython"} <= set(BACKENDS):
+        pytest.skip("needs the numba and cython backends")  # never in CI: both required
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if " fma" not in flags:
+        pytest.skip("the CPU has no FMA: the C kernels' default variant rounds apart")
+    root = np.array(-0.75179152469356446, np.float32).view(np.int32)
+    near = (root + np.arange(-1000, 1001, dtype=np.int32)).view(np.float32)
+    edges = np.array([-0.75179152469356446 + s * 0.55 for s in (-1, 1)], np.float32)
+    edges = (edges.view(np.int32)[:, None] + np.arange(-50, 51, dtype=np.int32)).view(
+        np.float32).ravel()
+    sweep = np.linspace(-16.0, 16.0, 100_001, dtype=np.float32)
+    x = np.concatenate([near, edges, sweep, np.float32([np.inf, -np.inf, -0.0, 0.0])])
+    g = np.ones_like(x)
+    a = fg.backward("gelu", g, x=x, backend="cython")
+    b = fg.backward("gelu", g, x=x, backend="numba")
+    np.testing.assert_array_equal(a, b)

@@ -875,8 +875,10 @@ def test_a_block_that_meets_a_non_finite_batch_is_replayed_to_report_it(rng, mon
                   health=False, callbacks=callbacks)
         e = info.value
         outcomes.append(((e.epoch, e.batch, e.layer, e.what, str(e)), m.params.copy(),
-                         m.history_.epoch, m.history_.history))
-    (err_a, params_a, epochs_a, hist_a), (err_b, params_b, epochs_b, hist_b) = outcomes
+                         m.history_.epoch, m.history_.history, m._rng.bit_generator.state))
+    (err_a, params_a, epochs_a, hist_a, rng_a), (err_b, params_b, epochs_b, hist_b, rng_b) = \
+        outcomes
+    assert rng_a == rng_b, "the model's random stream drew as many orders as epoch by epoch"
     assert err_a[0] >= 1, "the test needs a failure after the first epoch"
     assert calls, "the test needs blocks to run"
     assert err_a == err_b
@@ -930,7 +932,8 @@ def test_callbacks_promising_quiet_epochs_get_blocks_of_them(rng, monkeypatch, q
     X, y, d_out, output = problem(rng, "cross_entropy")
     calls = _count_block_calls(monkeypatch, 8, len(X), backend)
     runs = []
-    for cb in (QuietFor(quiet), lambda epoch, logs: None):
+    promising = QuietFor(quiet)
+    for cb in (promising, lambda epoch, logs: None):
         orders, drawn = np.random.default_rng(5), []
 
         def shuffle(epoch, orders=orders, drawn=drawn):
@@ -951,6 +954,8 @@ def test_callbacks_promising_quiet_epochs_get_blocks_of_them(rng, monkeypatch, q
     # after the runner-picking first epoch: blocks as long as promised (and 8 at most)
     want = {0: [1] * 8, 2: [2, 2, 2, 2], 4: [4, 4], np.inf: [8]}[quiet]
     assert calls_a == want and calls_b == [1] * 8
+    # asked at the start of each block (the epochs after the first), never inside one
+    assert promising.asked == list(np.cumsum([1] + want[:-1]))
 
 
 @pytest.mark.parametrize("backend", FUSED)

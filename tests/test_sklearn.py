@@ -101,6 +101,22 @@ def test_float64_training_matches_sklearn(iris, params, rtol, backend, runner):
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
 
 
+@pytest.mark.parametrize("y", [
+    np.array([3, 1, 2, 1], np.int8), np.array([7, 0, 7], np.uint8),
+    np.array([5, -2, 5, 9]), np.array([True, False, True]), np.array([2.0, 0.0, 1.0, 2.0]),
+    np.array(["b", "a", "c", "a"]), np.array(["b", "a"], dtype=object),
+], ids=lambda y: str(y.dtype))
+def test_classes_are_unique_labels(y):
+    """The classes the classifier finds (np.unique for numbers) are unique_labels' own:
+    the same values, sorted, in the same dtype."""
+    from sklearn.utils.multiclass import unique_labels
+
+    from fastgrad.sklearn import _labels_of
+    got, want = _labels_of(y), unique_labels(y)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 def test_epoch_order_is_sklearns_shuffle():
     """The estimators draw each epoch's order without sklearn.utils.shuffle's argument
     checks; the draw must be the same one (scikit-learn's seeds reproduce)."""
@@ -146,8 +162,8 @@ def test_one_fit_call_per_fit(iris, monkeypatch):
 @pytest.mark.parametrize("extra, blocks", [
     ({}, True),  # adam, all 30 epochs
     ({"tol": 1e9, "n_iter_no_change": 3}, True),  # improves only on the first: stops at 5
-    ({"solver": "sgd", "learning_rate": "adaptive", "tol": 1e-2, "n_iter_no_change": 2},
-     True),  # the rate cut by 5 between blocks
+    ({"solver": "sgd", "learning_rate": "adaptive", "tol": 1.0, "n_iter_no_change": 2},
+     True),  # the rate cut by 5 between blocks, every 3 epochs, until it stops
     ({"solver": "sgd", "learning_rate": "invscaling"}, False),  # a new rate every epoch
     ({"early_stopping": True}, False),  # scores the weights every epoch
 ])
@@ -176,6 +192,8 @@ def test_quiet_epochs_run_in_blocks_exactly_as_epoch_by_epoch(iris, monkeypatch,
         np.testing.assert_array_equal(wa, wb)
     if "n_iter_no_change" in extra and "solver" not in extra:
         assert a.n_iter_ == 5
+    if extra.get("learning_rate") == "adaptive":  # cut to <= 1e-6, then stopped
+        assert a._optimizer.lr <= 1e-6 and a.n_iter_ < 30
 
 
 # --- acceptance on scikit-learn's bundled datasets --------------------------------------

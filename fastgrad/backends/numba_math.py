@@ -631,9 +631,10 @@ def x_ncdf_slope(x):
     """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's; vectorizable in float32 and
     accurate relative to itself near its root x ~ -0.7518, where the terms cancel)."""
     phi = 0.5 * math.erfc(-x * INV_SQRT2)
-    if phi == 0.0:
-        return 0.0
-    return phi + x * INV_SQRT2PI * math.exp(-0.5 * x * x)
+    pdf = INV_SQRT2PI * math.exp(-0.5 * x * x)
+    if phi == 0.0 or pdf == 0.0:  # the limits 0 and Phi (not inf * 0 at x = inf)
+        return phi
+    return phi + x * pdf
 
 
 def softplus_tail(x):
