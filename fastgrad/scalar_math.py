@@ -23,6 +23,20 @@ SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2/pi)
 GELU_TANH_C = 0.044715
 SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
+# gelu's derivative Phi(x) + x phi(x) near its root x0 (float64): its terms (~0.23) cancel
+# there, their roundings ~5e-17 absolute, so within |x - x0| < GELU_SLOPE_W it is
+# d GELU_SLOPE_C(d), d = x - x0 (x0 = GELU_ROOT_HI + GELU_ROOT_LO; x - GELU_ROOT_HI is
+# exact there, Sterbenz): its Taylor polynomial of degree 14 at x0 (mpmath, 60 digits),
+# 6.4e-17 relative with float64 coefficients (the rounding of the last one, the slope
+# gelu''(x0)). Outside, the terms' rounding is under 5e-17 / (0.43 * 0.2): 2.6 ulp.
+GELU_ROOT_HI = -0.7517915246935645
+GELU_ROOT_LO = 1.4956759177009883e-17
+GELU_SLOPE_W = 0.2
+GELU_SLOPE_C = (5.702764979242107e-07, 4.3284506257392273e-07, -7.74846130700372e-06,
+                -1.121438018842664e-05, 8.615947861116571e-05, 0.00018633974623233514,
+                -0.0007448268386746817, -0.002239538068073497, 0.004539228379125415,
+                0.019421679838189067, -0.014771522148244337, -0.1140082332972217,
+                -0.018199676398671087, 0.388284982990552, 0.4314939923140469)
 
 
 # The transcendentals the formulas call, by bare name so that a target can bind faster
@@ -141,8 +155,16 @@ def x_ncdf(x):
 def x_ncdf_slope(x):
     """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's); 0 where Phi rounds to 0,
     Phi where phi does (x * phi would be inf * 0 at x = inf). Its terms cancel near its
-    root x ~ -0.7518: the numba CPU backend binds a float32 form accurate there (a
-    polynomial in x - root), as the cython backend's fg_x_ncdf_slope_s is."""
+    root x0 ~ -0.7518: within GELU_SLOPE_W of it, its Taylor polynomial in x - x0, for
+    float64 arithmetic (the CUDA backend computes this in float64 for float32 too; the
+    numba CPU backend binds a float32 form with a polynomial of its own, as the cython
+    backend's fg_x_ncdf_slope_s is)."""
+    d = (x - GELU_ROOT_HI) - GELU_ROOT_LO
+    if abs(d) < GELU_SLOPE_W:
+        p = 0.0
+        for c in GELU_SLOPE_C:
+            p = p * d + c
+        return d * p
     phi = ncdf(x)
     if phi == 0.0:
         return 0.0

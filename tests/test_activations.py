@@ -314,28 +314,34 @@ def test_threaded_path_matches_serial(backend, rng, monkeypatch):
                      reduction=spec.rowwise, what=spec.name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gelu_float32_backward_accurate_across_its_root(backend):
+def test_gelu_backward_accurate_across_its_root(backend, dtype):
     """gelu'(x) = Phi(x) + x phi(x) crosses 0 at x0 ~ -0.7518, where its two terms (~0.23
-    each) cancel: summed from float32 terms, the backward next to the root was 5e6 ulp off
-    (and 1.6e-6 absolute at g = 108, which a property test drew). Within 3 ulp of the
-    exact g gelu'(x) (mpmath), relative to itself, over the 2001 float32 around the root
-    and a sweep of (-1.5, 0)."""
+    each) cancel: summed from float32 terms, the float32 backward next to the root was 5e6
+    ulp off (and 1.6e-6 absolute at g = 108, which a property test drew); from float64
+    terms, float64 inputs near it lose as much. Within 3 ulp of the exact g gelu'(x)
+    (mpmath), relative to itself, over the 2001 numbers of the dtype around the root, and
+    over a sweep of (-1.5, 0): float32 within 3, float64 within 10 (away from the root,
+    float64's terms are ~8 ulp off where |gelu'| ~ 0.1: -x/sqrt2 is rounded before
+    erfc)."""
     mpmath = pytest.importorskip("mpmath")  # in the `test` extra
-    root_bits = int(np.array(-0.75179152469356446, np.float32).view(np.int32))
-    near = (root_bits + np.arange(-1000, 1001, dtype=np.int32)).view(np.float32)
-    x = np.concatenate([near, np.linspace(-1.5, 0.0, 1501, dtype=np.float32)])
-    g = np.where(np.arange(x.size) % 2, np.float32(1.0), np.float32(-108.0))
+    ints = np.int32 if dtype == np.float32 else np.int64
+    root = int(np.array(-0.75179152469356446, dtype).view(ints))
+    near = (root + np.arange(-1000, 1001, dtype=ints)).view(dtype)
+    x = np.concatenate([near, np.linspace(-1.5, 0.0, 1501, dtype=dtype)])
+    g = np.where(np.arange(x.size) % 2, dtype(1.0), dtype(-108.0))
     got = fg.backward("gelu", g, x=x, backend=backend)
-    with mpmath.workprec(80):
-        want = np.array([float(mpmath.mpf(float(gi)) * (mpmath.ncdf(float(xi))
-                                                        + xi * mpmath.npdf(float(xi))))
+    with mpmath.workprec(140):
+        want = np.array([float(mpmath.mpf(gi) * (mpmath.ncdf(xi) + xi * mpmath.npdf(xi)))
                          for xi, gi in zip(x.tolist(), g.tolist())])
-    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
     err = np.abs(got.astype(np.float64) - want) / ulp
-    worst = int(np.argmax(err))
-    assert err[worst] <= 3.0, (f"{err[worst]:.1f} ulp at x={x[worst]!r}, g={g[worst]!r}: "
-                               f"got {got[worst]!r}, exact {want[worst]!r}")
+    allowed = np.where(np.arange(x.size) < near.size, 3.0, 3.0 if dtype == np.float32 else 10.0)
+    worst = int(np.argmax(err - allowed))
+    assert err[worst] <= allowed[worst], (
+        f"{err[worst]:.1f} ulp at x={x[worst]!r}, g={g[worst]!r}: got {got[worst]!r}, "
+        f"exact {want[worst]!r}")
 
 
 def test_gelu_float32_backward_same_bits_on_cython_and_numba():

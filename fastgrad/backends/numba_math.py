@@ -52,7 +52,16 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ..scalar_math import INV_SQRT2, INV_SQRT2PI, cast_floats, retype
+from ..scalar_math import (
+    GELU_ROOT_HI,
+    GELU_ROOT_LO,
+    GELU_SLOPE_C,
+    GELU_SLOPE_W,
+    INV_SQRT2,
+    INV_SQRT2PI,
+    cast_floats,
+    retype,
+)
 
 # Compiled with FMA contraction (fastmath 'contract' only: NaN, inf and signed zeros keep
 # IEEE semantics) and numpy's error model (no ZeroDivisionError check, which would stop
@@ -264,6 +273,9 @@ _CONSTANTS = {
         "LN2_HI": 6.93147180369123816490e-01, "LN2_LO": 1.90821492927058770002e-10,
         "EXP_HI": 710.0, "EXP_LO": -746.0, "EXPM1_LO": -40.0, "MAX_EXP": 1023.0,
         "EXPM1_C": _expm1_coefficients(13), "ATANH_C": _atanh_coefficients(10),
+        # x_ncdf_slope near its root: scalar_math's float64 Taylor polynomial
+        "SLOPE_X0_HI": GELU_ROOT_HI, "SLOPE_X0_LO": GELU_ROOT_LO, "SLOPE_W": GELU_SLOPE_W,
+        "SLOPE_C": GELU_SLOPE_C,
     },
 }
 for _dtype, _c in _CONSTANTS.items():
@@ -541,12 +553,16 @@ def x_ncdf_slope_impl(x):
 
 
 def x_ncdf_slope_f64(x):
-    # The same terms in float64, whose rounding near the root costs ~1e-9 relative to the
-    # slope of a float32 input (and as much as the reference's for float64 inputs).
+    # The terms through libm's erfc; near the root (|x - X0| < SLOPE_W) scalar_math's
+    # Taylor polynomial in float64, as in float32 (the terms' roundings, ~5e-17, would be
+    # unbounded relative to the slope there).
     phi = 0.5 * math.erfc(-x * INV_SQRT2)  # noqa: F821
     pdf = INV_SQRT2PI * exp(-0.5 * x * x)  # noqa: F821
     slope = phi if pdf == 0.0 else phi + x * pdf
-    return 0.0 if phi == 0.0 else slope
+    slope = 0.0 if phi == 0.0 else slope
+    d = (x - SLOPE_X0_HI) - SLOPE_X0_LO  # noqa: F821
+    near = d * _horner(d, SLOPE_C)  # noqa: F821
+    return near if abs(d) < SLOPE_W else slope  # noqa: F821
 
 
 def x_ncdf_f64(x):

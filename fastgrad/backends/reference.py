@@ -15,7 +15,16 @@ import numpy as np
 from scipy import special
 
 from ..activations import ActivationSpec
-from ..scalar_math import GELU_TANH_C, SELU_ALPHA, SELU_SCALE, SQRT_2_OVER_PI
+from ..scalar_math import (
+    GELU_ROOT_HI,
+    GELU_ROOT_LO,
+    GELU_SLOPE_C,
+    GELU_SLOPE_W,
+    GELU_TANH_C,
+    SELU_ALPHA,
+    SELU_SCALE,
+    SQRT_2_OVER_PI,
+)
 
 NAME = "numpy"
 
@@ -80,6 +89,14 @@ def _gelu_backward(x, g, approximate, _):
     if approximate == 0.0:
         pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
         d = phi + np.where(pdf == 0.0, 0.0, x * pdf)
+        # near the root, where the terms cancel: scalar_math's Taylor polynomial
+        t = (x - GELU_ROOT_HI) - GELU_ROOT_LO
+        near = np.abs(t) < GELU_SLOPE_W
+        if near.any():
+            p = np.zeros_like(t)
+            for c in GELU_SLOPE_C:
+                p = p * t + c
+            d = np.where(near, t * p, d)
     else:
         du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
         d = np.where(phi == 1.0, 1.0, phi + 2.0 * x * phi * (1.0 - phi) * du)
