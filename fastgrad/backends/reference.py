@@ -89,14 +89,18 @@ def _gelu_backward(x, g, approximate, _):
     if approximate == 0.0:
         pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
         d = phi + np.where(pdf == 0.0, 0.0, x * pdf)
-        # near the root, where the terms cancel: scalar_math's Taylor polynomial
+        # near the root, where the terms cancel: scalar_math's Taylor polynomial, on those
+        # elements only (its 15 passes over every element would double this function's
+        # time; at inf or 1e300 they would overflow, under the errstate that hides it)
         t = (x - GELU_ROOT_HI) - GELU_ROOT_LO
         near = np.abs(t) < GELU_SLOPE_W
         if near.any():
+            t = t[near]
             p = np.zeros_like(t)
             for c in GELU_SLOPE_C:
                 p = p * t + c
-            d = np.where(near, t * p, d)
+            d = np.array(d, dtype=np.float64, copy=True)
+            d[near] = t * p
     else:
         du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
         d = np.where(phi == 1.0, 1.0, phi + 2.0 * x * phi * (1.0 - phi) * du)
