@@ -28,7 +28,9 @@ SELU_SCALE = 1.0507009873554805
 # d GELU_SLOPE_C(d), d = x - x0 (x0 = GELU_ROOT_HI + GELU_ROOT_LO; x - GELU_ROOT_HI is
 # exact there, Sterbenz): its Taylor polynomial of degree 14 at x0 (mpmath, 60 digits),
 # 6.4e-17 relative with float64 coefficients (the rounding of the last one, the slope
-# gelu''(x0)). Outside, the terms' rounding is under 5e-17 / (0.43 * 0.2): 2.6 ulp.
+# gelu''(x0)). Outside, the terms' own error stays, up to ~8 ulp where |gelu'| ~ 0.1
+# (-x/sqrt2 is rounded before erfc). For float64 arithmetic only: rounded to float32, x0
+# would be 3e-8 off (float32 kernels have their own polynomial, numba_math's SLOPE_C).
 GELU_ROOT_HI = -0.7517915246935645
 GELU_ROOT_LO = 1.4956759177009883e-17
 GELU_SLOPE_W = 0.2
@@ -156,7 +158,7 @@ def x_ncdf_slope(x):
     """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's); 0 where Phi rounds to 0,
     Phi where phi does (x * phi would be inf * 0 at x = inf). Its terms cancel near its
     root x0 ~ -0.7518: within GELU_SLOPE_W of it, its Taylor polynomial in x - x0, for
-    float64 arithmetic (the CUDA backend computes this in float64 for float32 too; the
+    float64 arithmetic only (the CUDA backend computes this in float64 for float32 too; the
     numba CPU backend binds a float32 form with a polynomial of its own, as the cython
     backend's fg_x_ncdf_slope_s is)."""
     d = (x - GELU_ROOT_HI) - GELU_ROOT_LO

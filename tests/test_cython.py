@@ -62,7 +62,8 @@ def _sweep(dtype) -> np.ndarray:
 
 def _oracle(fn):
     """A scalar_math formula with its transcendentals bound to mpmath's (the same
-    per-target binding compile_scalar gives numba and cuda), for arbitrary precision."""
+    per-target binding compile_scalar gives numba and cuda), for arbitrary precision
+    (near gelu's derivative's root, its Taylor polynomial: 6.4e-17 relative, not exact)."""
     mpmath = pytest.importorskip("mpmath")  # in the `test` extra
     funcs = {name: getattr(mpmath, name) for name in scalar_math.MATH_FUNCTIONS}
     return scalar_math.compile_scalar(fn, lambda f: f, funcs), mpmath
@@ -1280,3 +1281,32 @@ def test_train_epochs_two_state_optimizers_need_two_state_arrays(optimizer):
         one["hyper"][1] = 0.9
         one["state_b"] = one["state_a"]
         assert _kernels.train_epochs(**one) == 3
+
+
+def _c_function_literals(name: str) -> list[float]:
+    """The floating-point literals (signed, float32 `f` suffix dropped) of the C function or
+    array that `name` opens in _kernels_simd.h, in source order."""
+    import re
+    text = (ROOT / "fastgrad" / "_kernels_simd.h").read_text()
+    start = text.index(name)
+    body = text[start: text.index("}", text.index("{", start) + 1) if "double fg_gelu_slope"
+                in name else text.index("\n}", start)]
+    return [float(v) for v in re.findall(r"-?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?", body)]
+
+
+def test_c_constants_of_gelus_root_are_numbas():
+    """The C kernels carry gelu's root polynomials as literals (C cannot import them):
+    every one must be numba_math's / scalar_math's, in the same order, or the backends
+    drift apart where only the root test's few points would notice."""
+    from fastgrad.backends.numba_math import _CONSTANTS
+    f32 = _CONSTANTS[np.float32]
+    got32 = [np.float32(v) for v in _c_function_literals(
+        "static inline float fg_x_ncdf_slope_s")]
+    want32 = [np.float32(v) for v in (f32["SLOPE_X0_HI"], f32["SLOPE_X0_LO"], *f32["SLOPE_C"],
+                                      f32["SLOPE_W"])]
+    assert got32[-len(want32):] == want32
+    assert _c_function_literals("static const double fg_gelu_slope_c_d") == list(
+        scalar_math.GELU_SLOPE_C)
+    got64 = _c_function_literals("static inline double fg_gelu_exact_bwd_d")
+    assert got64[:2] == [scalar_math.GELU_ROOT_HI, scalar_math.GELU_ROOT_LO]
+    assert got64[-1] == scalar_math.GELU_SLOPE_W

@@ -553,16 +553,17 @@ def x_ncdf_slope_impl(x):
 
 
 def x_ncdf_slope_f64(x):
-    # The terms through libm's erfc; near the root (|x - X0| < SLOPE_W) scalar_math's
-    # Taylor polynomial in float64, as in float32 (the terms' roundings, ~5e-17, would be
-    # unbounded relative to the slope there).
+    # Near the root (|x - X0| < SLOPE_W) scalar_math's Taylor polynomial in float64, as in
+    # float32 (the terms' roundings, ~5e-17, would be unbounded relative to the slope
+    # there); elsewhere the terms through libm's erfc. A branch, not selects: libm's
+    # scalar erfc keeps this loop from vectorizing anyway, and the branch skips either side.
+    d = (x - SLOPE_X0_HI) - SLOPE_X0_LO  # noqa: F821
+    if abs(d) < SLOPE_W:  # noqa: F821
+        return d * _horner(d, SLOPE_C)  # noqa: F821
     phi = 0.5 * math.erfc(-x * INV_SQRT2)  # noqa: F821
     pdf = INV_SQRT2PI * exp(-0.5 * x * x)  # noqa: F821
     slope = phi if pdf == 0.0 else phi + x * pdf
-    slope = 0.0 if phi == 0.0 else slope
-    d = (x - SLOPE_X0_HI) - SLOPE_X0_LO  # noqa: F821
-    near = d * _horner(d, SLOPE_C)  # noqa: F821
-    return near if abs(d) < SLOPE_W else slope  # noqa: F821
+    return 0.0 if phi == 0.0 else slope
 
 
 def x_ncdf_f64(x):
@@ -644,8 +645,9 @@ def npdf(x):
 
 
 def x_ncdf_slope(x):
-    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's; vectorizable in float32 and
-    accurate relative to itself near its root x ~ -0.7518, where the terms cancel)."""
+    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's). Compiled: vectorizable in
+    float32, and in both dtypes accurate relative to itself near its root x ~ -0.7518,
+    where the terms cancel; called from Python, the plain terms."""
     phi = 0.5 * math.erfc(-x * INV_SQRT2)
     pdf = INV_SQRT2PI * math.exp(-0.5 * x * x)
     if phi == 0.0 or pdf == 0.0:  # the limits 0 and Phi (not inf * 0 at x = inf)
