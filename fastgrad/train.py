@@ -14,6 +14,7 @@ shared, so every runner trains the same way and reports the same history.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -831,6 +832,9 @@ def _block_length(callbacks: Sequence, epoch: int, remaining: int) -> int:
     for cb in callbacks:
         quiet = getattr(cb, "quiet_epochs", None)
         promised = quiet(epoch) if quiet is not None else 0  # may be inf
+        if isinstance(promised, bool) or not isinstance(promised, numbers.Real):
+            raise TypeError(f"{type(cb).__name__}.quiet_epochs({epoch}) must return a number "
+                            f"of epochs (an int, or math.inf), got {promised!r}")
         remaining = min(remaining, promised) if promised >= 0 else 0  # NaN: none
     return max(int(remaining), 0)
 

@@ -958,6 +958,16 @@ def test_callbacks_promising_quiet_epochs_get_blocks_of_them(rng, monkeypatch, q
     assert promising.asked == list(np.cumsum([1] + want[:-1]))
 
 
+@pytest.mark.parametrize("promised", [None, True, "3", [2]])
+def test_quiet_epochs_must_be_a_number(rng, promised):
+    """A promise that is not a number of epochs is a TypeError naming the callback, not a
+    comparison error from inside fit."""
+    X, y, d_out, output = problem(rng, "cross_entropy")
+    with pytest.raises(TypeError, match=r"QuietFor.quiet_epochs\(1\) must return a number"):
+        run(X, y, d_out, output, "float64", True, epochs=3, batch_size=8, health=False,
+            callbacks=[QuietFor(promised)])
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_a_callback_stopping_inside_a_block_stops_fit_there(rng, monkeypatch, backend):
     """A broken promise (stopping inside its quiet epochs): fit stops logging and calling
