@@ -55,7 +55,7 @@ MATH_FUNCTIONS = ("exp", "expm1", "log1p", "tanh", "erfc", "ncdf", "npdf")
 # (unless `math_functions` binds the name: a target may give its own, as the numba CPU
 # backend does for exp_neg_abs, ncdf, npdf, softplus_tail, x_ncdf and x_ncdf_slope).
 HELPERS = ("exp_neg_abs", "sigmoid_value", "ncdf", "npdf", "softplus_tail", "x_ncdf",
-           "x_ncdf_slope")
+           "slope_near_root", "x_ncdf_slope")
 
 
 def compile_scalar(fn: Callable, jit: Callable,
@@ -154,6 +154,15 @@ def x_ncdf(x):
     return x * phi
 
 
+def slope_near_root(d):
+    """gelu's derivative at x0 + d, |d| < GELU_SLOPE_W: d GELU_SLOPE_C(d) by Horner's
+    scheme (float64; a number or, for the numpy reference, an array of them)."""
+    p = 0.0
+    for c in GELU_SLOPE_C:
+        p = p * d + c
+    return d * p
+
+
 def x_ncdf_slope(x):
     """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's); 0 where Phi rounds to 0,
     Phi where phi does (x * phi would be inf * 0 at x = inf). Its terms cancel near its
@@ -163,10 +172,7 @@ def x_ncdf_slope(x):
     backend's fg_x_ncdf_slope_s is)."""
     d = (x - GELU_ROOT_HI) - GELU_ROOT_LO
     if abs(d) < GELU_SLOPE_W:
-        p = 0.0
-        for c in GELU_SLOPE_C:
-            p = p * d + c
-        return d * p
+        return slope_near_root(d)
     phi = ncdf(x)
     if phi == 0.0:
         return 0.0

@@ -52,6 +52,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .. import scalar_math
 from ..scalar_math import (
     GELU_ROOT_HI,
     GELU_ROOT_LO,
@@ -645,14 +646,10 @@ def npdf(x):
 
 
 def x_ncdf_slope(x):
-    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's). Compiled: vectorizable in
-    float32, and in both dtypes accurate relative to itself near its root x ~ -0.7518,
-    where the terms cancel; called from Python, the plain terms."""
-    phi = 0.5 * math.erfc(-x * INV_SQRT2)
-    pdf = INV_SQRT2PI * math.exp(-0.5 * x * x)
-    if phi == 0.0 or pdf == 0.0:  # the limits 0 and Phi (not inf * 0 at x = inf)
-        return phi
-    return phi + x * pdf
+    """Phi(x) + x phi(x), the derivative of x Phi(x) (gelu's; vectorizable in float32, and
+    in both dtypes accurate relative to itself near its root x ~ -0.7518, where the terms
+    cancel; called from Python, scalar_math's float64 formula)."""
+    return scalar_math.x_ncdf_slope(x)
 
 
 def softplus_tail(x):

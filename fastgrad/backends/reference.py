@@ -18,12 +18,12 @@ from ..activations import ActivationSpec
 from ..scalar_math import (
     GELU_ROOT_HI,
     GELU_ROOT_LO,
-    GELU_SLOPE_C,
     GELU_SLOPE_W,
     GELU_TANH_C,
     SELU_ALPHA,
     SELU_SCALE,
     SQRT_2_OVER_PI,
+    slope_near_root,
 )
 
 NAME = "numpy"
@@ -95,12 +95,8 @@ def _gelu_backward(x, g, approximate, _):
         t = (x - GELU_ROOT_HI) - GELU_ROOT_LO
         near = np.abs(t) < GELU_SLOPE_W
         if near.any():
-            t = t[near]
-            p = np.zeros_like(t)
-            for c in GELU_SLOPE_C:
-                p = p * t + c
             d = np.array(d, dtype=np.float64, copy=True)
-            d[near] = t * p
+            d[near] = slope_near_root(t[near])
     else:
         du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
         d = np.where(phi == 1.0, 1.0, phi + 2.0 * x * phi * (1.0 - phi) * du)
